@@ -1,0 +1,117 @@
+"""MAML and first-order MAML as an nn.Module that owns the meta-parameters."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mamlkit import functional as MF
+from mamlkit.functional.adapt import InnerLR
+from mamlkit.functional.losses import LossFn
+from mamlkit.models.batch_norm import has_torch_batch_norm
+from mamlkit.tasks.batch import TaskBatch
+
+
+def choose_batching(model: nn.Module) -> str:
+    """The batching strategy we measured to be fastest and exact for this kind of model.
+
+    Per-task weights make ``vmap`` turn each convolution into a grouped one, which is slower
+    than a loop on CPU, and ``nn.BatchNorm`` under ``vmap`` gives inexact second-order
+    gradients; everything else is batched with ``vmap``.
+    """
+    if has_torch_batch_norm(model) or any(isinstance(m, nn.modules.conv._ConvNd)
+                                          for m in model.modules()):
+        return "loop"
+    return "vmap"
+
+
+class MAML(nn.Module):
+    """Model-agnostic meta-learning around any ``nn.Module``.
+
+    ``inner_lr`` (alpha) may be one number or one per inner step; ``inner_lr=0`` is plain
+    multi-task training (the "pretrained" baseline). ``first_order=True`` drops the second-order
+    terms. ``batching`` is ``"auto"``, ``"vmap"`` or ``"loop"``; ``chunk_size`` bounds how many
+    tasks one ``vmap`` call holds in memory.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: InnerLR,
+        inner_steps: int = 1,
+        first_order: bool = False,
+        loss_fn: str | LossFn = "mse",
+        batching: str = "auto",
+        chunk_size: int | None = None,
+        adapt_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if inner_steps < 0:
+            raise ValueError(f"inner_steps must be >= 0, got {inner_steps}.")
+        self.model = model
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.first_order = first_order
+        self.loss_fn = MF.resolve_loss(loss_fn)
+        self.batching = choose_batching(model) if batching == "auto" else batching
+        if self.batching not in MF.BATCHINGS:
+            raise ValueError(f"Unknown batching {batching!r}; choose auto, vmap or loop.")
+        if self.batching == "vmap" and has_torch_batch_norm(model):
+            warnings.warn(
+                "nn.BatchNorm under vmap gives inexact second-order meta-gradients; convert the "
+                "model with mamlkit.models.exact_batch_norm(model) or use batching='loop'.",
+                stacklevel=2,
+            )
+        self.chunk_size = chunk_size
+        self.adapt_names = list(adapt_names) if adapt_names is not None else None
+
+    def params(self) -> dict[str, Tensor]:
+        """The meta-parameters theta, by name."""
+        return dict(self.model.named_parameters())
+
+    def buffers_dict(self) -> dict[str, Tensor]:
+        return dict(self.model.named_buffers())
+
+    def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
+        """Mean query loss after adaptation; ``.backward()`` fills the model's grads."""
+        return MF.meta_loss(
+            self.model, self.params(), self.buffers_dict(), batch,
+            loss_fn=self.loss_fn, inner_lr=self.inner_lr,
+            steps=self.inner_steps if steps is None else steps,
+            first_order=self.first_order, adapt_names=self.adapt_names,
+            batching=self.batching, chunk_size=self.chunk_size,
+        )
+
+    def adapt(self, x: Tensor, y: Tensor, steps: int | None = None,
+              inner_lr: InnerLR | None = None) -> dict[str, Tensor]:
+        """Adapted parameters for one task from its support set ``(x, y)`` (no task dimension).
+
+        Use them with ``torch.func.functional_call(learner.model, params, x)`` or
+        ``learner(x, params)``.
+        """
+        return MF.adapt(
+            self.model, self.params(), self.buffers_dict(), x, y, self.loss_fn,
+            self.inner_lr if inner_lr is None else inner_lr,
+            self.inner_steps if steps is None else steps,
+            first_order=self.first_order, adapt_names=self.adapt_names,
+        )
+
+    def forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        """The model's prediction with ``params`` (adapted ones) or with theta."""
+        if params is None:
+            return self.model(x)
+        return MF.forward(self.model, params, self.buffers_dict(), x)
+
+    @torch.no_grad()
+    def adaptation_curve(self, batch: TaskBatch, steps: Sequence[int], metric: str | LossFn,
+                         inner_lr: InnerLR | None = None) -> Tensor:
+        """Query ``metric`` of every task after each number of inner steps: ``[steps, tasks]``."""
+        return MF.adaptation_curve(
+            self.model, self.params(), self.buffers_dict(), batch,
+            loss_fn=self.loss_fn, metric_fn=MF.resolve_metric(metric),
+            inner_lr=self.inner_lr if inner_lr is None else inner_lr, steps=steps,
+            adapt_names=self.adapt_names, batching=self.batching, chunk_size=self.chunk_size,
+        )

@@ -1,0 +1,7 @@
+"""Task distributions: each returns TaskBatch stacks of support and query data."""
+
+from mamlkit.tasks.base import TaskDistribution, generator_from
+from mamlkit.tasks.batch import TaskBatch
+from mamlkit.tasks.sinusoid import Sinusoid
+
+__all__ = ["Sinusoid", "TaskBatch", "TaskDistribution", "generator_from"]

@@ -1,0 +1,47 @@
+"""Finn et al. 2017: y = A sin(x - phase), A ~ U[0.1, 5], phase ~ U[0, pi]."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mamlkit.tasks.base import generator_from
+from mamlkit.tasks.batch import TaskBatch
+
+
+@dataclass(frozen=True)
+class Sinusoid:
+    """K support and K query points per task with x ~ U[-5, 5]; the loss is mean squared error."""
+
+    shots: int = 10
+    query_shots: int | None = None
+    amplitude: tuple[float, float] = (0.1, 5.0)
+    phase: tuple[float, float] = (0.0, math.pi)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+    loss: str = "mse"
+    metric: str = "mse"
+
+    def sample_parameters(
+        self, num_tasks: int, generator: torch.Generator | int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Amplitudes and phases of ``num_tasks`` tasks, each of shape ``[tasks]``."""
+        g = generator_from(generator)
+        amp = torch.empty(num_tasks).uniform_(*self.amplitude, generator=g)
+        phase = torch.empty(num_tasks).uniform_(*self.phase, generator=g)
+        return amp, phase
+
+    def sample(self, num_tasks: int, generator: torch.Generator | int | None = None) -> TaskBatch:
+        g = generator_from(generator)
+        amp, phase = self.sample_parameters(num_tasks, g)
+        query_shots = self.shots if self.query_shots is None else self.query_shots
+        x = torch.empty(num_tasks, self.shots + query_shots, 1).uniform_(*self.x_range, generator=g)
+        y = amp[:, None, None] * torch.sin(x - phase[:, None, None])
+        k = self.shots
+        return TaskBatch(support=(x[:, :k], y[:, :k]), query=(x[:, k:], y[:, k:]))
+
+    @staticmethod
+    def function(x: torch.Tensor, amp: float, phase: float) -> torch.Tensor:
+        """The true function of one task, for plots."""
+        return amp * torch.sin(x - phase)
