@@ -33,13 +33,19 @@ class Sinusoid:
         return amp, phase
 
     def sample(self, num_tasks: int, generator: torch.Generator | int | None = None) -> TaskBatch:
+        return self.sample_with_parameters(num_tasks, generator)[0]
+
+    def sample_with_parameters(
+        self, num_tasks: int, generator: torch.Generator | int | None = None
+    ) -> tuple[TaskBatch, torch.Tensor, torch.Tensor]:
+        """Tasks plus their amplitudes and phases, so that plots can draw the true functions."""
         g = generator_from(generator)
         amp, phase = self.sample_parameters(num_tasks, g)
         query_shots = self.shots if self.query_shots is None else self.query_shots
         x = torch.empty(num_tasks, self.shots + query_shots, 1).uniform_(*self.x_range, generator=g)
         y = amp[:, None, None] * torch.sin(x - phase[:, None, None])
         k = self.shots
-        return TaskBatch(support=(x[:, :k], y[:, :k]), query=(x[:, k:], y[:, k:]))
+        return TaskBatch(support=(x[:, :k], y[:, :k]), query=(x[:, k:], y[:, k:])), amp, phase
 
     @staticmethod
     def function(x: torch.Tensor, amp: float, phase: float) -> torch.Tensor:

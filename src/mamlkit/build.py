@@ -1,0 +1,43 @@
+"""From a Config to the objects of a run: model, task distributions, learner."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mamlkit.algorithms import MAML
+from mamlkit.config import Config, ConfigError
+from mamlkit.models import Conv4, mlp
+from mamlkit.tasks import Sinusoid, TaskDistribution
+
+# Held-out tasks of every evaluation are drawn from this seed, so runs compare on the same tasks.
+EVAL_SEED = 2017_0309
+VAL_SEED = 2017_0310
+
+
+def build_model(config: Config) -> nn.Module:
+    if config.model == "mlp":
+        out = 1 if config.task == "sinusoid" else config.ways
+        return mlp([1, *config.hidden, out])
+    if config.model == "conv4":
+        return Conv4(ways=config.ways, hidden=config.hidden[0] if config.hidden else 64)
+    raise ConfigError(f"Unknown model {config.model!r}; choose mlp or conv4.")
+
+
+def build_tasks(config: Config, split: str = "train") -> TaskDistribution:
+    """The task distribution of ``split`` (train, val or test) for this run."""
+    if config.task == "sinusoid":
+        return Sinusoid(shots=config.shots, query_shots=config.query_shots)
+    raise ConfigError(f"Unknown task {config.task!r}.")
+
+
+def build_learner(config: Config, model: nn.Module, tasks: TaskDistribution) -> MAML:
+    return MAML(model, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
+                first_order=config.first_order, loss_fn=tasks.loss, batching=config.batching,
+                chunk_size=config.chunk_size)
+
+
+def device_of(config: Config) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)

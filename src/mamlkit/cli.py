@@ -1,0 +1,119 @@
+"""The ``mamlkit`` command: presets, train, eval, plot."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mamlkit import config as config_lib
+
+
+def _run_name(preset: str, overrides: list[str]) -> str:
+    suffix = "".join(f"-{pair.replace('=', '')}" for pair in overrides)
+    return (preset + suffix).replace("/", "_")[:120]
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    names = config_lib.preset_names()
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name.ljust(width)}  {config_lib.load_preset(name).description}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mamlkit.train import train
+
+    overrides = config_lib.parse_overrides(args.set)
+    out = Path(args.out) if args.out else Path("runs") / _run_name(args.preset, args.set)
+    config = None if args.resume else config_lib.resolve(args.preset, overrides)
+    if args.resume and overrides:
+        raise config_lib.ConfigError("--resume continues a run as it was; drop the --set values.")
+    result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    print(f"trained {result.iteration} iterations in {result.seconds:.1f} s; run directory: {out}")
+    print(f"next: mamlkit eval {out}   and   mamlkit plot {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mamlkit import evaluate
+    from mamlkit.train import load
+
+    results = {}
+    for run in args.runs:
+        learner = load(run)
+        result = evaluate.evaluate(learner, num_tasks=args.tasks)
+        evaluate.write(Path(run), result)
+        results[Path(run).name] = result
+    print(evaluate.format_table(results))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from mamlkit import plots
+    from mamlkit.train import load
+
+    runs = {Path(r).name: Path(r) for r in args.runs}
+    out_dir = Path(args.out) if args.out else Path(args.runs[0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [plots.learning_curve(runs, out_dir / "learning_curve.png")]
+    learners = {name: load(path) for name, path in runs.items()}
+    if all(learner.config.task == "sinusoid" for learner in learners.values()):
+        written.append(plots.sinusoid_adaptation(learners, out_dir / "adaptation.png"))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mamlkit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("presets", help="list the presets").set_defaults(func=cmd_presets)
+    t = sub.add_parser("train", help="meta-train a preset into a run directory")
+    t.add_argument("preset")
+    t.add_argument("--out", help="run directory (default runs/<preset>[-overrides])")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set inner_lr=0 (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval", help="evaluate runs on the same held-out tasks")
+    e.add_argument("runs", nargs="+")
+    e.add_argument("--tasks", type=int, default=None, help="held-out tasks (default 600)")
+    e.set_defaults(func=cmd_eval)
+    pl = sub.add_parser("plot", help="learning curves and adaptation pictures as PNG")
+    pl.add_argument("runs", nargs="+")
+    pl.add_argument("--out", help="folder for the PNGs (default: the first run directory)")
+    pl.set_defaults(func=cmd_plot)
+    return p
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    from mamlkit.train import RunDirectoryError, TrainingDiverged
+
+    errors: list[type[BaseException]] = [config_lib.ConfigError, RunDirectoryError,
+                                         TrainingDiverged, FileNotFoundError]
+    try:
+        from mamlkit.data import DataError
+
+        errors.append(DataError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except known_errors() as error:
+        print(f"mamlkit: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mamlkit: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

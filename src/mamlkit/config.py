@@ -1,0 +1,160 @@
+"""Run configuration: one flat dataclass, presets from YAML, ``key=value`` overrides with checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad preset name, config key or value; the message says what to change."""
+
+
+@dataclass
+class Config:
+    """Everything a run needs; the resolved copy is saved as ``config.yaml`` in the run directory."""
+
+    description: str = ""
+    task: str = "sinusoid"  # sinusoid | omniglot
+    model: str = "mlp"  # mlp | conv4
+    hidden: list[int] = field(default_factory=lambda: [40, 40])
+    ways: int = 5
+    shots: int = 10
+    query_shots: int | None = None  # defaults to shots
+    data_root: str | None = None
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    first_order: bool = False
+    meta_lr: float = 0.001
+    meta_batch_size: int = 25
+    iterations: int = 70000
+    seed: int = 0
+    batching: str = "auto"  # auto | vmap | loop
+    chunk_size: int | None = None
+    threads: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+    eval_inner_lr: float | None = None  # fine-tuning step size at evaluation (alpha=0 runs)
+    eval_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 5, 10])
+    eval_tasks: int = 600
+    log_every: int = 100
+    val_every: int = 1000
+    val_tasks: int = 100
+    checkpoint_every: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """``value`` as type ``kind`` (int to float allowed, None for optional keys), else an error."""
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+        if typing.get_origin(option) is list and isinstance(value, list):
+            (item,) = typing.get_args(option)
+            return [_coerce(key, v, item) for v in value]
+    names = " or ".join(getattr(o, "__name__", str(o)).replace("NoneType", "null")
+                        for o in options)
+    raise ConfigError(f"Config key {key!r} needs a value of type {names}, got {value!r}.")
+
+
+def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
+    """A Config from ``values`` on top of ``base``; unknown keys and wrong types raise ConfigError."""
+    kinds = field_types()
+    unknown = sorted(set(values) - set(kinds))
+    if unknown:
+        raise ConfigError(
+            f"Unknown config key {unknown[0]!r}; valid keys are: {', '.join(sorted(kinds))}."
+        )
+    resolved = dataclasses.asdict(base or Config())
+    resolved.update({k: _coerce(k, v, kinds[k]) for k, v in values.items()})
+    return Config(**resolved)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["inner_lr=0", "hidden=[64,64]"]`` -> ``{"inner_lr": 0, "hidden": [64, 64]}`` (YAML values)."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"Overrides look like key=value, got {pair!r}.")
+        try:
+            overrides[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            overrides[key.strip()] = text
+    return overrides
+
+
+def preset_dir() -> Path:
+    return Path(str(resources.files("mamlkit") / "configs"))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def load_preset(name: str) -> Config:
+    path = preset_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"Unknown preset {name!r}; run 'mamlkit presets' to list them "
+                          f"({', '.join(preset_names())}).")
+    return from_dict(yaml.safe_load(path.read_text()) or {})
+
+
+def resolve(preset: str, overrides: dict[str, Any]) -> Config:
+    """The preset with overrides applied; the fine-tuning step size of alpha=0 runs is filled in.
+
+    An alpha=0 run cannot adapt with its own step size, so it is evaluated with the preset's
+    alpha unless ``eval_inner_lr`` says otherwise: the paper's "pretrained" baseline.
+    """
+    base = load_preset(preset)
+    config = from_dict(overrides, base)
+    if config.eval_inner_lr is None:
+        config.eval_inner_lr = config.inner_lr if config.inner_lr > 0 else base.inner_lr
+    check(config)
+    return config
+
+
+def check(config: Config) -> None:
+    positive = ["inner_steps", "meta_batch_size", "iterations", "shots", "ways", "eval_tasks",
+                "log_every", "val_every", "checkpoint_every", "threads", "val_tasks"]
+    for key in positive:
+        if getattr(config, key) < (0 if key == "inner_steps" else 1):
+            raise ConfigError(f"Config key {key!r} must be positive, got {getattr(config, key)}.")
+    if config.inner_lr < 0 or config.meta_lr <= 0:
+        raise ConfigError("inner_lr must be >= 0 and meta_lr > 0.")
+    choices = {"batching": ("auto", "vmap", "loop"), "device": ("auto", "cpu", "cuda"),
+               "task": ("sinusoid", "omniglot"), "model": ("mlp", "conv4")}
+    for key, allowed in choices.items():
+        if getattr(config, key) not in allowed:
+            raise ConfigError(f"Config key {key!r} must be one of {', '.join(allowed)}, "
+                              f"got {getattr(config, key)!r}.")
+
+
+def save(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def load(path: Path) -> Config:
+    return from_dict(yaml.safe_load(path.read_text()) or {})

@@ -1,0 +1,166 @@
+"""The meta-training loop: sample tasks, meta-loss, outer Adam step; logs, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mamlkit import checkpoint
+from mamlkit import config as config_lib
+from mamlkit.algorithms import MAML
+from mamlkit.build import VAL_SEED, build_learner, build_model, build_tasks, device_of
+from mamlkit.config import Config
+from mamlkit.tasks import TaskDistribution, generator_from
+
+
+class TrainingDiverged(RuntimeError):
+    """The meta-loss became NaN or infinite; the message names the last good checkpoint."""
+
+
+class RunDirectoryError(RuntimeError):
+    """The run directory is not usable as asked (exists without --resume, nothing to resume)."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iteration: int
+    learner: MAML
+    seconds: float
+
+
+def _val_metrics(learner: MAML, tasks: TaskDistribution, config: Config,
+                 device: torch.device) -> dict[str, float]:
+    """Pre- and post-adaptation query metric on fixed held-out tasks, for the learning curve."""
+    with torch.random.fork_rng(devices=[]):
+        batch = tasks.sample(config.val_tasks, generator_from(VAL_SEED)).to(device)
+        steps = [0, max(config.inner_steps, 1)]
+        curve = learner.adaptation_curve(batch, steps, tasks.metric,
+                                         inner_lr=config.eval_inner_lr or config.inner_lr)
+    return {"val_pre": curve[0].mean().item(), "val_post": curve[1].mean().item()}
+
+
+def _trim_metrics(path: Path, iteration: int) -> None:
+    """Drop records past the checkpoint we resume from, so the curve has no duplicates."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def prepare_run_dir(run_dir: Path, config: Config, resume: bool) -> Config:
+    """Create the run directory (or check it for a resume) and return the config to use."""
+    config_path = run_dir / "config.yaml"
+    if resume:
+        if not config_path.is_file() or checkpoint.latest(run_dir) is None:
+            raise RunDirectoryError(f"Nothing to resume in {run_dir}: it holds no checkpoint.")
+        return config_lib.load(config_path)
+    if config_path.exists():
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run; pass --resume to continue it or --out for a new one."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_lib.save(config, config_path)
+    return config
+
+
+def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> TrainResult:
+    """Meta-train as ``config`` says, writing everything into ``run_dir``.
+
+    ``stop_after`` ends the loop early without a final checkpoint, as a kill would (for tests).
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = Path(run_dir)
+    config = prepare_run_dir(run_dir, config, resume)
+    torch.set_num_threads(config.threads)
+    device = device_of(config)
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    tasks = build_tasks(config, "train")
+    val_tasks = build_tasks(config, "val")
+    learner = build_learner(config, model, tasks)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.meta_lr)
+    generator = generator_from(config.seed + 1)
+
+    start = 0
+    if resume:
+        start = checkpoint.load(checkpoint.latest(run_dir), model, optimizer, generator)[
+            "iteration"]
+        _trim_metrics(run_dir / "metrics.jsonl", start)
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start)
+    metrics = (run_dir / "metrics.jsonl").open("a")
+    bar = tqdm(total=config.iterations, initial=start, disable=not progress,
+               desc=run_dir.name, unit="it", dynamic_ncols=True)
+    began, window = time.perf_counter(), []
+    iteration = start
+    try:
+        for iteration in range(start + 1, config.iterations + 1):
+            if stop_after is not None and iteration > stop_after:
+                iteration -= 1
+                break
+            batch = tasks.sample(config.meta_batch_size, generator).to(device)
+            loss = learner.meta_loss(batch)
+            if not math.isfinite(loss.item()):
+                last = checkpoint.latest(run_dir)
+                where = f"the last good checkpoint is {last}" if last else "no checkpoint yet"
+                raise TrainingDiverged(
+                    f"The meta-loss became {loss.item()} at iteration {iteration} ({where}); "
+                    "lower meta_lr or inner_lr and train again or resume."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            window.append(loss.item())
+            bar.update(1)
+            record: dict[str, float | int] = {}
+            if iteration % config.log_every == 0 or iteration == config.iterations:
+                record["loss"] = sum(window) / len(window)
+                window = []
+                bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
+            if iteration % config.val_every == 0 or iteration == config.iterations:
+                record.update(_val_metrics(learner, val_tasks, config, device))
+            if record:
+                record = {"iteration": iteration,
+                          "seconds": round(time.perf_counter() - began, 3), **record}
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                for key, value in record.items():
+                    if key != "iteration":
+                        writer.add_scalar(f"meta/{key}", value, iteration)
+            if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
+                checkpoint.save(run_dir, iteration, model, optimizer, generator)
+    finally:
+        bar.close()
+        metrics.close()
+        writer.close()
+    return TrainResult(run_dir, iteration, learner, time.perf_counter() - began)
+
+
+def load(run_dir: str | Path) -> MAML:
+    """The trained learner of a run directory (model with its latest weights, and its config).
+
+    ``learner.config`` holds the run's config; adapt with ``learner.adapt(x, y)``.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise RunDirectoryError(f"{run_dir} is not a run directory (no config.yaml).")
+    config = config_lib.load(config_path)
+    path = checkpoint.latest(run_dir)
+    if path is None:
+        raise RunDirectoryError(f"{run_dir} holds no checkpoint yet.")
+    model = build_model(config)
+    checkpoint.load_model(path, model)
+    learner = build_learner(config, model, build_tasks(config, "test"))
+    learner.config = config
+    learner.iteration = int(path.name.split("_")[-1])
+    return learner
