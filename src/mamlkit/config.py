@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class Config:
-    """Everything a run needs; the resolved copy is saved as ``config.yaml`` in the run directory."""
+    """Everything a run needs; the resolved copy is saved as the run's ``config.yaml``."""
 
     description: str = ""
     task: str = "sinusoid"  # sinusoid | omniglot
@@ -80,7 +80,7 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
 
 
 def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
-    """A Config from ``values`` on top of ``base``; unknown keys and wrong types raise ConfigError."""
+    """A Config from ``values`` over ``base``; unknown keys and wrong types raise ConfigError."""
     kinds = field_types()
     unknown = sorted(set(values) - set(kinds))
     if unknown:
@@ -93,7 +93,7 @@ def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["inner_lr=0", "hidden=[64,64]"]`` -> ``{"inner_lr": 0, "hidden": [64, 64]}`` (YAML values)."""
+    """``["inner_lr=0", "hidden=[64,64]"]`` -> ``{"inner_lr": 0, "hidden": [64, 64]}``."""
     overrides: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
