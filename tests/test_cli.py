@@ -1,0 +1,68 @@
+"""The command line as a user meets it: presets, train, eval, plot, and one-sentence errors."""
+
+import json
+
+import pytest
+
+from mamlkit.cli import main
+from mamlkit.config import ConfigError, from_dict, parse_overrides, resolve
+
+FAST = ["--set", "iterations=30", "--set", "meta_batch_size=4", "--set", "log_every=10",
+        "--set", "val_every=10", "--set", "val_tasks=8", "--set", "checkpoint_every=10"]
+
+
+def test_presets_lists_each_with_a_line(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert {"sinusoid", "sinusoid-paper"} <= set(names)
+    assert all(len(line.split()) > 2 for line in lines)
+
+
+def test_train_eval_plot_end_to_end(tmp_path, capsys):
+    maml, base = tmp_path / "maml", tmp_path / "base"
+    assert main(["train", "sinusoid", "--out", str(maml), "--no-progress", *FAST]) == 0
+    assert main(["train", "sinusoid", "--out", str(base), "--no-progress", *FAST,
+                 "--set", "inner_lr=0"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(maml), str(base), "--tasks", "150"]) == 0
+    table = capsys.readouterr().out
+    assert "maml" in table and "base" in table and "±" in table
+    result = json.loads((maml / "eval.json").read_text())
+    assert result["metric"] == "mse" and result["num_tasks"] == 150
+    assert set(result["steps"]) == {"0", "1", "2", "5", "10"}
+    assert all(set(v) == {"mean", "ci95"} for v in result["steps"].values())
+    # the alpha=0 baseline is fine-tuned with the preset's alpha at evaluation
+    assert json.loads((base / "eval.json").read_text())["inner_lr"] == 0.01
+    assert main(["plot", str(maml), str(base)]) == 0
+    assert (maml / "learning_curve.png").stat().st_size > 10_000
+    assert (maml / "adaptation.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "nope"], "Unknown preset 'nope'"),
+    (["train", "sinusoid", "--set", "inner_rl=0.1"], "Unknown config key 'inner_rl'; valid keys"),
+    (["train", "sinusoid", "--set", "inner_lr=fast"], "'inner_lr' needs a value of type float"),
+    (["train", "sinusoid", "--set", "first_order=3"], "'first_order' needs a value of type bool"),
+    (["train", "sinusoid", "--set", "batching=magic"], "'batching' must be one of"),
+    (["train", "sinusoid", "--set", "noequals"], "key=value"),
+])
+def test_bad_input_gives_one_sentence(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_of_a_non_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_overrides_are_typed():
+    assert parse_overrides(["inner_lr=0", "hidden=[64, 64]", "first_order=true"]) == {
+        "inner_lr": 0, "hidden": [64, 64], "first_order": True}
+    config = resolve("sinusoid", {"inner_lr": 0})
+    assert config.inner_lr == 0.0 and isinstance(config.inner_lr, float)
+    with pytest.raises(ConfigError):
+        from_dict({"hidden": [1.5]})
