@@ -1,0 +1,155 @@
+"""Any folder of class sub-folders of images (or a .zip of one) as a class-indexed image set.
+
+``root/<class>/<image>`` becomes class ``<class>`` (classes sorted by name, images by path;
+images may sit deeper inside a class folder). A single folder wrapping all class folders, as
+zips often have, is looked through. Hidden files, ``__MACOSX`` and non-image files are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+import zlib
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mamlkit.data.cache import cache_root, file_digests, load_cached, save_cached
+from mamlkit.data.class_images import ClassImages, DataError
+from mamlkit.data.transforms import RESAMPLE, decode_image, image_size_pair
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+_CACHE_VERSION = 1
+
+
+def _is_image(parts: tuple[str, ...]) -> bool:
+    hidden = any(p.startswith(".") or p == "__MACOSX" for p in parts)
+    return not hidden and parts[-1].lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _strip_wrapper(files: list[tuple[str, ...]]) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
+    """Drop leading folders shared by every file while class folders still remain below them."""
+    prefix: tuple[str, ...] = ()
+    while files and all(len(f) >= 3 for f in files) and len({f[0] for f in files}) == 1:
+        prefix += (files[0][0],)
+        files = [f[1:] for f in files]
+    return files, prefix
+
+
+def _listing(
+    root: Path, stack: ExitStack
+) -> tuple[list[tuple[str, ...]], Callable[[tuple[str, ...]], bytes], str]:
+    """Relative image paths, a reader for them, and a key that changes when the files change."""
+    if root.is_dir():
+        files = sorted(
+            f for p in root.rglob("*") if _is_image(f := p.relative_to(root).parts) and p.is_file()
+        )
+        stats = [(f, (root.joinpath(*f)).stat()) for f in files]
+        key = repr([(f, s.st_size, s.st_mtime_ns) for f, s in stats]).encode()
+        return files, lambda f: root.joinpath(*f).read_bytes(), hashlib.sha256(key).hexdigest()
+    archive = stack.enter_context(zipfile.ZipFile(root))
+    names = {tuple(i.filename.split("/")): i for i in archive.infolist() if not i.is_dir()}
+    files = sorted(f for f in names if _is_image(f))
+    return files, lambda f: archive.read(names[f]), file_digests(root)["sha256"]
+
+
+def load_image_folder(
+    root: str | os.PathLike[str],
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    mode: str = "L",
+    resample: str = "lanczos",
+    invert: bool = False,
+    cache: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> ClassImages:
+    """Read ``root`` (a folder or a .zip) into uint8 images, one class per sub-folder.
+
+    ``mode="L"`` gives grayscale ``[N, H, W]``, ``mode="RGB"`` gives ``[N, 3, H, W]``.
+    ``image_size`` (an int or ``(height, width)``) resizes every image with ``resample``; without
+    it all images must share one size. ``invert`` maps v to 255 - v (dark strokes become bright).
+    ``cache=True`` stores the decoded tensor under ``cache_dir`` (default ``$MAMLKIT_CACHE``),
+    keyed by the files' names, sizes and modification times (a zip: its SHA-256).
+    """
+    if mode not in ("L", "RGB"):
+        raise ValueError(f"mode must be 'L' (grayscale) or 'RGB'; got {mode!r}.")
+    if resample not in RESAMPLE:
+        raise ValueError(f"resample must be one of {sorted(RESAMPLE)}; got {resample!r}.")
+    size = image_size_pair(image_size)
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"The dataset folder {root} does not exist; check the path.")
+    with ExitStack() as stack:
+        return _load(root, stack, size, mode, resample, invert, cache, cache_dir)
+
+
+def _load(
+    root: Path,
+    stack: ExitStack,
+    size: tuple[int, int] | None,
+    mode: str,
+    resample: str,
+    invert: bool,
+    cache: bool,
+    cache_dir: str | os.PathLike[str] | None,
+) -> ClassImages:
+    try:
+        files, read, key = _listing(root, stack)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        raise DataError(
+            f"Could not read {root} ({err}); pass a folder of class sub-folders or a valid .zip."
+        ) from None
+    files, prefix = _strip_wrapper(files)
+    if not files:
+        raise DataError(
+            f"No images found in {root}; expected class sub-folders of images, "
+            f"e.g. {root}/<class>/<image>.png."
+        )
+    loose = [f for f in files if len(f) == 1]
+    if loose:
+        raise DataError(
+            f"{root / '/'.join(prefix + loose[0])} is not inside a class folder; put every "
+            f"image into a sub-folder named after its class."
+        )
+    cache_file = None
+    if cache:
+        name = f"{root.name}-{size}-{mode}-{resample}-{invert}-{key[:24]}-v{_CACHE_VERSION}.pt"
+        cache_file = cache_root(cache_dir) / "folders" / name.replace(" ", "")
+        stored = load_cached(cache_file)
+        if stored is not None:
+            try:
+                return ClassImages(stored["images"], stored["labels"], stored["class_names"])
+            except (KeyError, ValueError, TypeError):
+                pass
+    class_names = sorted({f[0] for f in files})
+    class_id = {name: i for i, name in enumerate(class_names)}
+    arrays = []
+    for f in files:
+        where = root / "/".join(prefix + f)
+        try:
+            arrays.append(
+                decode_image(
+                    read(prefix + f), size=size, mode=mode, resample=resample, invert=invert
+                )
+            )
+        except Exception as err:
+            raise DataError(
+                f"Could not read image {where} ({err}); remove or replace that file."
+            ) from None
+        if arrays[-1].shape != arrays[0].shape:
+            raise DataError(
+                f"Images differ in size ({where} is {arrays[-1].shape[-2:]}, the first one "
+                f"{arrays[0].shape[-2:]}); pass image_size to resize them all to one size."
+            )
+    images = torch.from_numpy(np.stack(arrays))
+    labels = torch.tensor([class_id[f[0]] for f in files], dtype=torch.long)
+    data = ClassImages(images, labels, tuple(class_names))
+    if cache_file is not None:
+        save_cached(
+            cache_file, {"images": images, "labels": labels, "class_names": list(class_names)}
+        )
+    return data
