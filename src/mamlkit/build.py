@@ -28,7 +28,27 @@ def build_tasks(config: Config, split: str = "train") -> TaskDistribution:
     """The task distribution of ``split`` (train, val or test) for this run."""
     if config.task == "sinusoid":
         return Sinusoid(shots=config.shots, query_shots=config.query_shots)
+    if config.task == "omniglot":
+        return _omniglot(config, split)
     raise ConfigError(f"Unknown task {config.task!r}.")
+
+
+def _omniglot(config: Config, split: str) -> TaskDistribution:
+    """Omniglot tasks; validation curves use the test characters (no model is selected on them)."""
+    from mamlkit.tasks.classification import omniglot_tasks
+
+    if config.data_root is None:
+        raise ConfigError(
+            "Omniglot needs its data: pass --data-root DIR (a folder holding "
+            "images_background.zip and images_evaluation.zip), or add --set download=true."
+        )
+    try:
+        return omniglot_tasks(config.data_root, config.ways, config.shots,
+                              config.query_shots or config.shots,
+                              split="train" if split == "train" else "test",
+                              protocol=config.protocol, download=config.download)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def build_learner(config: Config, model: nn.Module, tasks: TaskDistribution) -> MAML:

@@ -26,6 +26,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mamlkit.train import train
 
     overrides = config_lib.parse_overrides(args.set)
+    if args.data_root:
+        overrides["data_root"] = args.data_root
     out = Path(args.out) if args.out else Path("runs") / _run_name(args.preset, args.set)
     config = None if args.resume else config_lib.resolve(args.preset, overrides)
     if args.resume and overrides:
@@ -76,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set inner_lr=0 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--data-root", help="dataset folder (omniglot: the two official zips)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate runs on the same held-out tasks")

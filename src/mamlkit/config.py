@@ -28,7 +28,9 @@ class Config:
     ways: int = 5
     shots: int = 10
     query_shots: int | None = None  # defaults to shots
-    data_root: str | None = None
+    data_root: str | None = None  # folder with the dataset's files (omniglot: the two zips)
+    protocol: str = "finn"  # omniglot split: finn (1200/423 characters) | lake (alphabets)
+    download: bool = False  # fetch missing dataset files from their official source
     inner_lr: float = 0.01
     inner_steps: int = 1
     first_order: bool = False
@@ -115,11 +117,14 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> Config:
+    """A preset's config; a preset may start from another one with ``base: NAME``."""
     path = preset_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"Unknown preset {name!r}; run 'mamlkit presets' to list them "
                           f"({', '.join(preset_names())}).")
-    return from_dict(yaml.safe_load(path.read_text()) or {})
+    values = yaml.safe_load(path.read_text()) or {}
+    base = values.pop("base", None)
+    return from_dict(values, load_preset(base) if base else None)
 
 
 def resolve(preset: str, overrides: dict[str, Any]) -> Config:
@@ -145,7 +150,8 @@ def check(config: Config) -> None:
     if config.inner_lr < 0 or config.meta_lr <= 0:
         raise ConfigError("inner_lr must be >= 0 and meta_lr > 0.")
     choices = {"batching": ("auto", "vmap", "loop"), "device": ("auto", "cpu", "cuda"),
-               "task": ("sinusoid", "omniglot"), "model": ("mlp", "conv4")}
+               "task": ("sinusoid", "omniglot"), "model": ("mlp", "conv4"),
+               "protocol": ("finn", "lake")}
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
             raise ConfigError(f"Config key {key!r} must be one of {', '.join(allowed)}, "

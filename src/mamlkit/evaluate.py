@@ -43,8 +43,11 @@ def evaluate(learner: MAML, num_tasks: int | None = None, steps: list[int] | Non
     generator = generator_from(EVAL_SEED)
     curves = []
     for start in range(0, num_tasks, EVAL_CHUNK):
-        batch = tasks.sample(min(EVAL_CHUNK, num_tasks - start), generator).to(device)
-        curves.append(learner.adaptation_curve(batch, steps, tasks.metric, inner_lr=inner_lr))
+        batch = tasks.sample(min(EVAL_CHUNK, num_tasks - start), generator)
+        # evaluate a meta-batch at a time: memory as in training, same tasks for every run
+        for piece in range(0, batch.num_tasks, config.meta_batch_size):
+            part = batch[piece:piece + config.meta_batch_size].to(device)
+            curves.append(learner.adaptation_curve(part, steps, tasks.metric, inner_lr=inner_lr))
     curve = torch.cat(curves, dim=1).cpu()
     return {
         "metric": tasks.metric,

@@ -46,6 +46,14 @@ def _val_metrics(learner: MAML, tasks: TaskDistribution, config: Config,
     return {"val_pre": curve[0].mean().item(), "val_post": curve[1].mean().item()}
 
 
+def _train_metrics(learner: MAML, batch, metric: str, config: Config) -> dict[str, float]:
+    """The task metric of the last meta-batch before and after adaptation (learning curves)."""
+    with torch.random.fork_rng(devices=[]):
+        curve = learner.adaptation_curve(batch, [0, max(config.inner_steps, 1)], metric,
+                                         inner_lr=config.eval_inner_lr or config.inner_lr)
+    return {"train_pre": curve[0].mean().item(), "train_post": curve[1].mean().item()}
+
+
 def _trim_metrics(path: Path, iteration: int) -> None:
     """Drop records past the checkpoint we resume from, so the curve has no duplicates."""
     if not path.is_file():
@@ -125,6 +133,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, progress: b
             if iteration % config.log_every == 0 or iteration == config.iterations:
                 record["loss"] = sum(window) / len(window)
                 window = []
+                record.update(_train_metrics(learner, batch, tasks.metric, config))
                 bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
             if iteration % config.val_every == 0 or iteration == config.iterations:
                 record.update(_val_metrics(learner, val_tasks, config, device))
