@@ -63,6 +63,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     learners = {name: load(path) for name, path in runs.items()}
     if all(learner.config.task == "sinusoid" for learner in learners.values()):
         written.append(plots.sinusoid_adaptation(learners, out_dir / "adaptation.png"))
+    else:
+        for name, learner in learners.items():
+            if learner.config.task == "omniglot":
+                out = out_dir / f"adaptation-{name}.png" if len(learners) > 1 else (
+                    out_dir / "adaptation.png")
+                written.append(plots.classification_adaptation(learner, out))
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -83,3 +83,46 @@ def sinusoid_adaptation(learners: dict[str, MAML], out: Path, num_tasks: int = 3
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+@torch.no_grad()
+def classification_adaptation(learner: MAML, out: Path, queries_per_class: int = 3) -> Path:
+    """One held-out task: support images with labels, query images with the labels predicted
+    before and after adaptation (green right, red wrong)."""
+    config = learner.config
+    tasks = build_tasks(config, "test")
+    batch = tasks.sample(1, EVAL_SEED)
+    (sx, sy), (qx, qy) = (t[0] for t in batch.support), (t[0] for t in batch.query)
+    keep = torch.cat([torch.nonzero(qy == c).flatten()[:queries_per_class]
+                      for c in range(config.ways)])
+    qx, qy = qx[keep], qy[keep]
+    steps = max(config.eval_steps)
+    with torch.enable_grad():
+        adapted = learner.adapt(sx, sy, steps=steps, inner_lr=config.eval_inner_lr)
+    before = learner(torch.cat([sx, qx]))[len(sx):].argmax(-1)
+    after = learner(torch.cat([sx, qx]), {n: p.detach() for n, p in adapted.items()})
+    after = after[len(sx):].argmax(-1)
+    columns = max(len(sx), len(qx))
+    fig, axes = plt.subplots(3, columns, figsize=(0.9 * columns, 3.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    rows = [(sx, sy, None, "support"), (qx, qy, before, "before"), (qx, qy, after,
+                                                                    f"after {steps} steps")]
+    for r, (images, labels, predicted, title) in enumerate(rows):
+        axes[r][0].set_title(title, fontsize=8, loc="left")
+        for i in range(len(images)):
+            ax = axes[r][i]
+            ax.imshow(images[i].squeeze(0), cmap="gray_r")
+            if predicted is None:
+                ax.text(0.5, -0.15, f"{labels[i].item()}", transform=ax.transAxes,
+                        ha="center", fontsize=7)
+            else:
+                right = predicted[i].item() == labels[i].item()
+                ax.text(0.5, -0.15, f"{predicted[i].item()}", transform=ax.transAxes,
+                        ha="center", fontsize=7, color="green" if right else "red")
+    fig.suptitle(f"held-out {config.ways}-way {config.shots}-shot task: predicted labels",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
