@@ -49,6 +49,7 @@ class Config:
     val_every: int = 1000
     val_tasks: int = 100
     checkpoint_every: int = 1000
+    time_limit: float | None = None  # minutes; stop (with a checkpoint) once exceeded
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

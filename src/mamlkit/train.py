@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,13 +130,16 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, progress: b
             optimizer.step()
             window.append(loss.item())
             bar.update(1)
+            out_of_time = (config.time_limit is not None
+                           and time.perf_counter() - began > 60 * config.time_limit)
+            last = iteration == config.iterations or out_of_time
             record: dict[str, float | int] = {}
-            if iteration % config.log_every == 0 or iteration == config.iterations:
+            if iteration % config.log_every == 0 or last:
                 record["loss"] = sum(window) / len(window)
                 window = []
                 record.update(_train_metrics(learner, batch, tasks.metric, config))
                 bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
-            if iteration % config.val_every == 0 or iteration == config.iterations:
+            if iteration % config.val_every == 0 or last:
                 record.update(_val_metrics(learner, val_tasks, config, device))
             if record:
                 record = {"iteration": iteration,
@@ -145,8 +149,12 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, progress: b
                 for key, value in record.items():
                     if key != "iteration":
                         writer.add_scalar(f"meta/{key}", value, iteration)
-            if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
+            if iteration % config.checkpoint_every == 0 or last:
                 checkpoint.save(run_dir, iteration, model, optimizer, generator)
+            if out_of_time:
+                print(f"time limit of {config.time_limit} minutes reached at iteration "
+                      f"{iteration}; continue with --resume", file=sys.stderr)
+                break
     finally:
         bar.close()
         metrics.close()
