@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -44,6 +45,7 @@ class Workload:
     inner_lr: float
     steps: int
     first_order: bool
+    sampling_timed: bool = False  # the task sampler runs inside the timed step
 
 
 def omniglot_shaped_batch(tasks: int, ways: int = 5, shots: int = 1, queries: int = 15,
@@ -56,6 +58,19 @@ def omniglot_shaped_batch(tasks: int, ways: int = 5, shots: int = 1, queries: in
         (torch.rand(tasks, ways * shots, 1, 28, 28, generator=g), support_y.clone()),
         (torch.rand(tasks, ways * queries, 1, 28, 28, generator=g), query_y.clone()),
     )
+
+
+OMNIGLOT_ROOT = Path(os.environ.get(
+    "MAMLKIT_OMNIGLOT_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"))
+
+
+def real_omniglot_sampler(ways: int = 5, shots: int = 1, queries: int = 15, tasks: int = 32):
+    """Meta-batches from the real Omniglot training split (the zips must be in OMNIGLOT_ROOT)."""
+    from mamlkit.tasks import omniglot_tasks
+
+    distribution = omniglot_tasks(OMNIGLOT_ROOT, ways, shots, queries, split="train")
+    generator = torch.Generator().manual_seed(0)
+    return lambda seed: distribution.sample(tasks, generator)
 
 
 WORKLOADS = {
@@ -72,6 +87,12 @@ WORKLOADS = {
                            lambda: Conv4(ways=5), lambda s: omniglot_shaped_batch(32, seed=s),
                            "cross_entropy", 0.1, 5, True),
 }
+if (OMNIGLOT_ROOT / "images_background.zip").is_file():
+    WORKLOADS["omniglot-5w1s"] = Workload(
+        "real Omniglot 5w1s sampled in the step (32 tasks, 5+75 images, 1 step, 2nd order)",
+        lambda: Conv4(ways=5), real_omniglot_sampler(), "cross_entropy", 0.4, 1, False, True)
+else:
+    print(f"# real Omniglot workload skipped: no zips in {OMNIGLOT_ROOT}")
 
 
 def implementations(work: Workload) -> dict[str, Callable[[nn.Module, TaskBatch], torch.Tensor]]:
@@ -159,6 +180,8 @@ def time_steps(work: Workload, impls, repeats: int, warmup: int = 2) -> dict[str
             model, opt = states[name], optimizers[name]
             _sync()
             start = time.perf_counter()
+            if work.sampling_timed:
+                batch = work.make_batch(r).to(DEVICE)
             opt.zero_grad(set_to_none=True)
             fn(model, batch).backward()
             opt.step()

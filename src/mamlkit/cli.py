@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from mamlkit import config as config_lib
 
 
@@ -45,6 +47,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = {}
     for run in args.runs:
         learner = load(run)
+        # the run's measured thread count: small models slow down badly with more threads
+        torch.set_num_threads(learner.config.threads)
         result = evaluate.evaluate(learner, num_tasks=args.tasks)
         evaluate.write(Path(run), result)
         results[Path(run).name] = result
@@ -61,6 +65,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [plots.learning_curve(runs, out_dir / "learning_curve.png")]
     learners = {name: load(path) for name, path in runs.items()}
+    torch.set_num_threads(min(learner.config.threads for learner in learners.values()))
     if all(learner.config.task == "sinusoid" for learner in learners.values()):
         written.append(plots.sinusoid_adaptation(learners, out_dir / "adaptation.png"))
     else:
