@@ -32,14 +32,16 @@ def learning_curve(runs: dict[str, Path], out: Path) -> Path:
         train = [(r["iteration"], r["loss"]) for r in records if "loss" in r]
         if train:
             ax_loss.plot(*zip(*train, strict=True), color=color, label=name)
-        for key, style in (("val_pre", ":"), ("val_post", "-")):
+        labels = {"val_pre": "held-out, before adaptation", "val_post": "held-out, adapted",
+                  "train_post": "meta-training batch, adapted"}
+        for key, style in (("val_pre", ":"), ("val_post", "-"), ("train_post", "--")):
             points = [(r["iteration"], r[key]) for r in records if key in r]
             if points:
-                label = f"{name} {'before' if key == 'val_pre' else 'after'} adaptation"
+                label = f"{name}: {labels[key]}"
                 ax_val.plot(*zip(*points, strict=True), style, color=color, label=label)
     ax_loss.set(xlabel="iteration", ylabel="meta-training query loss", yscale="log",
                 title="meta-training loss")
-    ax_val.set(xlabel="iteration", ylabel="held-out query metric", title="held-out tasks")
+    ax_val.set(xlabel="iteration", ylabel="query metric", title="before and after adaptation")
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
