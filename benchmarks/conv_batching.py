@@ -26,8 +26,8 @@ Variants (all exact; the gradient check runs first, in float64, against the plai
 
 Timing interleaves the variants in one process (A, B, C, A, B, C, ...) and reports medians, since
 other processes may load the machine. Peak memory (--memory) is measured in a fresh subprocess per
-variant: the peak RSS during one meta-step minus the RSS before it (tracemalloc cannot see torch's
-CPU allocations).
+variant: the peak RSS during its first meta-step minus the RSS before it (tracemalloc cannot see
+torch's CPU allocations).
 
     python benchmarks/conv_batching.py --threads 1 --steps 1
     python benchmarks/conv_batching.py --threads 2 --steps 5 --first-order --repeats 3 --memory
@@ -39,7 +39,6 @@ import argparse
 import contextlib
 import copy
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -108,7 +107,7 @@ class NCHWStackedConv4(Conv4):
                 h = F.batch_norm(h, None, None, layer.weight.reshape(-1), layer.bias.reshape(-1),
                                  True, 0.0, layer.eps)
             else:
-                h = layer(h)
+                h = torch.relu_(h)
         return stacked_linear(channels_to_tasks(h, tasks), self.head.weight, self.head.bias)
 
 
@@ -293,15 +292,28 @@ def memory_child(name: str, setup: Setup, tasks: int, with_compile: bool) -> Non
     optimizer = torch.optim.Adam(parameters_of(model), lr=1e-3)
     if name == "compile":  # compile outside the measured step
         meta_step(variant, model, optimizer, batch, setup)
-    before = current_rss_mb()
+    before = rss_mb("VmRSS")
+    reset_peak_rss()
     meta_step(variant, model, optimizer, batch, setup)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_mb": peak - before}))
+    print(json.dumps({"peak_mb": rss_mb("VmHWM") - before}))
 
 
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def rss_mb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process in MiB, from /proc/self/status.
+
+    Not ``ru_maxrss``: Linux carries it over from the parent across fork and exec.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Make VmHWM start from the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def main(argv: list[str] | None = None) -> None:

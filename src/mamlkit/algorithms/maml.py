@@ -11,6 +11,11 @@ from torch import Tensor, nn
 from mamlkit import functional as MF
 from mamlkit.functional.adapt import InnerLR
 from mamlkit.functional.losses import LossFn
+from mamlkit.functional.stacked import (
+    stacked_adaptation_curve,
+    stacked_task_losses,
+    supports_task_stacking,
+)
 from mamlkit.models.batch_norm import has_torch_batch_norm
 from mamlkit.tasks.batch import TaskBatch
 
@@ -18,10 +23,15 @@ from mamlkit.tasks.batch import TaskBatch
 def choose_batching(model: nn.Module) -> str:
     """The batching strategy we measured to be fastest and exact for this kind of model.
 
-    Per-task weights make ``vmap`` turn each convolution into a grouped one, which is slower
-    than a loop on CPU, and ``nn.BatchNorm`` under ``vmap`` gives inexact second-order
-    gradients; everything else is batched with ``vmap``.
+    Models that run many tasks in one call with stacked parameters (``Conv4``) get
+    ``"stacked"``: about 1.5-1.9x faster than a plain autograd loop on CPU at no more memory
+    (benchmarks/conv_batching.py). For other conv nets per-task weights make ``vmap`` turn each
+    convolution into a grouped NCHW one, slower than a loop on CPU, and ``nn.BatchNorm`` under
+    ``vmap`` gives inexact second-order gradients: they get the loop. Everything else is batched
+    with ``vmap``.
     """
+    if supports_task_stacking(model) and not has_torch_batch_norm(model):
+        return "stacked"
     if has_torch_batch_norm(model) or any(isinstance(m, nn.modules.conv._ConvNd)
                                           for m in model.modules()):
         return "loop"
@@ -33,8 +43,9 @@ class MAML(nn.Module):
 
     ``inner_lr`` (alpha) may be one number or one per inner step; ``inner_lr=0`` is plain
     multi-task training (the "pretrained" baseline). ``first_order=True`` drops the second-order
-    terms. ``batching`` is ``"auto"``, ``"vmap"`` or ``"loop"``; ``chunk_size`` bounds how many
-    tasks one ``vmap`` call holds in memory.
+    terms. ``batching`` is ``"auto"``, ``"vmap"``, ``"loop"`` or ``"stacked"`` (models with
+    ``supports_task_stacking``); ``chunk_size`` bounds how many tasks one ``vmap`` or stacked
+    call holds in memory.
     """
 
     def __init__(
@@ -57,8 +68,11 @@ class MAML(nn.Module):
         self.first_order = first_order
         self.loss_fn = MF.resolve_loss(loss_fn)
         self.batching = choose_batching(model) if batching == "auto" else batching
-        if self.batching not in MF.BATCHINGS:
-            raise ValueError(f"Unknown batching {batching!r}; choose auto, vmap or loop.")
+        if self.batching not in (*MF.BATCHINGS, "stacked"):
+            raise ValueError(f"Unknown batching {batching!r}; choose auto, vmap, loop or stacked.")
+        if self.batching == "stacked" and not supports_task_stacking(model):
+            raise ValueError(f"{type(model).__name__} does not support batching='stacked'; "
+                             "choose auto, vmap or loop.")
         if self.batching == "vmap" and has_torch_batch_norm(model):
             warnings.warn(
                 "nn.BatchNorm under vmap gives inexact second-order meta-gradients; convert the "
@@ -77,6 +91,14 @@ class MAML(nn.Module):
 
     def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         """Mean query loss after adaptation; ``.backward()`` fills the model's grads."""
+        if self.batching == "stacked":
+            return stacked_task_losses(
+                self.model, self.params(), self.buffers_dict(), batch,
+                loss_fn=self.loss_fn, inner_lr=self.inner_lr,
+                steps=self.inner_steps if steps is None else steps,
+                first_order=self.first_order, adapt_names=self.adapt_names,
+                chunk_size=self.chunk_size,
+            ).mean()
         return MF.meta_loss(
             self.model, self.params(), self.buffers_dict(), batch,
             loss_fn=self.loss_fn, inner_lr=self.inner_lr,
@@ -109,6 +131,13 @@ class MAML(nn.Module):
     def adaptation_curve(self, batch: TaskBatch, steps: Sequence[int], metric: str | LossFn,
                          inner_lr: InnerLR | None = None) -> Tensor:
         """Query ``metric`` of every task after each number of inner steps: ``[steps, tasks]``."""
+        if self.batching == "stacked":
+            return stacked_adaptation_curve(
+                self.model, self.params(), self.buffers_dict(), batch,
+                loss_fn=self.loss_fn, metric_fn=MF.resolve_metric(metric),
+                inner_lr=self.inner_lr if inner_lr is None else inner_lr, steps=steps,
+                adapt_names=self.adapt_names, chunk_size=self.chunk_size,
+            )
         return MF.adaptation_curve(
             self.model, self.params(), self.buffers_dict(), batch,
             loss_fn=self.loss_fn, metric_fn=MF.resolve_metric(metric),
