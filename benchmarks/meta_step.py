@@ -68,9 +68,15 @@ def real_omniglot_sampler(ways: int = 5, shots: int = 1, queries: int = 15, task
     """Meta-batches from the real Omniglot training split (the zips must be in OMNIGLOT_ROOT)."""
     from mamlkit.tasks import omniglot_tasks
 
-    distribution = omniglot_tasks(OMNIGLOT_ROOT, ways, shots, queries, split="train")
-    generator = torch.Generator().manual_seed(0)
-    return lambda seed: distribution.sample(tasks, generator)
+    state: dict = {}
+
+    def sample(seed: int) -> TaskBatch:
+        if not state:  # loaded on first use, so other workloads' memory figures don't see it
+            state["tasks"] = omniglot_tasks(OMNIGLOT_ROOT, ways, shots, queries, split="train")
+            state["generator"] = torch.Generator().manual_seed(0)
+        return state["tasks"].sample(tasks, state["generator"])
+
+    return sample
 
 
 WORKLOADS = {
