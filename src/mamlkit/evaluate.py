@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mamlkit.algorithms import MAML
+from mamlkit.algorithms import MAML, choose_batching
 from mamlkit.build import EVAL_SEED, build_tasks, device_of
 from mamlkit.tasks import generator_from
 
@@ -40,6 +40,8 @@ def evaluate(learner: MAML, num_tasks: int | None = None, steps: list[int] | Non
     tasks = build_tasks(config, "test")
     device = device_of(config)
     learner.to(device)
+    if config.batching == "auto":  # the fastest strategy depends on where the model now is
+        learner.batching = choose_batching(learner.model)
     generator = generator_from(EVAL_SEED)
     curves = []
     for start in range(0, num_tasks, EVAL_CHUNK):
