@@ -15,12 +15,14 @@ Variants (all exact; the gradient check runs first, in float64, against the plai
   loop-cl        the plain loop on a Conv4 with channels-last activations and a cheaper exact
                  batch norm (sums, one centring, no var kernel) (idea h, layout)
   mkldnn-off     the plain loop with torch.backends.mkldnn disabled (idea h)
-  stacked-nchw   tasks folded into channels by hand, grouped conv groups=tasks, NCHW (idea f)
   stacked, stacked-c2, stacked-c8, stacked-c32
                  mamlkit batching="stacked" (what Conv4 gets by default): tasks folded into
-                 channels, grouped channels-last convolutions, fused batch norm, per-task
-                 gradients from autograd.grad of the summed task losses; 4 tasks per call unless
-                 -cN says otherwise (idea f, channels last)
+                 channels, one grouped convolution per layer (groups=tasks), fused batch norm,
+                 per-task gradients from autograd.grad of the summed task losses; channels-last
+                 for the query sets, NCHW for the 5-image support sets; 4 tasks per call unless
+                 -cN says otherwise (idea f)
+  stacked-nchw, stacked-cl
+                 the same with NCHW, or channels-last, activations for every batch (idea h)
   compile        the plain loop on torch.compile(model): only with --compile; second order fails
                  ("aot_autograd does not currently support double backward"), which is reported
 
@@ -53,7 +55,6 @@ from torch.func import functional_call
 
 from mamlkit import MAML, TaskBatch
 from mamlkit.models import Conv4, TaskBatchNorm
-from mamlkit.models.task_conv import channels_to_tasks, stacked_conv2d, stacked_linear
 
 # ---------------------------------------------------------------------------------------------
 # Model variants (same parameters and names as Conv4, so one state dict fits all of them)
@@ -95,20 +96,15 @@ class ChannelsLastConv4(Conv4):
 
 
 class NCHWStackedConv4(Conv4):
-    """Task stacking by hand with NCHW activations (grouped conv's slow oneDNN path on CPU)."""
+    """Task stacking with NCHW activations for every batch."""
 
-    def _forward_stacked(self, x: Tensor) -> Tensor:
-        tasks = x.shape[0]
-        h = x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])  # [N, T*C, H, W], NCHW
-        for layer in self.features:
-            if isinstance(layer, nn.Conv2d):
-                h = stacked_conv2d(h, layer.weight, layer.bias, layer.stride, layer.padding)
-            elif isinstance(layer, TaskBatchNorm):
-                h = F.batch_norm(h, None, None, layer.weight.reshape(-1), layer.bias.reshape(-1),
-                                 True, 0.0, layer.eps)
-            else:
-                h = torch.relu_(h)
-        return stacked_linear(channels_to_tasks(h, tasks), self.head.weight, self.head.bias)
+    stacked_channels_last = False
+
+
+class ChannelsLastStackedConv4(Conv4):
+    """Task stacking with channels-last activations for every batch, support sets included."""
+
+    stacked_channels_last = True
 
 
 def convert(model: Conv4, conv: type[nn.Conv2d] | None = None,
@@ -190,6 +186,8 @@ def variants(with_compile: bool) -> dict[str, Variant]:
         Variant("mkldnn-off", same, plain_meta_loss,
                 lambda: torch.backends.mkldnn.flags(enabled=False)),
         Variant("stacked-nchw", lambda m: convert(m, cls=NCHWStackedConv4), library("stacked")),
+        Variant("stacked-cl", lambda m: convert(m, cls=ChannelsLastStackedConv4),
+                library("stacked")),
         Variant("stacked-c2", same, library("stacked", 2)),
         Variant("stacked", same, library("stacked")),
         Variant("stacked-c8", same, library("stacked", 8)),

@@ -16,7 +16,7 @@ from mamlkit.models import Conv4, TaskBatchNorm, mlp
 from mamlkit.models.task_conv import stacked_batch_norm, stacked_conv2d, tasks_to_channels
 
 
-def omniglot_like(tasks=5, support=3, query=6, ways=3):
+def omniglot_like(tasks=5, support=3, query=18, ways=3):
     x = torch.rand(tasks, support + query, 1, 28, 28, dtype=torch.double)
     y = torch.arange(ways).repeat((support + query) // ways + 1)[: support + query]
     y = y.expand(tasks, -1).clone()
@@ -42,7 +42,8 @@ def test_conv4_gets_stacked_and_other_models_keep_their_batching():
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("steps", [1, 2])
 def test_conv4_meta_gradient_matches_plain_loop_in_float64(steps, first_order, max_pool):
-    """5 tasks in chunks of 4 (uneven on purpose), batch norm with each task's statistics."""
+    """5 tasks in chunks of 4 (uneven on purpose), batch norm with each task's statistics;
+    18 query images take the channels-last layout, 3 support images NCHW."""
     model = Conv4(ways=3, hidden=8, max_pool=max_pool).double()
     batch = omniglot_like()
     learner = MAML(model, 0.4, steps, first_order, loss_fn="cross_entropy")
@@ -93,13 +94,15 @@ def test_meta_loss_under_no_grad_and_adaptation_curve_agree_with_the_loop():
         assert torch.allclose(ours, loop.adaptation_curve(batch, [0, 2, 1], metric), atol=1e-12)
 
 
-def test_stacked_layers_equal_each_tasks_own_layers():
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_stacked_layers_equal_each_tasks_own_layers(channels_last):
     tasks, n, c, o = 3, 4, 2, 5
     x = torch.randn(tasks, n, c, 9, 9, dtype=torch.double)
     w = torch.randn(tasks, o, c, 3, 3, dtype=torch.double)
     b = torch.randn(tasks, o, dtype=torch.double)
-    out = stacked_conv2d(tasks_to_channels(x), w, b, stride=2, padding=1)
-    assert out.is_contiguous(memory_format=torch.channels_last)
+    stacked = tasks_to_channels(x, channels_last)
+    assert stacked.is_contiguous(memory_format=torch.channels_last) == channels_last
+    out = stacked_conv2d(stacked, w, b, stride=2, padding=1)
     out = out.reshape(n, tasks, o, 5, 5).transpose(0, 1)
     for t in range(tasks):
         expected = F.conv2d(x[t], w[t], b[t], stride=2, padding=1)
@@ -107,7 +110,7 @@ def test_stacked_layers_equal_each_tasks_own_layers():
 
     gamma = torch.rand(tasks, c, dtype=torch.double)
     beta = torch.randn(tasks, c, dtype=torch.double)
-    normed = stacked_batch_norm(tasks_to_channels(x), gamma, beta, eps=1e-5)
+    normed = stacked_batch_norm(stacked, gamma, beta, eps=1e-5)
     normed = normed.reshape(n, tasks, c, 9, 9).transpose(0, 1)
     bn = TaskBatchNorm(c).double()
     for t in range(tasks):

@@ -24,9 +24,9 @@ def choose_batching(model: nn.Module) -> str:
     """The batching strategy we measured to be fastest and exact for this kind of model.
 
     Models that run many tasks in one call with stacked parameters (``Conv4``) get
-    ``"stacked"``: about 1.5-1.9x faster than a plain autograd loop on CPU at no more memory
-    (benchmarks/conv_batching.py). For other conv nets per-task weights make ``vmap`` turn each
-    convolution into a grouped NCHW one, slower than a loop on CPU, and ``nn.BatchNorm`` under
+    ``"stacked"``: 1.6-2.3x faster than a plain autograd loop on CPU at about 0.6x its peak
+    memory (benchmarks/conv_batching.py). For other conv nets per-task weights make ``vmap`` turn
+    each convolution into a grouped NCHW one, slower than a loop on CPU, and ``nn.BatchNorm`` under
     ``vmap`` gives inexact second-order gradients: they get the loop. Everything else is batched
     with ``vmap``. On a GPU, ``vmap`` over Conv4 was 18x faster than the plain loop on an H100
     (grouped convolutions are fast there), so models on CUDA without ``nn.BatchNorm`` get it.

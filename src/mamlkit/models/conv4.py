@@ -24,11 +24,13 @@ class Conv4(nn.Module):
 
     Task stacking: called (through ``functional_call``) with parameters that carry a leading
     task dimension ``T`` and input ``[T, N, C, H, W]``, it returns ``[T, N, ways]``, every task
-    with its own parameters, as grouped channels-last convolutions (see ``task_conv``). This is
-    what ``MAML``'s ``"stacked"`` batching uses; parameter names are those of the plain model.
+    with its own parameters, as grouped convolutions (see ``task_conv``). This is what
+    ``MAML``'s ``"stacked"`` batching uses; parameter names are those of the plain model.
     """
 
     supports_task_stacking = True
+    # Memory layout of stacked activations: None picks channels-last for large batches only.
+    stacked_channels_last: bool | None = None
 
     def __init__(self, ways: int, in_channels: int = 1, hidden: int = 64, image_size: int = 28,
                  max_pool: bool = False) -> None:
@@ -56,7 +58,7 @@ class Conv4(nn.Module):
         if x.dim() != 5 or x.shape[0] != tasks:
             raise ValueError(f"Stacked parameters of {tasks} tasks need input [tasks, N, C, H, W];"
                              f" got shape {tuple(x.shape)}.")
-        h = tasks_to_channels(x)
+        h = tasks_to_channels(x, self.stacked_channels_last)
         for layer in self.features:
             if isinstance(layer, nn.Conv2d):
                 h = stacked_conv2d(h, layer.weight, layer.bias, layer.stride, layer.padding)

@@ -3,8 +3,8 @@
 Under ``vmap`` per-task weights turn each convolution into a grouped one in NCHW layout, which is
 slow on CPU, and ``F.batch_norm`` gives wrong second-order gradients. Here the task dimension is
 folded into the channels explicitly: activations of ``T`` tasks are one ``[N, T*C, H, W]`` tensor
-in channels-last layout, a convolution is one grouped call with ``groups=T`` (oneDNN's fast NHWC
-path), and batch norm over ``T*C`` channels is exactly per-task batch norm (statistics over
+(channels-last for large batches), a convolution is one grouped call with ``groups=T``, and batch
+norm over ``T*C`` channels is exactly per-task batch norm (statistics over
 ``N, H, W`` of each task's channel) in one fused call whose second-order gradients are exact
 outside ``vmap``. Tasks never mix, so the gradient of the sum of the per-task losses with respect
 to stacked weights is every task's own gradient.
@@ -18,10 +18,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# Channels-last pays off for calls with many images (75-image query sets: whole meta-steps
+# 1.15-1.25x faster than NCHW on CPU); for a handful (5-image support sets with their second-order
+# backward) oneDNN's NCHW kernels are faster (5 second-order steps: channels-last everywhere was
+# 1.15x slower than this split). Measured with benchmarks/conv_batching.py (stacked, -cl, -nchw).
+CHANNELS_LAST_MIN_BATCH = 16
 
-def tasks_to_channels(x: Tensor) -> Tensor:
-    """``[T, N, C, H, W]`` -> ``[N, T*C, H, W]`` in channels-last memory (one copy)."""
+
+def tasks_to_channels(x: Tensor, channels_last: bool | None = None) -> Tensor:
+    """``[T, N, C, H, W]`` -> ``[N, T*C, H, W]`` (one copy).
+
+    Channels-last memory if ``channels_last``, or by default when ``N >= CHANNELS_LAST_MIN_BATCH``.
+    Later layers keep the layout they are given.
+    """
     t, n, c, h, w = x.shape
+    if channels_last is None:
+        channels_last = n >= CHANNELS_LAST_MIN_BATCH
+    if not channels_last:
+        return x.transpose(0, 1).reshape(n, t * c, h, w)
     nhwtc = x.permute(1, 3, 4, 0, 2).contiguous()
     return nhwtc.view(n, h, w, t * c).permute(0, 3, 1, 2)
 
@@ -59,5 +73,5 @@ def stacked_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
-__all__ = ["channels_to_tasks", "stacked_batch_norm", "stacked_conv2d", "stacked_linear",
-           "tasks_to_channels"]
+__all__ = ["CHANNELS_LAST_MIN_BATCH", "channels_to_tasks", "stacked_batch_norm", "stacked_conv2d",
+           "stacked_linear", "tasks_to_channels"]
