@@ -50,6 +50,10 @@ class Config:
     val_tasks: int = 100
     checkpoint_every: int = 1000
     time_limit: float | None = None  # minutes; stop (with a checkpoint) once exceeded
+    # --- algorithm family: Meta-SGD, ANIL, MAML++, Reptile, iMAML ---
+    algorithm: str = "maml"
+    # --- scale: distributed meta-batches, memory, compiled steps ---
+    # --- reinforcement learning: environments, sampling, policy, outer step ---
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
