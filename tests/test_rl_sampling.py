@@ -1,0 +1,238 @@
+"""Returns, GAE, normalisation, the linear baseline, batched sampling and the worker pool."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mamlkit.envs import make_batch_env
+from mamlkit.envs.navigation import expert_action
+from mamlkit.rl import (
+    Episodes,
+    baseline_features,
+    discounted_returns,
+    fit_linear,
+    gae,
+    linear_baseline,
+    normalize,
+    rollout,
+    sample_episodes,
+    task_generators,
+)
+from mamlkit.rl.workers import SamplerPool
+
+R = torch.tensor([[[1.0, 2.0, 3.0]]])
+V = torch.tensor([[[0.5, 1.0, 2.0]]])
+FULL = torch.ones(1, 1, 3)
+EARLY = torch.tensor([[[1.0, 1.0, 0.0]]])
+
+
+def test_discounted_returns_by_hand():
+    assert torch.allclose(discounted_returns(R, FULL, 0.5), torch.tensor([[[2.75, 3.5, 3.0]]]))
+    assert torch.allclose(discounted_returns(R, EARLY, 0.5), torch.tensor([[[2.0, 2.0, 0.0]]]))
+    assert torch.allclose(discounted_returns(R, FULL, 0.0), R)
+    assert torch.allclose(discounted_returns(R, FULL, 1.0), torch.tensor([[[6.0, 5.0, 3.0]]]))
+
+
+def test_gae_by_hand():
+    # deltas: 1 + .5*1 - .5 = 1, 2 + .5*2 - 1 = 2, 3 - 2 = 1
+    assert torch.allclose(gae(R, V, FULL, 0.5, 0.5), torch.tensor([[[1.5625, 2.25, 1.0]]]))
+    assert torch.allclose(gae(R, V, FULL, 0.5, 0.0), torch.tensor([[[1.0, 2.0, 1.0]]]))
+    # early end after step 1: V_2 does not count, delta_1 = 2 - 1 = 1
+    assert torch.allclose(gae(R, V, EARLY, 0.5, 0.5), torch.tensor([[[1.25, 1.0, 0.0]]]))
+
+
+@pytest.mark.parametrize("discount", [0.0, 0.9, 1.0])
+def test_gae_lambda_one_is_returns_minus_values(discount):
+    g = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(3, 4, 7, generator=g), torch.randn(3, 4, 7, generator=g)
+    mask = (torch.arange(7) < torch.randint(1, 8, (3, 4, 1), generator=g)).float()
+    expected = (discounted_returns(rewards, mask, discount) - values) * mask
+    assert torch.allclose(gae(rewards, values, mask, discount, 1.0), expected, atol=1e-5)
+
+
+def test_normalize_per_task_over_valid_steps():
+    g = torch.Generator().manual_seed(0)
+    adv = torch.randn(2, 3, 5, generator=g) * torch.tensor([1.0, 50.0]).view(2, 1, 1) + 3
+    mask = torch.ones(2, 3, 5)
+    mask[0, 0, 3:] = 0
+    out = normalize(adv, mask)
+    for i in range(2):
+        valid = out[i][mask[i].bool()]
+        assert abs(float(valid.mean())) < 1e-5
+        assert abs(float(valid.std(unbiased=False)) - 1) < 1e-4
+    assert torch.all(out[0, 0, 3:] == 0)
+
+
+def _episodes_with_returns(target, obs, mask, discount):
+    """Rewards whose discounted returns are exactly ``target`` on the valid steps."""
+    nxt = torch.zeros_like(target)
+    nxt[..., :-1] = (target * mask)[..., 1:]
+    rewards = (target - discount * nxt) * mask
+    return Episodes(obs, torch.zeros(*obs.shape[:3], 1), rewards, mask)
+
+
+def test_linear_baseline_recovers_linear_target():
+    g = torch.Generator().manual_seed(0)
+    obs = torch.rand(3, 4, 20, 2, generator=g) * 2 - 1
+    mask = torch.ones(3, 4, 20)
+    mask[1, 2, 12:] = 0
+    features = baseline_features(obs, mask).double()
+    weights = torch.randn(3, features.shape[-1], generator=g, dtype=torch.float64)
+    target = torch.einsum("tnhf,tf->tnh", features, weights).float()
+    episodes = _episodes_with_returns(target, obs, mask, 0.9)
+    values = linear_baseline(episodes, 0.9, reg=1e-10)
+    assert torch.allclose(values, target * mask, atol=2e-3)
+
+
+def test_batched_fit_equals_per_task_lstsq():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 30, 6, generator=g, dtype=torch.float64)
+    y = torch.randn(4, 30, generator=g, dtype=torch.float64)
+    coeffs = fit_linear(x, y, reg=1e-3)
+    for i in range(4):
+        xi, yi = x[i].numpy(), y[i].numpy()
+        expected = np.linalg.lstsq(xi.T @ xi + 1e-3 * np.eye(6), xi.T @ yi, rcond=None)[0]
+        assert np.allclose(coeffs[i].numpy(), expected, atol=1e-8)
+
+
+def test_fit_raises_ridge_until_finite():
+    x = torch.zeros(3, 5, 3, dtype=torch.float64)  # task 0 fully masked: singular without ridge
+    x[1] = torch.randn(5, 3, dtype=torch.float64)
+    x[2, 0, 0] = 1e200  # the gram overflows to inf at every ridge: left at zero
+    y = torch.ones(3, 5, dtype=torch.float64)
+    coeffs = fit_linear(x, y, reg=0.0, attempts=3)
+    assert torch.isfinite(coeffs).all()
+    assert torch.all(coeffs[0] == 0) and torch.all(coeffs[2] == 0)
+    expected = torch.linalg.lstsq(x[1], y[1]).solution
+    assert torch.allclose(coeffs[1], expected)
+
+
+class GaussianMLP(nn.Module):
+    """A small picklable policy (workers need one), counting its calls."""
+
+    def __init__(self, obs_dim, act_dim, std=0.1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim, 16), nn.Tanh(), nn.Linear(16, act_dim))
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(np.log(std))))
+        self.calls = 0
+
+    def forward(self, obs):
+        self.calls += 1
+        return self.net(obs), self.log_std.exp().expand(*obs.shape[:-1], -1)
+
+
+def test_sample_episodes_shapes_determinism_and_one_call_per_step():
+    env = make_batch_env("nav2d", done_threshold=None)
+    tasks = env.sample_tasks(5, torch.Generator().manual_seed(0))
+    policy = GaussianMLP(2, 2)
+    a = sample_episodes(env, policy, tasks, 3, torch.Generator().manual_seed(7))
+    assert policy.calls == 100
+    assert a.observations.shape == (5, 3, 100, 2) and a.actions.shape == (5, 3, 100, 2)
+    assert a.rewards.shape == a.mask.shape == (5, 3, 100) and a.returns.shape == (5, 3)
+    assert a.observations.dtype == torch.float32 and torch.all(a.mask == 1)
+    assert not a.observations.requires_grad and not a.actions.requires_grad
+    assert torch.all(a.observations[:, :, 0] == 0)  # nav2d starts at the origin
+    b = sample_episodes(env, policy, tasks, 3, torch.Generator().manual_seed(7))
+    c = sample_episodes(env, policy, tasks, 3, torch.Generator().manual_seed(8))
+    assert torch.equal(a.actions, b.actions) and torch.equal(a.rewards, b.rewards)
+    assert not torch.equal(a.actions, c.actions)
+    assert a[1:3].num_tasks == 2 and a[1:3].tasks == tasks[1:3]
+    assert torch.equal(a[1].rewards, a.rewards[1:2])
+    assert a.mean_return() == pytest.approx(float(a.returns.mean()))
+
+
+def test_early_ends_are_masked():
+    env = make_batch_env("nav2d")
+    tasks = [{"goal": [0.25, -0.05]}, {"goal": [-0.5, 0.5]}]
+    goals = env.task_tensor(tasks).unsqueeze(1)
+
+    def expert(obs):
+        return expert_action(obs, goals), torch.zeros_like(obs)
+
+    episodes = sample_episodes(env, expert, tasks, 2, torch.Generator().manual_seed(0))
+    assert episodes.horizon == 100
+    assert torch.equal(episodes.lengths, torch.tensor([[3.0, 3.0], [5.0, 5.0]]))
+    assert torch.all(episodes.rewards[0, :, 3:] == 0) and torch.all(episodes.mask[0, :, 3:] == 0)
+    assert float(episodes.rewards[0, 0, 2]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_tasks_do_not_depend_on_their_batch():
+    """Each task's randomness is its own, which is what lets workers split the tasks."""
+    env = make_batch_env("cheetah-dir", horizon=5)
+    tasks = env.sample_tasks(3, 0)
+    policy = GaussianMLP(17, 6, std=0.5)
+    gens = task_generators(torch.Generator().manual_seed(0), 3)
+    states = [g.get_state() for g in gens]
+    whole = rollout(env, policy, tasks, 2, gens)
+    for g, s in zip(gens, states, strict=True):
+        g.set_state(s)
+    part = rollout(env, policy, tasks[1:], 2, gens[1:])
+    assert torch.equal(whole.observations[1:], part.observations)
+    assert torch.equal(whole.rewards[1:], part.rewards)
+
+
+class SlicedPolicy(GaussianMLP):
+    """Per-task mean offsets, sliced for the workers' chunks."""
+
+    def __init__(self, offsets):
+        super().__init__(2, 2)
+        self.offsets = offsets
+
+    def forward(self, obs):
+        mean, std = super().forward(obs)
+        return mean + self.offsets[:, None, :], std
+
+    def task_slice(self, start, stop):
+        sliced = SlicedPolicy(self.offsets[start:stop])
+        sliced.load_state_dict(self.state_dict())
+        return sliced
+
+
+class FailsInWorker(GaussianMLP):
+    def __init__(self):
+        super().__init__(2, 2)
+        self.parent = os.getpid()
+
+    def forward(self, obs):
+        if os.getpid() != self.parent:
+            raise RuntimeError("policy exploded")
+        return super().forward(obs)
+
+
+def test_pool_matches_in_process_and_closes_workers():
+    env = make_batch_env("nav2d")
+    tasks = env.sample_tasks(5, 0)
+    policy = SlicedPolicy(torch.randn(5, 2) * 0.05)
+    expected = sample_episodes(env, policy, tasks, 3, torch.Generator().manual_seed(4))
+    with SamplerPool("nav2d", workers=1) as pool:
+        got = pool.sample(policy, tasks, 3, torch.Generator().manual_seed(4))
+        processes = list(pool.processes)
+        assert len(processes) == 1 and processes[0].is_alive()
+        with pytest.raises(RuntimeError, match="worker 0 failed(.|\\n)*policy exploded"):
+            pool.sample(FailsInWorker(), tasks, 3, torch.Generator())
+        assert not processes[0].is_alive() and pool.processes == []
+        with pytest.raises(ValueError, match="picklable"):
+            pool.sample(lambda obs: (obs, obs), tasks, 3, torch.Generator())
+        processes += pool.processes
+        assert pool.processes == []
+        with pytest.raises(KeyError):
+            pool.start()
+            processes += pool.processes
+            raise KeyError("error in the caller's with block")
+    assert not any(p.is_alive() for p in processes)
+    for name in ("observations", "actions", "rewards", "mask"):
+        assert torch.equal(getattr(got, name), getattr(expected, name)), name
+    assert got.tasks == tasks
+
+
+def test_pool_reports_a_dead_worker():
+    with SamplerPool("nav2d", workers=1, timeout=60) as pool:
+        pool.start()
+        pool.processes[0].kill()
+        pool.processes[0].join()
+        with pytest.raises((RuntimeError, BrokenPipeError)):
+            pool.sample(GaussianMLP(2, 2), [{"goal": [0.1, 0.1]}] * 2, 2, torch.Generator())
+        assert pool.processes == []
