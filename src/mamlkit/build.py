@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mamlkit.algorithms import MAML
+from mamlkit.algorithms import ANIL, IMAML, MAML, MAMLpp, MetaSGD, Reptile
 from mamlkit.config import Config, ConfigError
 from mamlkit.models import Conv4, mlp
 from mamlkit.tasks import Sinusoid, TaskDistribution
@@ -52,9 +52,29 @@ def _omniglot(config: Config, split: str) -> TaskDistribution:
 
 
 def build_learner(config: Config, model: nn.Module, tasks: TaskDistribution) -> MAML:
-    return MAML(model, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
-                first_order=config.first_order, loss_fn=tasks.loss, batching=config.batching,
-                chunk_size=config.chunk_size)
+    """The learner of ``config.algorithm`` (the MAML family) around ``model``."""
+    common = {"loss_fn": tasks.loss, "batching": config.batching,
+              "chunk_size": config.chunk_size}
+    lr, steps, fo = config.inner_lr, config.inner_steps, config.first_order
+    try:
+        if config.algorithm == "metasgd":
+            return MetaSGD(model, lr, steps, fo, adapt_names=config.adapt, **common)
+        if config.algorithm == "anil":
+            return ANIL(model, lr, steps, fo, adapt=config.adapt, **common)
+        if config.algorithm == "mamlpp":
+            return MAMLpp(model, lr, steps, fo, adapt_names=config.adapt, msl=config.msl,
+                          msl_iterations=config.msl_iterations, lslr=config.lslr,
+                          bnwb=config.bnwb, fo_iterations=config.fo_iterations, **common)
+        if config.algorithm == "reptile":
+            return Reptile(model, lr, steps, adapt_names=config.adapt,
+                           data=config.reptile_data, **common)
+        if config.algorithm == "imaml":
+            return IMAML(model, lr, steps, lam=config.imaml_lambda, cg_steps=config.cg_steps,
+                         **common)
+        return MAML(model, inner_lr=lr, inner_steps=steps, first_order=fo,
+                    adapt_names=config.adapt, **common)
+    except ValueError as error:  # e.g. an adapt pattern that matches no parameter
+        raise ConfigError(str(error)) from None
 
 
 def device_of(config: Config) -> torch.device:

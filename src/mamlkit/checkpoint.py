@@ -36,7 +36,11 @@ def _rng_from_text(text: str) -> torch.Tensor:
 
 def save(run_dir: Path, iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer,
          generator: torch.Generator, extra: dict[str, Any] | None = None) -> Path:
-    """Write checkpoint ``iteration`` and point ``latest`` at it; keep the last KEEP of them."""
+    """Write checkpoint ``iteration`` and point ``latest`` at it; keep the last KEEP of them.
+
+    ``model`` is the module whose whole state is saved: the learner, so that meta-parameters
+    beyond the network's weights (Meta-SGD rates, MAML++ per-step parameters) resume exactly.
+    """
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{iteration:08d}"
@@ -81,7 +85,17 @@ def latest(run_dir: Path) -> Path | None:
 
 
 def load_model(path: Path, model: nn.Module) -> None:
+    """Load the weights into ``model``: the learner (model plus learned rates and the like).
+
+    Checkpoints written before learners saved their own state hold the bare model's weights
+    (no ``model.`` prefix); those load into ``model.model``.
+    """
     weights = load_file(path / "model.safetensors")
+    inner = getattr(model, "model", None)
+    if (isinstance(inner, nn.Module) and set(weights) != set(model.state_dict())
+            and set(weights) == set(inner.state_dict())):
+        inner.load_state_dict(weights)
+        return
     model.load_state_dict(weights)
 
 

@@ -24,6 +24,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rl_run(run: str | Path) -> bool:
+    """Runs of meta-RL tasks have their own loop, evaluation and plots (``mamlkit.train_rl``)."""
+    path = Path(run) / "config.yaml"
+    return path.is_file() and config_lib.load(path).task in config_lib.RL_TASKS
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from mamlkit.train import train
 
@@ -34,13 +40,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = None if args.resume else config_lib.resolve(args.preset, overrides)
     if args.resume and overrides:
         raise config_lib.ConfigError("--resume continues a run as it was; drop the --set values.")
-    result = train(config, out, resume=args.resume, progress=not args.no_progress)
-    print(f"trained {result.iteration} iterations in {result.seconds:.1f} s; run directory: {out}")
-    print(f"next: mamlkit eval {out}   and   mamlkit plot {out}")
+    try:  # under torchrun, train() joins the process group; leave it when done
+        if (config.task in config_lib.RL_TASKS) if config is not None else _rl_run(out):
+            from mamlkit.train_rl import train_rl as train
+        result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    finally:
+        from mamlkit import distributed
+
+        is_main = distributed.is_main()
+        distributed.cleanup()
+    if is_main:
+        print(f"trained {result.iteration} iterations in {result.seconds:.1f} s; run directory: "
+              f"{out}")
+        print(f"next: mamlkit eval {out}   and   mamlkit plot {out}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if any(_rl_run(run) for run in args.runs):
+        from mamlkit.evaluate_rl import cmd_eval_rl
+
+        return cmd_eval_rl(args)
     from mamlkit import evaluate
     from mamlkit.train import load
 
@@ -57,6 +77,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    if any(_rl_run(run) for run in args.runs):
+        from mamlkit.plots_rl import cmd_plot_rl
+
+        return cmd_plot_rl(args)
     from mamlkit import plots
     from mamlkit.train import load
 

@@ -51,9 +51,40 @@ class Config:
     checkpoint_every: int = 1000
     time_limit: float | None = None  # minutes; stop (with a checkpoint) once exceeded
     # --- algorithm family: Meta-SGD, ANIL, MAML++, Reptile, iMAML ---
-    algorithm: str = "maml"
+    algorithm: str = "maml"  # maml | metasgd | anil | mamlpp | reptile | imaml
+    adapt: list[str] | None = None  # glob patterns of inner-loop parameters (anil: last layer)
+    msl: bool = True  # mamlpp: multi-step loss with annealed weights
+    msl_iterations: int = 1000  # mamlpp: iterations until the MSL weights sit on the last step
+    lslr: bool = True  # mamlpp: learned per-layer per-step inner learning rates
+    bnwb: bool = True  # mamlpp: per-step batch-norm weights and biases
+    fo_iterations: int = 0  # mamlpp: first-order for the first N iterations, then second order
+    cosine_meta_lr: bool = False  # any algorithm: cosine annealing of meta_lr to min_meta_lr
+    min_meta_lr: float = 0.0
+    reptile_data: str = "all"  # reptile: adapt on all examples (all) or the support set only
+    imaml_lambda: float = 1.0  # imaml: proximal strength lambda
+    cg_steps: int = 5  # imaml: conjugate-gradient steps
     # --- scale: distributed meta-batches, memory, compiled steps ---
+    checkpoint_inner: bool = False  # recompute inner steps in the backward pass (less memory)
+    compile: bool = False  # torch.compile the meta-step; falls back to eager where unsupported
     # --- reinforcement learning: environments, sampling, policy, outer step ---
+    trajectories: int = 20  # rl: trajectories per task, for the support and the query set each
+    horizon: int | None = None  # rl: steps per episode (default: the environment's)
+    policy_hidden: list[int] = field(default_factory=lambda: [100, 100])  # rl: Gaussian MLP
+    policy_activation: str = "relu"  # rl: relu (paper, 100-100) | tanh (64-64 reimplementation)
+    init_std: float = 1.0  # rl: initial standard deviation of the Gaussian policy
+    min_std: float = 1e-6  # rl: floor on the policy's standard deviation (see README)
+    outer: str = "trpo"  # rl: outer step trpo (paper) | ppo (clip) | adam (meta_lr)
+    max_kl: float = 0.01  # rl: TRPO trust region on the adapted policies' KL
+    cg_iters: int = 10  # rl: TRPO conjugate-gradient iterations
+    cg_damping: float = 1e-5  # rl: TRPO damping of the KL Hessian-vector products
+    cg_subsample: float = 1.0  # rl: fraction of the meta-batch's tasks in TRPO's KL Hessian
+    ppo_clip: float = 0.2  # rl: PPO ratio clip epsilon
+    ppo_epochs: int = 5  # rl: PPO optimisation epochs per meta-batch (Adam, meta_lr)
+    discount: float = 0.99  # rl: reward discount gamma
+    gae_lambda: float = 1.0  # rl: GAE lambda (1: discounted return minus the linear baseline)
+    imitation_tasks: int = 0  # rl: supervised imitation tasks (H=1) added to each meta-batch
+    imitation_weight: float = 1.0  # rl: weight of the imitation meta-loss in the sum
+    demonstrations: int = 20  # rl: (state, expert action) pairs per imitation support/query set
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,12 +186,44 @@ def check(config: Config) -> None:
     if config.inner_lr < 0 or config.meta_lr <= 0:
         raise ConfigError("inner_lr must be >= 0 and meta_lr > 0.")
     choices = {"batching": ("auto", "vmap", "loop"), "device": ("auto", "cpu", "cuda"),
-               "task": ("sinusoid", "omniglot"), "model": ("mlp", "conv4"),
+               "task": ("sinusoid", "omniglot", *RL_TASKS), "model": ("mlp", "conv4"),
                "protocol": ("finn", "lake")}
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
             raise ConfigError(f"Config key {key!r} must be one of {', '.join(allowed)}, "
                               f"got {getattr(config, key)!r}.")
+    _check_family(config)
+    _check_scale(config)
+
+
+def _check_scale(config: Config) -> None:
+    """The scale keys: chunks of tasks must hold at least one task."""
+    if config.chunk_size is not None and config.chunk_size < 1:
+        raise ConfigError(f"Config key 'chunk_size' must be positive or null, got "
+                          f"{config.chunk_size}.")
+    _check_rl(config)
+
+
+ALGORITHMS = ("maml", "metasgd", "anil", "mamlpp", "reptile", "imaml")
+
+
+def _check_family(config: Config) -> None:
+    """The algorithm-family keys: known algorithm, sensible annealing and solver settings."""
+    for key, allowed in {"algorithm": ALGORITHMS, "reptile_data": ("all", "support")}.items():
+        if getattr(config, key) not in allowed:
+            raise ConfigError(f"Config key {key!r} must be one of {', '.join(allowed)}, "
+                              f"got {getattr(config, key)!r}.")
+    for key in ("msl_iterations", "fo_iterations"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"Config key {key!r} must be >= 0, got {getattr(config, key)}.")
+    if config.cg_steps < 1 or config.imaml_lambda <= 0:
+        raise ConfigError("imaml needs cg_steps >= 1 and imaml_lambda > 0.")
+    if not 0 <= config.min_meta_lr <= config.meta_lr:
+        raise ConfigError("min_meta_lr must lie between 0 and meta_lr.")
+    if config.algorithm in ("mamlpp", "reptile", "imaml") and config.inner_steps < 1:
+        raise ConfigError(f"algorithm {config.algorithm} needs inner_steps >= 1.")
+    if config.algorithm == "metasgd" and config.inner_lr == 0:
+        raise ConfigError("metasgd learns its inner rates from inner_lr; it must be > 0.")
 
 
 def save(config: Config, path: Path) -> None:
@@ -169,3 +232,37 @@ def save(config: Config, path: Path) -> None:
 
 def load(path: Path) -> Config:
     return from_dict(yaml.safe_load(path.read_text()) or {})
+
+
+RL_TASKS = ("nav2d", "cheetah-vel", "cheetah-dir")
+
+
+def _check_rl(config: Config) -> None:
+    """The reinforcement-learning keys: known policy and outer step, sensible TRPO/PPO values."""
+    for key, allowed in {"policy_activation": ("relu", "tanh"),
+                         "outer": ("trpo", "ppo", "adam")}.items():
+        if getattr(config, key) not in allowed:
+            raise ConfigError(f"Config key {key!r} must be one of {', '.join(allowed)}, "
+                              f"got {getattr(config, key)!r}.")
+    for key in ("trajectories", "cg_iters", "ppo_epochs", "demonstrations"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"Config key {key!r} must be positive, got {getattr(config, key)}.")
+    if config.horizon is not None and config.horizon < 1:
+        raise ConfigError(f"Config key 'horizon' must be positive or null, got {config.horizon}.")
+    if not 0 < config.cg_subsample <= 1:
+        raise ConfigError(f"cg_subsample must lie in (0, 1], got {config.cg_subsample}.")
+    for key in ("init_std", "min_std", "max_kl", "ppo_clip"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"Config key {key!r} must be > 0, got {getattr(config, key)}.")
+    if not (0 < config.discount <= 1 and 0 <= config.gae_lambda <= 1):
+        raise ConfigError("discount must lie in (0, 1] and gae_lambda in [0, 1].")
+    if config.min_std > config.init_std:
+        raise ConfigError(f"min_std ({config.min_std}) must not exceed init_std "
+                          f"({config.init_std}).")
+    if config.imitation_tasks < 0 or config.imitation_weight < 0:
+        raise ConfigError("imitation_tasks and imitation_weight must be >= 0.")
+    if config.imitation_tasks and config.task != "nav2d":
+        raise ConfigError("imitation_tasks (mixed meta-batches) are available for task nav2d.")
+    if config.imitation_tasks and config.outer == "trpo":
+        raise ConfigError("Mixed meta-batches (imitation_tasks > 0) need outer=adam or ppo: "
+                          "TRPO's trust region is defined for the RL tasks only.")

@@ -32,11 +32,14 @@ def evaluate(learner: MAML, num_tasks: int | None = None, steps: list[int] | Non
     """Query metric of ``num_tasks`` held-out tasks after each number of inner steps.
 
     Returns ``{"metric", "num_tasks", "inner_lr", "steps": {"k": {"mean", "ci95"}}}``.
+    Learners with learned inner rates (Meta-SGD, MAML++ with LSLR) adapt with those: the
+    scalar ``inner_lr``/``eval_inner_lr`` is ignored and ``"inner_lr"`` reads ``"learned"``.
     """
     config = learner.config
     num_tasks = num_tasks or config.eval_tasks
     steps = steps or config.eval_steps
     inner_lr = inner_lr if inner_lr is not None else (config.eval_inner_lr or config.inner_lr)
+    learned = getattr(learner, "learned_rates", False)
     tasks = build_tasks(config, "test")
     device = device_of(config)
     learner.to(device)
@@ -49,12 +52,13 @@ def evaluate(learner: MAML, num_tasks: int | None = None, steps: list[int] | Non
         # evaluate a meta-batch at a time: memory as in training, same tasks for every run
         for piece in range(0, batch.num_tasks, config.meta_batch_size):
             part = batch[piece:piece + config.meta_batch_size].to(device)
-            curves.append(learner.adaptation_curve(part, steps, tasks.metric, inner_lr=inner_lr))
+            curves.append(learner.adaptation_curve(part, steps, tasks.metric,
+                                                   inner_lr=None if learned else inner_lr))
     curve = torch.cat(curves, dim=1).cpu()
     return {
         "metric": tasks.metric,
         "num_tasks": num_tasks,
-        "inner_lr": inner_lr,
+        "inner_lr": "learned" if learned else inner_lr,
         "steps": {str(s): mean_ci95(curve[i]) for i, s in enumerate(steps)},
     }
 
@@ -63,6 +67,10 @@ def write(run_dir: Path, result: dict[str, Any]) -> Path:
     path = Path(run_dir) / "eval.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def _lr_text(inner_lr: float | str) -> str:
+    return inner_lr if isinstance(inner_lr, str) else f"{inner_lr:g}"
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
@@ -82,6 +90,6 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
             text = f"{cell['mean'] * scale:.4g} ± {cell['ci95'] * scale:.2g}" if cell else "-"
             cells.append(text.rjust(width))
         lines.append(s.ljust(8) + "".join(cells))
-    lines.append("inner lr".ljust(8) + "".join(f"{results[n]['inner_lr']:g}".rjust(width)
+    lines.append("inner lr".ljust(8) + "".join(_lr_text(results[n]["inner_lr"]).rjust(width)
                                                 for n in names))
     return "\n".join(lines)

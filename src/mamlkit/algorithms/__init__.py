@@ -1,5 +1,10 @@
 """Layer 3: algorithms that own the meta-parameters and call the functional core."""
 
+from mamlkit.algorithms.anil import ANIL
+from mamlkit.algorithms.imaml import IMAML
 from mamlkit.algorithms.maml import MAML, choose_batching
+from mamlkit.algorithms.mamlpp import MAMLpp
+from mamlkit.algorithms.metasgd import MetaSGD
+from mamlkit.algorithms.reptile import Reptile
 
-__all__ = ["MAML", "choose_batching"]
+__all__ = ["ANIL", "IMAML", "MAML", "MAMLpp", "MetaSGD", "Reptile", "choose_batching"]

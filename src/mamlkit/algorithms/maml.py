@@ -10,7 +10,9 @@ from torch import Tensor, nn
 
 from mamlkit import functional as MF
 from mamlkit.functional.adapt import InnerLR
+from mamlkit.functional.checkpointed import checkpointed_task_losses
 from mamlkit.functional.losses import LossFn
+from mamlkit.functional.select import select_names
 from mamlkit.functional.stacked import (
     stacked_adaptation_curve,
     stacked_task_losses,
@@ -49,8 +51,16 @@ class MAML(nn.Module):
     multi-task training (the "pretrained" baseline). ``first_order=True`` drops the second-order
     terms. ``batching`` is ``"auto"``, ``"vmap"``, ``"loop"`` or ``"stacked"`` (models with
     ``supports_task_stacking``); ``chunk_size`` bounds how many tasks one ``vmap`` or stacked
-    call holds in memory.
+    call holds in memory. ``checkpoint_inner=True`` recomputes each inner step in the backward
+    pass (second order): memory of one step of one chunk, at the cost of one extra first-order
+    step per step (``functional/checkpointed.py``). ``adapt_names`` are glob patterns
+    (``["head.*"]``) of the parameters the inner loop adapts (default: all); the others are
+    meta-learned in the outer loop only.
     """
+
+    # True for learners whose inner step sizes are meta-parameters (Meta-SGD, MAML++ LSLR): they
+    # adapt with their own rates and ignore a scalar ``inner_lr`` given at evaluation.
+    learned_rates: bool = False
 
     def __init__(
         self,
@@ -62,6 +72,7 @@ class MAML(nn.Module):
         batching: str = "auto",
         chunk_size: int | None = None,
         adapt_names: Sequence[str] | None = None,
+        checkpoint_inner: bool = False,
     ) -> None:
         super().__init__()
         if inner_steps < 0:
@@ -84,7 +95,16 @@ class MAML(nn.Module):
                 stacklevel=2,
             )
         self.chunk_size = chunk_size
-        self.adapt_names = list(adapt_names) if adapt_names is not None else None
+        self.checkpoint_inner = checkpoint_inner
+        self.adapt_names = (select_names(self.params(), adapt_names)
+                            if adapt_names is not None else None)
+
+    def rates(self, inner_lr: InnerLR | None = None) -> InnerLR:
+        """The inner step sizes to use: ``inner_lr`` if given, else the learner's own."""
+        return self.inner_lr if inner_lr is None else inner_lr
+
+    def set_iteration(self, iteration: int, total: int) -> None:
+        """Called by the training loop before each meta-step; annealing variants use it."""
 
     def params(self) -> dict[str, Tensor]:
         """The meta-parameters theta, by name."""
@@ -95,17 +115,23 @@ class MAML(nn.Module):
 
     def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         """Mean query loss after adaptation; ``.backward()`` fills the model's grads."""
+        steps = self.inner_steps if steps is None else steps
+        if self.checkpoint_inner and not self.first_order and steps > 0:
+            return checkpointed_task_losses(  # recompute inner steps in the backward pass
+                self.model, self.params(), self.buffers_dict(), batch, loss_fn=self.loss_fn,
+                inner_lr=self.rates(), steps=steps, adapt_names=self.adapt_names,
+                batching=self.batching, chunk_size=self.chunk_size).mean()
         if self.batching == "stacked":
             return stacked_task_losses(
                 self.model, self.params(), self.buffers_dict(), batch,
-                loss_fn=self.loss_fn, inner_lr=self.inner_lr,
+                loss_fn=self.loss_fn, inner_lr=self.rates(),
                 steps=self.inner_steps if steps is None else steps,
                 first_order=self.first_order, adapt_names=self.adapt_names,
                 chunk_size=self.chunk_size,
             ).mean()
         return MF.meta_loss(
             self.model, self.params(), self.buffers_dict(), batch,
-            loss_fn=self.loss_fn, inner_lr=self.inner_lr,
+            loss_fn=self.loss_fn, inner_lr=self.rates(),
             steps=self.inner_steps if steps is None else steps,
             first_order=self.first_order, adapt_names=self.adapt_names,
             batching=self.batching, chunk_size=self.chunk_size,
@@ -120,7 +146,7 @@ class MAML(nn.Module):
         """
         return MF.adapt(
             self.model, self.params(), self.buffers_dict(), x, y, self.loss_fn,
-            self.inner_lr if inner_lr is None else inner_lr,
+            self.rates(inner_lr),
             self.inner_steps if steps is None else steps,
             first_order=self.first_order, adapt_names=self.adapt_names,
         )
@@ -139,12 +165,12 @@ class MAML(nn.Module):
             return stacked_adaptation_curve(
                 self.model, self.params(), self.buffers_dict(), batch,
                 loss_fn=self.loss_fn, metric_fn=MF.resolve_metric(metric),
-                inner_lr=self.inner_lr if inner_lr is None else inner_lr, steps=steps,
+                inner_lr=self.rates(inner_lr), steps=steps,
                 adapt_names=self.adapt_names, chunk_size=self.chunk_size,
             )
         return MF.adaptation_curve(
             self.model, self.params(), self.buffers_dict(), batch,
             loss_fn=self.loss_fn, metric_fn=MF.resolve_metric(metric),
-            inner_lr=self.inner_lr if inner_lr is None else inner_lr, steps=steps,
+            inner_lr=self.rates(inner_lr), steps=steps,
             adapt_names=self.adapt_names, batching=self.batching, chunk_size=self.chunk_size,
         )

@@ -1,0 +1,49 @@
+"""Meta-SGD (Li et al. 2017): an inner learning rate per parameter element, meta-learned."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mamlkit.algorithms.maml import MAML
+from mamlkit.functional.adapt import InnerLR
+from mamlkit.functional.losses import LossFn
+
+
+def rate_key(name: str) -> str:
+    """A parameter name as a ParameterDict key (module attribute names may not contain dots)."""
+    return name.replace(".", "__")
+
+
+class MetaSGD(MAML):
+    """MAML whose step size alpha is a tensor shaped like theta, meta-trained with it.
+
+    theta' = theta - alpha * grad (element-wise). The rates start at ``inner_lr`` and are
+    ``nn.Parameter``s of the learner, so the outer optimiser must be built over
+    ``learner.parameters()``. The learned rates are used for adaptation everywhere, also at
+    evaluation: an ``inner_lr`` passed to ``adapt`` or ``adaptation_curve`` is ignored.
+    """
+
+    learned_rates = True
+
+    def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 1,
+                 first_order: bool = False, loss_fn: str | LossFn = "mse",
+                 batching: str = "auto", chunk_size: int | None = None,
+                 adapt_names: Sequence[str] | None = None) -> None:
+        if not isinstance(inner_lr, int | float):
+            raise ValueError("Meta-SGD starts every learned rate at one number; got "
+                             f"inner_lr={inner_lr!r}.")
+        super().__init__(model, inner_lr, inner_steps, first_order, loss_fn, batching,
+                         chunk_size, adapt_names)
+        params = self.params()
+        self._rate_names = self.adapt_names or list(params)
+        self.lrs = nn.ParameterDict({
+            rate_key(n): nn.Parameter(torch.full_like(params[n].detach(), float(inner_lr)))
+            for n in self._rate_names
+        })
+
+    def rates(self, inner_lr: InnerLR | None = None) -> dict[str, Tensor]:
+        """The learned per-element rates by parameter name (``inner_lr`` is ignored)."""
+        return {n: self.lrs[rate_key(n)] for n in self._rate_names}

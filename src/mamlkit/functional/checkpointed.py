@@ -1,0 +1,205 @@
+"""Second-order meta-loss with gradient checkpointing across inner steps: memory of one step.
+
+Second-order MAML keeps the graph of every inner step (activations and the graph of each inner
+gradient) until the backward pass, so memory grows with ``steps`` and with the tasks of the
+meta-batch. Here a custom ``autograd.Function`` per chunk of tasks runs the inner loop without a
+graph and keeps only the adapted parameters after each step, plus the query loss's gradient at
+the last ones (its graph is freed at once). Its backward walks the steps in reverse: rebuild step
+``k``'s graph from the kept parameters, vector-Jacobian product, free it. Peak memory is one
+step of one chunk instead of every step of every task; the price is one extra first-order inner
+step per step. The result equals the ordinary second-order meta-gradient up to rounding.
+
+``torch.utils.checkpoint`` (non-reentrant) is exact for the stacked path (it supports the inner
+``autograd.grad(create_graph=True)``) but ``torch.func.grad`` refuses saved-tensor hooks, so it
+cannot serve the ``vmap`` path, and it would keep every chunk's query graph alive; this function
+serves every batching strategy. Learned step sizes (tensors in ``inner_lr`` that require grad,
+Meta-SGD) get their gradients too. Once differentiable: no third-order gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.utils import _pytree as pytree
+
+from mamlkit.functional.adapt import InnerLR, Params, inner_step, step_size, task_loss
+from mamlkit.functional.losses import LossFn
+from mamlkit.functional.stacked import (
+    DEFAULT_CHUNK,
+    stack_params,
+    stacked_inner_step,
+    stacked_losses,
+    supports_task_stacking,
+)
+from mamlkit.tasks.batch import TaskBatch
+
+CHECKPOINT_BATCHINGS = ("stacked", "vmap", "loop")
+
+
+def _plain(tree: Any) -> Any:
+    """``inner_lr`` with Mappings as dicts and Sequences as lists, so pytree finds its tensors."""
+    if isinstance(tree, Tensor | int | float):
+        return tree
+    if isinstance(tree, Mapping):
+        return {k: _plain(v) for k, v in tree.items()}
+    if isinstance(tree, Sequence) and not isinstance(tree, str):
+        return [_plain(v) for v in tree]
+    raise TypeError(f"checkpoint_inner supports inner_lr made of numbers, tensors, dicts and "
+                    f"lists; got {type(tree).__name__}.")
+
+
+@dataclass
+class _Plan:
+    """One chunk's inner loop and query loss, on parameters stacked over its tasks."""
+
+    model: nn.Module
+    buffers: dict[str, Tensor]
+    support: tuple[Tensor, Tensor]
+    query: tuple[Tensor, Tensor]
+    loss_fn: LossFn
+    steps: int
+    adapt_names: Sequence[str] | None
+    batching: str
+    lr_spec: Any  # pytree spec of inner_lr
+    lr_leaves: list[Any]  # its leaves; tensor slots that need grad are filled per call
+    lr_slots: list[int]  # indices of leaves that are differentiable tensors
+
+    def rates(self, tensors: Sequence[Tensor]) -> InnerLR:
+        leaves = list(self.lr_leaves)
+        for slot, t in zip(self.lr_slots, tensors, strict=True):
+            leaves[slot] = t
+        return pytree.tree_unflatten(leaves, self.lr_spec)
+
+    def step(self, params: Params, k: int, inner_lr: InnerLR) -> Params:
+        """Inner step ``k`` of every task (second order when grad mode is on)."""
+        lr, (x, y) = step_size(inner_lr, k), self.support
+        if self.batching == "stacked":
+            return stacked_inner_step(self.model, params, self.buffers, x, y, self.loss_fn, lr,
+                                      False, self.adapt_names)
+
+        def one(p: Params, xt: Tensor, yt: Tensor) -> Params:
+            return inner_step(self.model, p, self.buffers, xt, yt, self.loss_fn, lr, False,
+                              self.adapt_names)
+
+        if self.batching == "vmap":
+            return torch.func.vmap(one, randomness="different")(params, x, y)
+        per_task = [one({n: t[i] for n, t in params.items()}, x[i], y[i])
+                    for i in range(x.shape[0])]
+        return {n: torch.stack([p[n] for p in per_task]) for n in params}
+
+    def query_losses(self, params: Params) -> Tensor:
+        """Every task's query loss ``[tasks]`` with its own (stacked) parameters."""
+        x, y = self.query
+        if self.batching == "stacked":
+            return stacked_losses(self.model, params, self.buffers, x, y, self.loss_fn)
+
+        def one(p: Params, xt: Tensor, yt: Tensor) -> Tensor:
+            return task_loss(self.model, p, self.buffers, xt, yt, self.loss_fn)
+
+        if self.batching == "vmap":
+            return torch.func.vmap(one, randomness="different")(params, x, y)
+        return torch.stack([one({n: t[i] for n, t in params.items()}, x[i], y[i])
+                            for i in range(x.shape[0])])
+
+
+def _leaves(params: Params) -> Params:
+    return {n: t.detach().requires_grad_() for n, t in params.items()}
+
+
+class _CheckpointedQueryLosses(torch.autograd.Function):
+    """theta, learned rates -> query losses ``[tasks]``; keeps parameters, not graphs."""
+
+    @staticmethod
+    def forward(ctx, plan: _Plan, names: list[str], *inputs: Tensor) -> Tensor:
+        theta = dict(zip(names, inputs[:len(names)], strict=True))
+        rate_tensors = inputs[len(names):]
+        tasks = plan.support[0].shape[0]
+        inner_lr = plan.rates([t.detach() for t in rate_tensors])
+        states = [stack_params({n: t.detach() for n, t in theta.items()}, tasks)]
+        for k in range(plan.steps):  # grad mode is off here: first-order steps, no graph
+            states.append({n: t.detach() for n, t in plan.step(states[-1], k, inner_lr).items()})
+        with torch.enable_grad():
+            last = _leaves(states.pop())
+            losses = plan.query_losses(last)
+            grads = torch.autograd.grad(losses.sum(), list(last.values()), allow_unused=True)
+        ctx.plan, ctx.names, ctx.states = plan, names, states
+        ctx.query_grads = {n: torch.zeros_like(last[n]) if g is None else g
+                           for n, g in zip(last, grads, strict=True)}
+        ctx.save_for_backward(*rate_tensors)
+        return losses.detach()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_losses: Tensor) -> tuple[Tensor | None, ...]:
+        plan, names = ctx.plan, ctx.names
+        rate_tensors = ctx.saved_tensors
+        # tasks are independent: d(sum_t w_t L_t)/d theta_K[t] = w_t dL_t/d theta_K[t]
+        g = {n: q * grad_losses.reshape(-1, *([1] * (q.dim() - 1)))
+             for n, q in ctx.query_grads.items()}
+        rate_grads: list[Tensor | None] = [None] * len(rate_tensors)
+        with torch.enable_grad():
+            rates = [t.detach().requires_grad_() for t in rate_tensors]
+            inner_lr = plan.rates(rates)
+            for k in reversed(range(plan.steps)):
+                before = _leaves(ctx.states[k])
+                after = plan.step(before, k, inner_lr)
+                outs = [n for n in after if after[n].requires_grad]
+                grads = torch.autograd.grad([after[n] for n in outs], [*before.values(), *rates],
+                                            [g[n] for n in outs], allow_unused=True)
+                g = {n: (torch.zeros_like(before[n]) if d is None else d)
+                     + (g[n] if n not in outs else 0)  # an output without graph passes as is
+                     for n, d in zip(before, grads[:len(before)], strict=True)}
+                for i, d in enumerate(grads[len(before):]):
+                    if d is not None:
+                        rate_grads[i] = d if rate_grads[i] is None else rate_grads[i] + d
+                del before, after, grads
+        theta_grads = [g[n].sum(0) for n in names]  # the tasks' shares of the shared theta
+        ctx.states = ctx.query_grads = None
+        return (None, None, *theta_grads, *rate_grads)
+
+
+def checkpointed_task_losses(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    batch: TaskBatch,
+    *,
+    loss_fn: LossFn,
+    inner_lr: InnerLR,
+    steps: int,
+    adapt_names: Sequence[str] | None = None,
+    batching: str = "vmap",
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Query loss after ``steps`` second-order inner steps of every task, ``[tasks]``, with
+    checkpointing across inner steps (see the module docstring).
+
+    Tasks go in chunks of ``chunk_size`` (stacked: ``DEFAULT_CHUNK``; vmap and loop: all tasks
+    by default); the backward holds one inner step of one chunk at a time.
+    """
+    if batching not in CHECKPOINT_BATCHINGS:
+        raise ValueError(f"Unknown batching {batching!r}; choose one of "
+                         f"{list(CHECKPOINT_BATCHINGS)}.")
+    if batching == "stacked" and not supports_task_stacking(model):
+        raise ValueError(f"{type(model).__name__} does not support task stacking; use "
+                         "batching='vmap' or 'loop'.")
+    names = list(params)
+    leaves, spec = pytree.tree_flatten(_plain(inner_lr))
+    slots = [i for i, t in enumerate(leaves) if torch.is_tensor(t) and t.requires_grad]
+    size = chunk_size or (DEFAULT_CHUNK if batching == "stacked" else batch.num_tasks)
+    losses = []
+    for start in range(0, batch.num_tasks, size):
+        part = batch[start:start + size]
+        plan = _Plan(model, dict(buffers), part.support, part.query, loss_fn, steps,
+                     adapt_names, batching, spec, leaves, slots)
+        losses.append(_CheckpointedQueryLosses.apply(
+            plan, names, *(params[n] for n in names), *(leaves[i] for i in slots)))
+    return torch.cat(losses)
+
+
+__all__ = ["CHECKPOINT_BATCHINGS", "checkpointed_task_losses"]

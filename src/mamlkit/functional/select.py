@@ -1,0 +1,41 @@
+"""Choosing parameters by name: glob patterns such as ``head.*`` for any ``nn.Module``.
+
+The inner loop may adapt only some parameters (ANIL adapts the head, the body is meta-learned in
+the outer loop only). Patterns make that split work for any module without knowing its layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from fnmatch import fnmatchcase
+
+
+def matches(name: str, pattern: str) -> bool:
+    """``name`` matches ``pattern``, or names a parameter below it (``head`` -> ``head.w``)."""
+    return fnmatchcase(name, pattern) or fnmatchcase(name, pattern + ".*")
+
+
+def select_names(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
+    """The names (in their order) that match at least one glob pattern.
+
+    A pattern that matches nothing is an error naming the valid parameter names: a typo would
+    otherwise silently freeze the whole inner loop.
+    """
+    names = list(names)
+    for pattern in patterns:
+        if not any(matches(n, pattern) for n in names):
+            raise ValueError(f"Parameter pattern {pattern!r} matches no parameter; the "
+                             f"parameters are: {', '.join(names)}.")
+    return [n for n in names if any(matches(n, p) for p in patterns)]
+
+
+def last_layer_names(named: Iterable[tuple[str, object]]) -> list[str]:
+    """Names of the parameters of the last module that owns any: the "head" of most networks."""
+    names = [n for n, _ in named]
+    if not names:
+        raise ValueError("The model has no parameters to adapt.")
+    prefix = names[-1].rpartition(".")[0]
+    return [n for n in names if n.rpartition(".")[0] == prefix]
+
+
+__all__ = ["last_layer_names", "matches", "select_names"]

@@ -1,0 +1,56 @@
+"""Policy-gradient losses over masked ``[..., N, H]`` batches of trajectories.
+
+All losses are means over valid time steps (``mask`` is 1 before an episode ends, 0 after), so
+they work for one task (``[N, H]``) under ``vmap`` as well as for a stack of tasks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def gaussian_log_prob(mean: Tensor, std: Tensor, actions: Tensor) -> Tensor:
+    """Log density of ``actions`` under a diagonal Gaussian, summed over the last dimension."""
+    z = (actions - mean) / std
+    return (-0.5 * z.pow(2) - torch.log(std) - 0.5 * LOG_2PI).sum(-1)
+
+
+def gaussian_kl(mean_p: Tensor, std_p: Tensor, mean_q: Tensor, std_q: Tensor) -> Tensor:
+    """KL(p || q) of diagonal Gaussians, summed over the last dimension."""
+    var_p, var_q = std_p.pow(2), std_q.pow(2)
+    kl = torch.log(std_q / std_p) + (var_p + (mean_p - mean_q).pow(2)) / (2 * var_q) - 0.5
+    return kl.sum(-1)
+
+
+def vpg_loss(log_probs: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
+    """REINFORCE with a baseline: ``-mean(log pi(a|s) * A)``; its gradient is the policy gradient.
+
+    ``advantages`` are constants (detached): they come from the sampled rewards and the baseline.
+    """
+    return -masked_mean(log_probs * advantages.detach(), mask)
+
+
+def surrogate_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor,
+                   mask: Tensor) -> Tensor:
+    """TRPO's importance-weighted surrogate ``-mean(pi/pi_old * A)``; equals VPG's gradient at
+    ``pi = pi_old`` and lets the line search judge a step without new samples."""
+    ratio = torch.exp(log_probs - old_log_probs.detach())
+    return -masked_mean(ratio * advantages.detach(), mask)
+
+
+def ppo_clip_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, mask: Tensor,
+                  clip: float = 0.2) -> Tensor:
+    """PPO's pessimistic surrogate: ``-mean(min(r A, clip(r, 1-eps, 1+eps) A))``."""
+    ratio = torch.exp(log_probs - old_log_probs.detach())
+    advantages = advantages.detach()
+    clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * advantages
+    return -masked_mean(torch.minimum(ratio * advantages, clipped), mask)

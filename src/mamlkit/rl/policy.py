@@ -1,0 +1,85 @@
+"""Gaussian MLP policies with a learned, state-independent log standard deviation.
+
+The policy is an ordinary ``nn.Module`` so the rest of the library can call it through
+``torch.func.functional_call`` with per-task adapted parameters. ``forward`` returns the mean and
+the standard deviation; ``min_std`` puts a floor under the standard deviation (see
+``meta.py`` for why second-order meta-gradients push it down).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class GaussianPolicy(nn.Module):
+    """``obs -> (mean, std)``: an MLP for the mean, one learned log std per action dimension."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (100, 100),
+                 activation: str = "relu", init_std: float = 1.0, min_std: float = 1e-6) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"Unknown policy activation {activation!r}; "
+                             f"choose {' or '.join(ACTIVATIONS)}.")
+        sizes = [obs_dim, *hidden, act_dim]
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(n_in, n_out))
+            if i < len(sizes) - 2:
+                layers.append(ACTIVATIONS[activation]())
+        self.mean = nn.Sequential(*layers)
+        self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
+        self.min_log_std = math.log(min_std)
+        for layer in self.mean:  # Glorot-uniform weights, zero biases as in rllab's policies
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        mean = self.mean(obs)
+        # clamp, not softplus: above the floor the parameterisation is the paper's exp(log_std)
+        std = torch.exp(torch.clamp(self.log_std, min=self.min_log_std))
+        return mean, std.expand_as(mean)
+
+
+def policy_params(policy: nn.Module) -> dict[str, Tensor]:
+    return dict(policy.named_parameters())
+
+
+def call(policy: nn.Module, params: Mapping[str, Tensor], obs: Tensor) -> tuple[Tensor, Tensor]:
+    """``policy(obs)`` with the given (unbatched) parameters."""
+    return functional_call(policy, dict(params), (obs,))
+
+
+def per_task(policy: nn.Module, params: Mapping[str, Tensor], obs: Tensor,
+             batched: bool) -> tuple[Tensor, Tensor]:
+    """``(mean, std)`` for ``obs [T, ...]``; ``batched`` params carry a leading task dimension."""
+    if not batched:
+        return call(policy, params, obs)
+    return torch.func.vmap(lambda p, o: call(policy, p, o))(dict(params), obs)
+
+
+def sampling_fn(policy: nn.Module, params: Mapping[str, Tensor] | None = None,
+                batched: bool = False):
+    """The ``obs [T, N, obs] -> (mean, std)`` callable that sampling needs, without gradients."""
+    detached = None if params is None else {n: p.detach() for n, p in params.items()}
+
+    @torch.no_grad()
+    def act(obs: Tensor) -> tuple[Tensor, Tensor]:
+        if detached is None:
+            return policy(obs)
+        return per_task(policy, detached, obs, batched)
+
+    return act
+
+
+def mean_std(policy: nn.Module) -> float:
+    """The policy's current standard deviation averaged over action dimensions (for logs)."""
+    with torch.no_grad():
+        return torch.exp(torch.clamp(policy.log_std, min=policy.min_log_std)).mean().item()
