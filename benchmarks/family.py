@@ -128,32 +128,42 @@ def cell(result: dict, step: int) -> str:
     return f"{s['mean'] * scale:.{digits}f} ± {s['ci95'] * scale:.{digits}f}"
 
 
-def markdown(results: list[dict], meta: dict) -> str:
-    setups = list(dict.fromkeys(r["setup"] for r in results))
+def _table(results: list[dict], setups: list[str]) -> list[str]:
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in results)]
     by = {(r["setup"], r["variant"]): r for r in results}
+    steps_of = {s: next((r["steps"] for r in results if r["setup"] == s and r["steps"]), {})
+                for s in setups}
     header = ["variant"]
     for s in setups:
-        steps = next((r for r in results if r["setup"] == s and r["steps"]), {"steps": {}})["steps"]
-        header += [f"{s}, {k} step{'s' if k != '1' else ''}" for k in steps if k != "0"]
-        header.append(f"{s} time")
+        header += [f"{s}, {k} step{'s' if k != '1' else ''}" for k in steps_of[s] if k != "0"]
+        header.append("time")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in variants:
         row = [v]
         for s in setups:
             r = by.get((s, v))
-            steps = next((x for x in results if x["setup"] == s and x["steps"]),
-                         {"steps": {}})["steps"]
-            row += [cell(r, int(k)) if r else "" for k in steps if k != "0"]
+            row += [cell(r, int(k)) if r else "" for k in steps_of[s] if k != "0"]
             row.append(f"{r['train_seconds']:.0f} s" if r else "")
         lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    """One table for regression (MSE), one for classification (accuracy)."""
+    setups = list(dict.fromkeys(r["setup"] for r in results))
+    parts = []
+    for metric in ("mse", "accuracy"):
+        chosen = [s for s in setups if any(r["setup"] == s and r["metric"] == metric
+                                           for r in results)]
+        if chosen:
+            parts.append("\n".join(_table(results, chosen)))
     note = (f"\nSinusoid: MSE, {meta['sinusoid_iterations']} iterations per run. Omniglot: "
             f"accuracy (%), {meta['omniglot_iterations']} (5-way) and "
             f"{meta['omniglot_20w_iterations']} (20-way) iterations, conv4 with "
             f"{meta['hidden']} filters, meta-batch {meta['meta_batch']}, 5 queries per class. "
             f"{meta['eval_tasks']} held-out tasks per cell, mean ± 95% CI; time = training "
             "wall time on a shared 2-core CPU, one torch thread.\n")
-    return "\n".join(lines) + "\n" + note
+    return "\n\n".join(parts) + "\n" + note
 
 
 def main() -> None:
@@ -170,10 +180,18 @@ def main() -> None:
                                                          str(ROOT.parent.parent / "shared"
                                                              / "data" / "omniglot")))
     p.add_argument("--out", default=str(ROOT / "results" / "family"))
+    p.add_argument("--render", action="store_true",
+                   help="only rewrite the markdown table from the output JSON")
     p.add_argument("--keep", action="store_true",
                    help="reuse results already in the output JSON for the same set-up and variant")
     p.add_argument("--workdir", default=None, help="run directories (default: a temp folder)")
     args = p.parse_args()
+    out = Path(args.out)
+    if args.render:
+        saved = json.loads(out.with_suffix(".json").read_text())
+        out.with_suffix(".md").write_text(markdown(saved["results"], saved["meta"]))
+        print(out.with_suffix(".md").read_text())
+        return
     torch.set_num_threads(1)
     meta = {"sinusoid_iterations": args.sinusoid_iterations,
             "omniglot_iterations": args.omniglot_iterations,
@@ -188,7 +206,6 @@ def main() -> None:
                                       args.hidden)
         else:
             print(f"skipping Omniglot: no images_background.zip in {args.data_root}")
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="mamlkit-family-"))
     results: list[dict] = []

@@ -278,6 +278,26 @@ def test_imaml_gradient_matches_the_unrolled_gradient_on_a_quadratic(batching):
     assert (grads_of(learner, batch)[1][0] - unrolled).abs().max() > 1e-4
 
 
+def graph_size(tensor):
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack += [n for n, _ in node.next_functions]
+    return len(seen)
+
+
+def test_imaml_graph_does_not_grow_with_inner_steps():
+    """What makes iMAML's memory independent of the inner loop: the meta-loss keeps no graph of
+    it (MAML's graph grows with every step)."""
+    batch = sinusoid_batch()
+    sizes = [graph_size(IMAML(tiny_mlp(), 0.01, steps, lam=2.0).meta_loss(batch))
+             for steps in (2, 8)]
+    maml = [graph_size(MAML(tiny_mlp(), 0.01, steps).meta_loss(batch)) for steps in (2, 8)]
+    assert sizes[0] == sizes[1] and maml[1] > maml[0]
+
+
 # --- pieces ---------------------------------------------------------------------------------
 
 def test_glob_patterns_select_parameters_and_typos_are_clear():
@@ -394,3 +414,23 @@ def test_exported_like_maml():
     batch = sinusoid_batch()
     reference = plain_meta_loss(model, batch, mse, 0.05, 1)
     assert torch.allclose(mamlkit.MetaSGD(model, 0.05).meta_loss(batch), reference, atol=1e-12)
+
+
+def test_imaml_clipped_inner_loop_reaches_the_same_fixed_point():
+    """Clipping changes the path of the proximal inner loop, not its solution."""
+    from mamlkit.functional.implicit import proximal_adapt
+
+    torch.manual_seed(3)
+    model = mlp([1, 8, 1]).double()
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    x = torch.randn(10, 1, dtype=torch.float64)
+    y = 3 * torch.sin(x)
+    loss = mse
+    plain = proximal_adapt(model, params, {}, x, y, loss, 0.05, 3000, lam=1.0)
+    clipped = proximal_adapt(model, params, {}, x, y, loss, 0.05, 3000, lam=1.0,
+                             max_grad_norm=0.5)
+    first = proximal_adapt(model, params, {}, x, y, loss, 0.05, 1, lam=1.0, max_grad_norm=0.5)
+    step = torch.sqrt(sum(((first[n] - params[n]) ** 2).sum() for n in params))
+    assert step <= 0.05 * 0.5 + 1e-12
+    for n in params:
+        torch.testing.assert_close(clipped[n], plain[n], atol=1e-8, rtol=0)

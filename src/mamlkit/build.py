@@ -70,7 +70,7 @@ def build_learner(config: Config, model: nn.Module, tasks: TaskDistribution) -> 
                            data=config.reptile_data, **common)
         if config.algorithm == "imaml":
             return IMAML(model, lr, steps, lam=config.imaml_lambda, cg_steps=config.cg_steps,
-                         **common)
+                         max_grad_norm=config.imaml_max_grad_norm, **common)
         return MAML(model, inner_lr=lr, inner_steps=steps, first_order=fo,
                     adapt_names=config.adapt, **common)
     except ValueError as error:  # e.g. an adapt pattern that matches no parameter

@@ -63,6 +63,7 @@ class Config:
     reptile_data: str = "all"  # reptile: adapt on all examples (all) or the support set only
     imaml_lambda: float = 1.0  # imaml: proximal strength lambda
     cg_steps: int = 5  # imaml: conjugate-gradient steps
+    imaml_max_grad_norm: float | None = None  # imaml: clip each inner step's gradient norm
     # --- scale: distributed meta-batches, memory, compiled steps ---
     checkpoint_inner: bool = False  # recompute inner steps in the backward pass (less memory)
     compile: bool = False  # torch.compile the meta-step; falls back to eager where unsupported
@@ -218,6 +219,8 @@ def _check_family(config: Config) -> None:
             raise ConfigError(f"Config key {key!r} must be >= 0, got {getattr(config, key)}.")
     if config.cg_steps < 1 or config.imaml_lambda <= 0:
         raise ConfigError("imaml needs cg_steps >= 1 and imaml_lambda > 0.")
+    if config.imaml_max_grad_norm is not None and config.imaml_max_grad_norm <= 0:
+        raise ConfigError("imaml_max_grad_norm must be > 0 (or null for no clipping).")
     if not 0 <= config.min_meta_lr <= config.meta_lr:
         raise ConfigError("min_meta_lr must lie between 0 and meta_lr.")
     if config.algorithm in ("mamlpp", "reptile", "imaml") and config.inner_steps < 1:

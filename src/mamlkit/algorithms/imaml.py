@@ -29,12 +29,14 @@ class IMAML(MAML):
 
     def __init__(self, model: nn.Module, inner_lr: InnerLR, inner_steps: int = 10,
                  loss_fn: str | LossFn = "mse", batching: str = "auto",
-                 chunk_size: int | None = None, lam: float = 1.0, cg_steps: int = 5) -> None:
+                 chunk_size: int | None = None, lam: float = 1.0, cg_steps: int = 5,
+                 max_grad_norm: float | None = None) -> None:
         if lam <= 0 or cg_steps < 1:
             raise ValueError(f"iMAML needs lam > 0 and cg_steps >= 1; got {lam}, {cg_steps}.")
         super().__init__(model, inner_lr, inner_steps, True, loss_fn, batching, chunk_size)
         self.lam = lam
         self.cg_steps = cg_steps
+        self.max_grad_norm = max_grad_norm
 
     def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         """Mean query loss at the inner solutions; its gradient is the implicit meta-gradient."""
@@ -42,7 +44,7 @@ class IMAML(MAML):
         grads, losses = implicit_meta_grad(
             self.model, params, self.buffers_dict(), batch, loss_fn=self.loss_fn,
             inner_lr=self.rates(), steps=self.inner_steps if steps is None else steps,
-            lam=self.lam, cg_steps=self.cg_steps,
+            lam=self.lam, cg_steps=self.cg_steps, max_grad_norm=self.max_grad_norm,
             batching="loop" if self.batching == "stacked" else self.batching,
             chunk_size=self.chunk_size)
         return surrogate(losses.mean(), params, grads)
