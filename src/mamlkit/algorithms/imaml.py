@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor, nn
 
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional.adapt import InnerLR
-from mamlkit.functional.implicit import implicit_meta_grad
-from mamlkit.functional.losses import LossFn
+from mamlkit.functional.implicit import (
+    implicit_meta_grad,
+    proximal_adapt,
+    proximal_adaptation_curve,
+)
+from mamlkit.functional.losses import LossFn, resolve_metric
 from mamlkit.functional.reptile import surrogate
 from mamlkit.tasks.batch import TaskBatch
 
@@ -22,9 +29,9 @@ class IMAML(MAML):
     mean query loss. All parameters adapt. Batching: ``vmap`` or ``loop``; for ``stacked``
     models (Conv4) the meta-gradient runs in a loop over tasks, because conjugate gradient needs
     per-task Hessian-vector products that the stacked strategy does not provide (evaluation
-    still uses ``stacked``). Evaluation fine-tunes with plain SGD steps of the eval step size,
-    the protocol shared by every learner (with small ``inner_lr * lam`` the proximal term hardly
-    changes those steps).
+    uses the loop too). ``adapt`` and ``adaptation_curve`` (evaluation) take the same proximal
+    steps as meta-training, with the eval step size: theta was trained for that fixed point, and
+    plain steps from it can diverge where the proximal, clipped ones do not.
     """
 
     def __init__(self, model: nn.Module, inner_lr: InnerLR, inner_steps: int = 10,
@@ -48,3 +55,21 @@ class IMAML(MAML):
             batching="loop" if self.batching == "stacked" else self.batching,
             chunk_size=self.chunk_size)
         return surrogate(losses.mean(), params, grads)
+
+    def adapt(self, x: Tensor, y: Tensor, steps: int | None = None,
+              inner_lr: InnerLR | None = None) -> dict[str, Tensor]:
+        """Proximal inner steps on one task's support set, as in meta-training."""
+        return proximal_adapt(self.model, self.params(), self.buffers_dict(), x, y, self.loss_fn,
+                              self.rates(inner_lr), self.inner_steps if steps is None else steps,
+                              self.lam, self.max_grad_norm)
+
+    @torch.no_grad()
+    def adaptation_curve(self, batch: TaskBatch, steps: Sequence[int], metric: str | LossFn,
+                         inner_lr: InnerLR | None = None) -> Tensor:
+        """Query metric after each number of proximal steps (how iMAML adapts at test time)."""
+        return proximal_adaptation_curve(
+            self.model, self.params(), self.buffers_dict(), batch, loss_fn=self.loss_fn,
+            metric_fn=resolve_metric(metric), inner_lr=self.rates(inner_lr), steps=steps,
+            lam=self.lam, max_grad_norm=self.max_grad_norm,
+            batching="loop" if self.batching == "stacked" else self.batching,
+            chunk_size=self.chunk_size)

@@ -9,12 +9,12 @@ with the number of inner steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from mamlkit.functional.adapt import InnerLR, Params, step_size, task_loss
+from mamlkit.functional.adapt import InnerLR, Params, forward, step_size, task_loss
 from mamlkit.functional.losses import LossFn
 from mamlkit.functional.meta import over_tasks
 from mamlkit.tasks.batch import TaskBatch
@@ -71,17 +71,61 @@ def proximal_adapt(model: nn.Module, params: Mapping[str, Tensor],
     """
     theta = {n: t.detach() for n, t in params.items()}
     phi = dict(theta)
-    grad_fn = torch.func.grad(lambda q: task_loss(model, q, buffers, x, y, loss_fn))
     for step in range(steps):
-        lr = step_size(inner_lr, step)
-        grads = grad_fn(phi)
-        direction = {n: grads[n] + lam * (phi[n] - theta[n]) for n in phi}
-        if max_grad_norm is not None:
-            norm = torch.sqrt(_dot(direction, direction))
-            scale = torch.clamp(max_grad_norm / (norm + 1e-12), max=1.0)
-            direction = {n: scale * d for n, d in direction.items()}
-        phi = {n: phi[n] - lr * direction[n] for n in phi}
+        phi = proximal_step(model, phi, theta, buffers, x, y, loss_fn,
+                            step_size(inner_lr, step), lam, max_grad_norm)
     return phi
+
+
+def proximal_step(model: nn.Module, phi: Mapping[str, Tensor], theta: Mapping[str, Tensor],
+                  buffers: Mapping[str, Tensor], x: Tensor, y: Tensor, loss_fn: LossFn,
+                  lr: Tensor | float, lam: float, max_grad_norm: float | None = None) -> Params:
+    """One gradient step on the proximal objective, its gradient norm clipped if asked."""
+    grads = torch.func.grad(lambda q: task_loss(model, q, buffers, x, y, loss_fn))(dict(phi))
+    direction = {n: grads[n] + lam * (phi[n] - theta[n]) for n in phi}
+    if max_grad_norm is not None:
+        norm = torch.sqrt(_dot(direction, direction))
+        scale = torch.clamp(max_grad_norm / (norm + 1e-12), max=1.0)
+        direction = {n: scale * d for n, d in direction.items()}
+    return {n: phi[n] - lr * direction[n] for n in phi}
+
+
+def proximal_adaptation_curve(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    batch: TaskBatch,
+    *,
+    loss_fn: LossFn,
+    metric_fn: LossFn,
+    inner_lr: InnerLR,
+    steps: Sequence[int],
+    lam: float,
+    max_grad_norm: float | None = None,
+    batching: str = "vmap",
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Query metric after each number of proximal inner steps: ``[len(steps), tasks]``.
+
+    iMAML adapts at test time the way it was meta-trained (Rajeswaran et al. 2019): the
+    proximal problem, not plain gradient steps, whose fixed point is what theta was trained for.
+    """
+    wanted = sorted(set(int(s) for s in steps))
+
+    def per_task(p, b, sx, sy, qx, qy):
+        values, phi = [], dict(p)
+        for step in range(wanted[-1] + 1):
+            if step in wanted:
+                values.append(metric_fn(forward(model, phi, b, qx), qy))
+            if step < wanted[-1]:
+                phi = proximal_step(model, phi, p, b, sx, sy, loss_fn,
+                                    step_size(inner_lr, step), lam, max_grad_norm)
+        return torch.stack(values)
+
+    with torch.no_grad():
+        theta = {n: t.detach() for n, t in params.items()}
+        curve = over_tasks(per_task, batch, theta, dict(buffers), batching, chunk_size)
+    return curve.T[[wanted.index(int(s)) for s in steps]]
 
 
 def implicit_task_grad(model: nn.Module, params: Mapping[str, Tensor],
@@ -143,4 +187,5 @@ def implicit_meta_grad(
     return grads, flat[:, -1]
 
 
-__all__ = ["conjugate_gradient", "implicit_meta_grad", "implicit_task_grad", "proximal_adapt"]
+__all__ = ["conjugate_gradient", "implicit_meta_grad", "implicit_task_grad", "proximal_adapt",
+           "proximal_adaptation_curve", "proximal_step"]
