@@ -66,3 +66,7 @@ def test_overrides_are_typed():
     assert config.inner_lr == 0.0 and isinstance(config.inner_lr, float)
     with pytest.raises(ConfigError):
         from_dict({"hidden": [1.5]})
+    # YAML 1.1 reads "1e-6" as a string; float keys still take it
+    assert resolve("sinusoid", parse_overrides(["meta_lr=1e-4"])).meta_lr == 1e-4
+    with pytest.raises(ConfigError):
+        from_dict({"meta_lr": "fast"})
