@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 import torch
 from tqdm.auto import tqdm
@@ -78,6 +79,17 @@ def _trim_metrics(path: Path, iteration: int) -> None:
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def write_record(metrics: TextIO, writer: Any, iteration: int, began: float,
+                 record: dict[str, float | int]) -> None:
+    """One line of ``metrics.jsonl`` (with the iteration and elapsed seconds) and its scalars."""
+    record = {"iteration": iteration, "seconds": round(time.perf_counter() - began, 3), **record}
+    metrics.write(json.dumps(record) + "\n")
+    metrics.flush()
+    for key, value in record.items():
+        if key != "iteration":
+            writer.add_scalar(f"meta/{key}", value, iteration)
 
 
 def prepare_run_dir(run_dir: Path, config: Config, resume: bool) -> Config:
@@ -202,13 +214,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, progress: b
             if context.is_main and (iteration % config.val_every == 0 or last):
                 record.update(_val_metrics(learner, val_tasks, config, device))
             if record:
-                record = {"iteration": iteration,
-                          "seconds": round(time.perf_counter() - began, 3), **record}
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                for key, value in record.items():
-                    if key != "iteration":
-                        writer.add_scalar(f"meta/{key}", value, iteration)
+                write_record(metrics, writer, iteration, began, record)
                 peak.reset()  # the next window holds meta-steps only, not these evaluations
             if context.is_main and (iteration % config.checkpoint_every == 0 or last):
                 checkpoint.save(run_dir, iteration, learner, optimizer, generator)

@@ -32,6 +32,7 @@ from mamlkit.train import (
     TrainResult,
     _trim_metrics,
     prepare_run_dir,
+    write_record,
 )
 
 
@@ -169,13 +170,7 @@ def train_rl(config: Config | None, run_dir: str | Path, resume: bool = False,
                     best = record["val_post"]
                     _save_best(run_dir, policy, iteration, best)
             if record:
-                record = {"iteration": iteration,
-                          "seconds": round(time.perf_counter() - began, 3), **record}
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                for key, value in record.items():
-                    if key != "iteration":
-                        writer.add_scalar(f"meta/{key}", value, iteration)
+                write_record(metrics, writer, iteration, began, record)
             if iteration % config.checkpoint_every == 0 or last:
                 checkpoint.save(run_dir, iteration, policy, optimizer, generator)
             if out_of_time:
