@@ -104,6 +104,10 @@ def train_rl(config: Config | None, run_dir: str | Path, resume: bool = False,
 
     from mamlkit.rl.mixed import imitation_meta_loss, sample_imitation
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise config_lib.ConfigError(
+            "Meta-RL training runs in one process for now (TRPO's conjugate gradient and line "
+            "search are not split across ranks yet); start it without torchrun.")
     run_dir = Path(run_dir)
     config = prepare_run_dir(run_dir, config, resume)
     torch.set_num_threads(config.threads)
