@@ -101,13 +101,3 @@ def _log_probs(policy, batch, settings):
     log_probs = gaussian_log_prob(mean, std, batch.query.actions)
     return log_probs, log_probs.detach()
 
-
-def test_rl_training_refuses_torchrun(tmp_path, monkeypatch):
-    """Several ranks would each write the run directory: refuse with one sentence instead."""
-    from mamlkit.config import ConfigError, resolve
-    from mamlkit.train_rl import train_rl
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="one process"):
-        train_rl(resolve("nav2d", {"iterations": 1}), tmp_path / "run", progress=False)
-    assert not (tmp_path / "run").exists()

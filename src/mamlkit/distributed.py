@@ -145,6 +145,15 @@ def broadcast_parameters(params: Iterable[Tensor], src: int = 0) -> None:
             dist.broadcast(p.data, src)
 
 
+def all_sum(tensor: Tensor) -> Tensor:
+    """The sum of ``tensor`` over all ranks, as a new tensor (the tensor itself alone)."""
+    if not current().distributed:
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s picklable ``obj`` on every rank (a config, an outcome, a path)."""
     if not current().distributed:

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from mamlkit import checkpoint
+from mamlkit import checkpoint, distributed
 from mamlkit import config as config_lib
 from mamlkit.build import VAL_SEED
 from mamlkit.config import Config
@@ -30,8 +30,9 @@ from mamlkit.train import (
     RunDirectoryError,
     TrainingDiverged,
     TrainResult,
+    _Discard,
+    _prepare_shared,
     _trim_metrics,
-    prepare_run_dir,
     write_record,
 )
 
@@ -104,12 +105,10 @@ def train_rl(config: Config | None, run_dir: str | Path, resume: bool = False,
 
     from mamlkit.rl.mixed import imitation_meta_loss, sample_imitation
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise config_lib.ConfigError(
-            "Meta-RL training runs in one process for now (TRPO's conjugate gradient and line "
-            "search are not split across ranks yet); start it without torchrun.")
     run_dir = Path(run_dir)
-    config = prepare_run_dir(run_dir, config, resume)
+    context = distributed.setup()
+    config, resume_from = _prepare_shared(run_dir, config, resume, context)
+    reduce = distributed.all_sum if context.distributed else None
     torch.set_num_threads(config.threads)
     env = build_env(config)
     policy = build_policy(config, env)
@@ -118,13 +117,15 @@ def train_rl(config: Config | None, run_dir: str | Path, resume: bool = False,
     generator = generator_from(config.seed + 1)
     start = 0
     if resume:
-        start = checkpoint.load(checkpoint.latest(run_dir), policy, optimizer, generator)[
-            "iteration"]
-        _trim_metrics(run_dir / "metrics.jsonl", start)
+        start = checkpoint.load(resume_from, policy, optimizer, generator)["iteration"]
+        if context.is_main:
+            _trim_metrics(run_dir / "metrics.jsonl", start)
     best = _best_value(run_dir)
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start)
-    metrics = (run_dir / "metrics.jsonl").open("a")
-    bar = tqdm(total=config.iterations, initial=start, disable=not progress,
+    # only rank 0 writes files; the others log into sinks that keep nothing
+    writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=start) if context.is_main
+              else _Discard())
+    metrics = (run_dir / "metrics.jsonl").open("a") if context.is_main else _Discard()
+    bar = tqdm(total=config.iterations, initial=start, disable=not progress or not context.is_main,
                desc=run_dir.name, unit="it", dynamic_ncols=True)
     began = time.perf_counter()
     iteration = start
@@ -133,8 +134,10 @@ def train_rl(config: Config | None, run_dir: str | Path, resume: bool = False,
             if stop_after is not None and iteration > stop_after:
                 iteration -= 1
                 break
+            # every rank draws the whole meta-batch's tasks and seeds and samples its share
             tasks = env.sample_tasks(config.meta_batch_size, generator)
-            batch = collect(env, policy, tasks, settings, generator)
+            share = distributed.shard(len(tasks), context) if context.distributed else None
+            batch = collect(env, policy, tasks, settings, generator, task_slice=share)
             record: dict[str, float | int] = {}
             extra = None
             if config.imitation_tasks:
@@ -150,7 +153,9 @@ def train_rl(config: Config | None, run_dir: str | Path, resume: bool = False,
                     post, pre = imitation_meta_loss(policy, demos, settings.inner_lr,
                                                     settings.inner_steps, True)
                 record.update(imitation_pre=pre.mean().item(), imitation_post=post.mean().item())
-            stats = outer_step(policy, batch, settings, optimizer, extra)
+            stats = outer_step(policy, batch, settings, optimizer, extra, reduce,
+                               context.world_size, share, len(tasks))
+            pre_return, post_return = _mean_over_ranks(batch, len(tasks), context)
             if not math.isfinite(stats.loss) or not all(
                     torch.isfinite(p).all() for p in policy.parameters()):
                 last = checkpoint.latest(run_dir)
@@ -159,23 +164,23 @@ def train_rl(config: Config | None, run_dir: str | Path, resume: bool = False,
                     f"The meta-loss became {stats.loss} at iteration {iteration} ({where}); "
                     "lower meta_lr, max_kl or inner_lr and train again or resume.")
             bar.update(1)
-            out_of_time = (config.time_limit is not None
-                           and time.perf_counter() - began > 60 * config.time_limit)
+            out_of_time = config.time_limit is not None and distributed.agree(
+                time.perf_counter() - began > 60 * config.time_limit)
             last = iteration == config.iterations or out_of_time
             if iteration % config.log_every == 0 or last:
-                record.update(pre_return=batch.pre_return, post_return=batch.post_return,
+                record.update(pre_return=pre_return, post_return=post_return,
                               std=mean_std(policy), loss=stats.loss, kl=stats.kl,
                               step_fraction=stats.step_fraction)
-                bar.set_postfix(pre=f"{batch.pre_return:.4g}", post=f"{batch.post_return:.4g}",
+                bar.set_postfix(pre=f"{pre_return:.4g}", post=f"{post_return:.4g}",
                                 refresh=False)
-            if iteration % config.val_every == 0 or last:
+            if context.is_main and (iteration % config.val_every == 0 or last):
                 record.update(validation(env, policy, config))
                 if record["val_post"] > best:
                     best = record["val_post"]
                     _save_best(run_dir, policy, iteration, best)
             if record:
                 write_record(metrics, writer, iteration, began, record)
-            if iteration % config.checkpoint_every == 0 or last:
+            if context.is_main and (iteration % config.checkpoint_every == 0 or last):
                 checkpoint.save(run_dir, iteration, policy, optimizer, generator)
             if out_of_time:
                 print(f"time limit of {config.time_limit} minutes reached at iteration "
@@ -186,6 +191,16 @@ def train_rl(config: Config | None, run_dir: str | Path, resume: bool = False,
         metrics.close()
         writer.close()
     return TrainResult(run_dir, iteration, policy, time.perf_counter() - began)
+
+
+def _mean_over_ranks(batch, num_tasks: int, context: distributed.Context) -> tuple[float, float]:
+    """The meta-batch's mean pre- and post-adaptation returns (each rank holds its tasks')."""
+    if not context.distributed:
+        return batch.pre_return, batch.post_return
+    here = batch.query.mask.shape[0]
+    sums = distributed.all_sum(torch.tensor([batch.pre_return * here,
+                                             batch.post_return * here], dtype=torch.float64))
+    return (sums / num_tasks).tolist()
 
 
 def load_policy(run_dir: str | Path, which: str = "best") -> tuple[GaussianPolicy, Config, str]:

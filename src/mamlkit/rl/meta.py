@@ -149,13 +149,21 @@ def adapt(policy: nn.Module, support: Sequence[RLData], lr: float, first_order: 
 
 def collect(env, policy: nn.Module, tasks: list[dict], settings: RLSettings,
             generator: torch.Generator, inner_lr: float | None = None,
-            steps: int | None = None) -> MetaBatch:
+            steps: int | None = None, task_slice: slice | None = None) -> MetaBatch:
     """Sample support trajectories with theta, adapt, and sample query trajectories with theta'.
 
     Sampling needs no gradients: the adapted parameters are recomputed differentiably by the
-    losses from the stored support data.
+    losses from the stored support data. ``task_slice`` keeps only those tasks (a torchrun
+    rank's share); the generator advances as for all tasks and every task keeps its own seed,
+    so a rank's episodes are exactly the ones one process would sample for those tasks.
     """
-    from mamlkit.rl.sampling import sample_episodes
+    from mamlkit.rl.sampling import rollout, task_generators
+
+    share = task_slice or slice(None)
+
+    def sample_episodes(env, policy_fn, tasks, trajectories, generator, horizon):
+        generators = task_generators(generator, len(tasks))
+        return rollout(env, policy_fn, tasks[share], trajectories, generators[share], horizon)
 
     lr = settings.inner_lr if inner_lr is None else inner_lr
     steps = settings.inner_steps if steps is None else steps
@@ -203,16 +211,36 @@ class OuterStats:
     step_fraction: float = 1.0
 
 
+def _same(tensor: Tensor) -> Tensor:
+    return tensor
+
+
 def outer_step(policy: nn.Module, batch: MetaBatch, settings: RLSettings,
                optimizer: torch.optim.Optimizer | None = None,
-               extra_loss: Callable[[], Tensor] | None = None) -> OuterStats:
+               extra_loss: Callable[[], Tensor] | None = None,
+               reduce: Callable[[Tensor], Tensor] | None = None,
+               world_size: int = 1, task_slice: slice | None = None,
+               num_tasks: int | None = None) -> OuterStats:
     """Update theta from one meta-batch with ``settings.outer`` (trpo, ppo or adam).
 
     ``extra_loss`` (the weighted loss of supervised tasks in a mixed meta-batch) is added to the
-    RL surrogate; TRPO takes it into its objective but not into its KL.
+    RL surrogate; TRPO takes it into its objective but not into its KL. Under torchrun ``batch``
+    holds this rank's tasks and ``reduce`` sums over ranks: each rank's losses are weighted by
+    its share of the meta-batch's valid time steps (``extra_loss``, the same on every rank, by
+    ``1 / world_size``) and gradients and values are summed, which gives every rank the update
+    of one process. ``task_slice`` and ``num_tasks`` say which tasks of the whole meta-batch
+    this rank holds (for the KL Hessian's subsample).
     """
     lr, fo = settings.inner_lr, settings.first_order
     query = batch.query
+    total = _same if reduce is None else reduce
+    steps_here = query.mask.sum()
+    share = 1.0 if reduce is None else steps_here / total(steps_here.clone())
+    if extra_loss is not None and world_size > 1:
+        full_extra = extra_loss
+
+        def extra_loss() -> Tensor:
+            return full_extra() / world_size
     with torch.no_grad():
         old_mean, old_std = query_distribution(policy, batch, lr, fo)
         old_log_probs = gaussian_log_prob(old_mean, old_std, query.actions)
@@ -223,27 +251,37 @@ def outer_step(policy: nn.Module, batch: MetaBatch, settings: RLSettings,
 
     def surrogate() -> Tensor:
         log_probs, _, _ = log_probs_and_dist()
-        loss = surrogate_loss(log_probs, old_log_probs, query.advantages, query.mask)
+        loss = surrogate_loss(log_probs, old_log_probs, query.advantages, query.mask) * share
         return loss + extra_loss() if extra_loss is not None else loss
 
     def kl() -> Tensor:
         _, mean, std = log_probs_and_dist()
-        return masked_mean(gaussian_kl(old_mean, old_std, mean, std), query.mask)
+        return masked_mean(gaussian_kl(old_mean, old_std, mean, std), query.mask) * share
 
-    # the KL Hessian of the first tasks only (tasks are drawn i.i.d.): an unbiased, cheaper H
-    sub = max(1, round(settings.cg_subsample * query.mask.shape[0]))
+    # the KL Hessian of the meta-batch's first tasks only (tasks are drawn i.i.d.): an unbiased,
+    # cheaper H; a rank holding tasks start.. of the meta-batch keeps those among the first
+    here = query.mask.shape[0]
+    whole = here if num_tasks is None else num_tasks
+    start = 0 if task_slice is None else task_slice.start or 0
+    whole_sub = max(1, round(settings.cg_subsample * whole))
+    sub = min(max(whole_sub - start, 0), here)
     part = _first_tasks(batch, sub)
+    part_steps = part.query.mask.sum()
+    part_share = 1.0 if reduce is None else part_steps / total(part_steps.clone())
+    params = list(policy.parameters())
 
     def kl_part() -> Tensor:
+        if sub == 0:  # none of this rank's tasks: a zero share that still joins the all-reduce
+            return sum((p * p).sum() for p in params) * 0.0
         mean, std = query_distribution(policy, part, lr, fo)
         return masked_mean(gaussian_kl(old_mean[:sub], old_std[:sub], mean, std),
-                           part.query.mask)
+                           part.query.mask) * part_share
 
-    params = list(policy.parameters())
     if settings.outer == "trpo":
         stats = trpo_step(params, surrogate, kl, settings.max_kl, settings.cg_iters,
                           settings.cg_damping,
-                          hessian_kl_fn=kl_part if sub < query.mask.shape[0] else None)
+                          hessian_kl_fn=kl_part if whole_sub < whole else None,
+                          reduce=total)
         return OuterStats(stats.loss_after, stats.kl, stats.accepted, stats.step_fraction)
     if optimizer is None:
         raise ValueError(f"The {settings.outer!r} outer step needs an optimizer.")
@@ -251,22 +289,32 @@ def outer_step(policy: nn.Module, batch: MetaBatch, settings: RLSettings,
         loss = surrogate()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        _sum_grads(policy, reduce)
         optimizer.step()
-        return OuterStats(loss.item())
+        return OuterStats(total(loss.detach()).item())
     if settings.outer == "ppo":
         for _ in range(settings.ppo_epochs):
             log_probs, _, _ = log_probs_and_dist()
             loss = ppo_clip_loss(log_probs, old_log_probs, query.advantages, query.mask,
-                                 settings.ppo_clip)
+                                 settings.ppo_clip) * share
             if extra_loss is not None:
                 loss = loss + extra_loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            _sum_grads(policy, reduce)
             optimizer.step()
         with torch.no_grad():
-            final_kl = kl().item()
-        return OuterStats(loss.item(), final_kl)
+            final_kl = total(kl()).item()
+        return OuterStats(total(loss.detach()).item(), final_kl)
     raise ValueError(f"Unknown outer step {settings.outer!r}; choose trpo, ppo or adam.")
+
+
+def _sum_grads(policy: nn.Module, reduce: Callable[[Tensor], Tensor] | None) -> None:
+    """Every rank's gradient becomes the sum of the ranks' weighted shares (no-op alone)."""
+    if reduce is None:
+        return
+    for p in policy.parameters():
+        p.grad = reduce(p.grad if p.grad is not None else torch.zeros_like(p))
 
 
 def meta_step(env, policy: nn.Module, tasks: list[dict], settings: RLSettings,

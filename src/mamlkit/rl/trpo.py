@@ -46,18 +46,25 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int
     return x.detach()
 
 
+def _same(tensor: Tensor) -> Tensor:
+    return tensor
+
+
 def hessian_vector_product(kl_fn: Callable[[], Tensor], params: Sequence[Tensor],
-                           damping: float) -> Callable[[Tensor], Tensor]:
+                           damping: float,
+                           reduce: Callable[[Tensor], Tensor] = _same
+                           ) -> Callable[[Tensor], Tensor]:
     """``v -> (H + damping I) v`` with H the Hessian of ``kl_fn()`` at ``params``.
 
     The KL's gradient is built once with ``create_graph`` and reused for every product.
+    ``reduce`` sums a rank's share into the whole meta-batch's (distributed training).
     """
     kl = kl_fn()
     grads = flat(torch.autograd.grad(kl, params, create_graph=True))
 
     def matvec(v: Tensor) -> Tensor:
         hv = torch.autograd.grad(grads.dot(v.detach()), params, retain_graph=True)
-        return flat(hv).detach() + damping * v
+        return reduce(flat(hv).detach()) + damping * v
 
     return matvec
 
@@ -75,20 +82,24 @@ def trpo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor],
               kl_fn: Callable[[], Tensor], max_kl: float = 0.01, cg_iters: int = 10,
               cg_damping: float = 1e-5, backtrack_ratio: float = 0.5,
               line_search_steps: int = 15,
-              hessian_kl_fn: Callable[[], Tensor] | None = None) -> TRPOStats:
+              hessian_kl_fn: Callable[[], Tensor] | None = None,
+              reduce: Callable[[Tensor], Tensor] = _same) -> TRPOStats:
     """One TRPO update of ``params`` in place.
 
     The natural-gradient direction ``s = H^-1 g`` is scaled to the trust region's edge,
     ``sqrt(2 max_kl / s'Hs)``, and shrunk by ``backtrack_ratio`` until the surrogate loss improves
     and the KL stays within ``max_kl``; if no fraction qualifies, ``params`` are left as they were.
     ``hessian_kl_fn`` (a KL on a subsample of the data, cheaper) gives H; the line search always
-    checks the full ``kl_fn``, so the bound holds exactly either way.
+    checks the full ``kl_fn``, so the bound holds exactly either way. Under torchrun
+    ``loss_fn`` and ``kl_fn`` give this rank's weighted share and ``reduce`` (an all-reduce sum)
+    turns every gradient, Hessian-vector product and line-search value into the whole
+    meta-batch's, so all ranks take the same step as one process would.
     """
     params = list(params)
     loss = loss_fn()
-    grads = flat(torch.autograd.grad(loss, params))
-    loss_before = loss.item()
-    matvec = hessian_vector_product(hessian_kl_fn or kl_fn, params, cg_damping)
+    grads = reduce(flat(torch.autograd.grad(loss, params)))
+    loss_before = reduce(loss.detach()).item()
+    matvec = hessian_vector_product(hessian_kl_fn or kl_fn, params, cg_damping, reduce)
     direction = conjugate_gradient(matvec, -grads, cg_iters)
     shs = direction.dot(matvec(direction)).clamp_min(1e-12)
     full_step = direction * torch.sqrt(2.0 * max_kl / shs)
@@ -99,7 +110,7 @@ def trpo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor],
         for _ in range(line_search_steps):
             for p, p_old, s in zip(params, old, unflat(full_step, params), strict=True):
                 p.copy_(p_old + fraction * s)
-            new_loss, kl = loss_fn().item(), kl_fn().item()
+            new_loss, kl = reduce(loss_fn()).item(), reduce(kl_fn()).item()
             if new_loss < loss_before and kl <= max_kl:
                 return TRPOStats(True, fraction, kl, loss_before, new_loss)
             fraction *= backtrack_ratio
