@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from mamlkit.functional.adapt import InnerLR, Params, forward, step_size, task_loss
+from mamlkit.functional.adapt import InnerLR, Params, step_size, task_loss
 from mamlkit.functional.losses import LossFn
-from mamlkit.functional.meta import over_tasks
+from mamlkit.functional.meta import curve_over_steps, over_tasks
 from mamlkit.tasks.batch import TaskBatch
 
 
@@ -110,22 +110,12 @@ def proximal_adaptation_curve(
     iMAML adapts at test time the way it was meta-trained (Rajeswaran et al. 2019): the
     proximal problem, not plain gradient steps, whose fixed point is what theta was trained for.
     """
-    wanted = sorted(set(int(s) for s in steps))
+    def step_fn(theta, phi, b, sx, sy, step):
+        return proximal_step(model, phi, theta, b, sx, sy, loss_fn, step_size(inner_lr, step),
+                             lam, max_grad_norm)
 
-    def per_task(p, b, sx, sy, qx, qy):
-        values, phi = [], dict(p)
-        for step in range(wanted[-1] + 1):
-            if step in wanted:
-                values.append(metric_fn(forward(model, phi, b, qx), qy))
-            if step < wanted[-1]:
-                phi = proximal_step(model, phi, p, b, sx, sy, loss_fn,
-                                    step_size(inner_lr, step), lam, max_grad_norm)
-        return torch.stack(values)
-
-    with torch.no_grad():
-        theta = {n: t.detach() for n, t in params.items()}
-        curve = over_tasks(per_task, batch, theta, dict(buffers), batching, chunk_size)
-    return curve.T[[wanted.index(int(s)) for s in steps]]
+    return curve_over_steps(model, params, buffers, batch, metric_fn=metric_fn, step_fn=step_fn,
+                            steps=steps, batching=batching, chunk_size=chunk_size)
 
 
 def implicit_task_grad(model: nn.Module, params: Mapping[str, Tensor],

@@ -8,14 +8,22 @@ can be faster where per-task weights would turn dense kernels into slow grouped 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from mamlkit.functional.adapt import InnerLR, adapt, forward, inner_step, step_size, task_loss
+from mamlkit.functional.adapt import (
+    InnerLR,
+    Params,
+    adapt,
+    forward,
+    inner_step,
+    step_size,
+    task_loss,
+)
 from mamlkit.functional.losses import LossFn
 from mamlkit.tasks.batch import TaskBatch
 
@@ -105,6 +113,35 @@ def adaptation_curve(
 
     For evaluation: no meta-gradient is kept (the inner steps are first order under no_grad).
     """
+    def step_fn(theta, adapted, b, sx, sy, step):
+        return inner_step(model, adapted, b, sx, sy, loss_fn, step_size(inner_lr, step), True,
+                          adapt_names)
+
+    return curve_over_steps(model, params, buffers, batch, metric_fn=metric_fn, step_fn=step_fn,
+                            steps=steps, batching=batching, chunk_size=chunk_size)
+
+
+# (theta, adapted, buffers, support_x, support_y, step index) -> adapted after that step
+StepFn = Callable[[Params, Params, Mapping[str, Tensor], Tensor, Tensor, int], Params]
+
+
+def curve_over_steps(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    batch: TaskBatch,
+    *,
+    metric_fn: LossFn,
+    step_fn: StepFn,
+    steps: Sequence[int],
+    batching: Batching | str = "vmap",
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Query metric after each number of ``step_fn`` steps in ``steps``: ``[len(steps), tasks]``.
+
+    The evaluation loop every learner shares; a learner brings its own inner step (plain
+    gradient steps, iMAML's proximal ones). Runs under no_grad from a detached theta.
+    """
     wanted = sorted(set(int(s) for s in steps))
 
     def per_task(p, b, sx, sy, qx, qy):
@@ -113,15 +150,14 @@ def adaptation_curve(
             if step in wanted:
                 values.append(metric_fn(forward(model, adapted, b, qx), qy))
             if step < wanted[-1]:
-                adapted = inner_step(model, adapted, b, sx, sy, loss_fn,
-                                     step_size(inner_lr, step), True, adapt_names)
+                adapted = step_fn(p, adapted, b, sx, sy, step)
         return torch.stack(values)
 
     with torch.no_grad():
         detached = {n: t.detach() for n, t in params.items()}
         curve = over_tasks(per_task, batch, detached, dict(buffers), batching, chunk_size)
-    order = [wanted.index(int(s)) for s in steps]
-    return curve.T[order]
+    return curve.T[[wanted.index(int(s)) for s in steps]]
 
 
-__all__ = ["BATCHINGS", "adaptation_curve", "meta_loss", "query_loss", "task_losses", "task_loss"]
+__all__ = ["BATCHINGS", "adaptation_curve", "curve_over_steps", "meta_loss", "query_loss",
+           "task_losses", "task_loss"]

@@ -43,7 +43,7 @@ from mamlkit.rl.losses import (
     vpg_loss,
 )
 from mamlkit.rl.policy import call, per_task, policy_params, sampling_fn
-from mamlkit.rl.trpo import trpo_step
+from mamlkit.rl.trpo import same, trpo_step
 
 Params = dict[str, Tensor]
 
@@ -161,9 +161,10 @@ def collect(env, policy: nn.Module, tasks: list[dict], settings: RLSettings,
 
     share = task_slice or slice(None)
 
-    def sample_episodes(env, policy_fn, tasks, trajectories, generator, horizon):
+    def sample(policy_fn):
         generators = task_generators(generator, len(tasks))
-        return rollout(env, policy_fn, tasks[share], trajectories, generators[share], horizon)
+        return rollout(env, policy_fn, tasks[share], settings.trajectories, generators[share],
+                       settings.horizon)
 
     lr = settings.inner_lr if inner_lr is None else inner_lr
     steps = settings.inner_steps if steps is None else steps
@@ -172,16 +173,14 @@ def collect(env, policy: nn.Module, tasks: list[dict], settings: RLSettings,
     params, batched = policy_params(policy), False
     support, support_episodes = [], []
     for _ in range(steps):
-        episodes = sample_episodes(env, sampling_fn(policy, params, batched), tasks,
-                                   settings.trajectories, generator, settings.horizon)
+        episodes = sample(sampling_fn(policy, params, batched))
         data = rl_data(episodes, settings.discount, settings.gae_lambda)
         support.append(data)
         support_episodes.append(episodes)
         with torch.no_grad():
             params = inner_update(policy, params, batched, data, lr, first_order=True)
         batched = True
-    query_episodes = sample_episodes(env, sampling_fn(policy, params, batched), tasks,
-                                     settings.trajectories, generator, settings.horizon)
+    query_episodes = sample(sampling_fn(policy, params, batched))
     post = query_episodes.mean_return()
     pre = support_episodes[0].mean_return() if support_episodes else post
     return MetaBatch(support, rl_data(query_episodes, settings.discount, settings.gae_lambda),
@@ -211,10 +210,6 @@ class OuterStats:
     step_fraction: float = 1.0
 
 
-def _same(tensor: Tensor) -> Tensor:
-    return tensor
-
-
 def outer_step(policy: nn.Module, batch: MetaBatch, settings: RLSettings,
                optimizer: torch.optim.Optimizer | None = None,
                extra_loss: Callable[[], Tensor] | None = None,
@@ -233,7 +228,7 @@ def outer_step(policy: nn.Module, batch: MetaBatch, settings: RLSettings,
     """
     lr, fo = settings.inner_lr, settings.first_order
     query = batch.query
-    total = _same if reduce is None else reduce
+    total = same if reduce is None else reduce
     steps_here = query.mask.sum()
     share = 1.0 if reduce is None else steps_here / total(steps_here.clone())
     if extra_loss is not None and world_size > 1:

@@ -46,13 +46,14 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int
     return x.detach()
 
 
-def _same(tensor: Tensor) -> Tensor:
+def same(tensor: Tensor) -> Tensor:
+    """No reduction: one process holds the whole meta-batch."""
     return tensor
 
 
 def hessian_vector_product(kl_fn: Callable[[], Tensor], params: Sequence[Tensor],
                            damping: float,
-                           reduce: Callable[[Tensor], Tensor] = _same
+                           reduce: Callable[[Tensor], Tensor] = same
                            ) -> Callable[[Tensor], Tensor]:
     """``v -> (H + damping I) v`` with H the Hessian of ``kl_fn()`` at ``params``.
 
@@ -83,7 +84,7 @@ def trpo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor],
               cg_damping: float = 1e-5, backtrack_ratio: float = 0.5,
               line_search_steps: int = 15,
               hessian_kl_fn: Callable[[], Tensor] | None = None,
-              reduce: Callable[[Tensor], Tensor] = _same) -> TRPOStats:
+              reduce: Callable[[Tensor], Tensor] = same) -> TRPOStats:
     """One TRPO update of ``params`` in place.
 
     The natural-gradient direction ``s = H^-1 g`` is scaled to the trust region's edge,
