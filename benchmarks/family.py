@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from mamlkit import evaluate
-from mamlkit.config import resolve
-from mamlkit.train import TrainingDiverged, load, train
+from mamlkit.run import evaluate
+from mamlkit.run.config import resolve
+from mamlkit.run.load import load
+from mamlkit.run.loop import TrainingDiverged, train
 
 VARIANTS = ["MAML", "FO-MAML", "Meta-SGD", "ANIL", "MAML++", "Reptile", "iMAML"]
 SUFFIX = {"MAML": "", "FO-MAML": "", "Meta-SGD": "-metasgd", "ANIL": "-anil",

@@ -18,17 +18,24 @@ import json
 
 import torch
 
-from mamlkit import config as config_lib
 from mamlkit.rl.losses import gaussian_log_prob, surrogate_loss
-from mamlkit.rl.meta import adapt, collect, inner_update
-from mamlkit.rl.policy import per_task
-from mamlkit.train_rl import build_env, build_policy, load_policy, settings_of
+from mamlkit.run import config as config_lib
+from mamlkit.run.build import build_tasks
+from mamlkit.run.load import load, untrained
+from mamlkit.run.steps import adapted_policy, query_actions
 
 
-def post_loss(policy, batch, params, batched):
-    mean, std = per_task(policy, params, batch.query.observations, batched)
-    logp = gaussian_log_prob(mean, std, batch.query.actions)
-    return surrogate_loss(logp, logp.detach(), batch.query.advantages, batch.query.mask)
+def post_loss(policy, query, params, batched):
+    """The outer surrogate of the query trajectories with ``params`` (stacked if batched)."""
+    from mamlkit.functional import Batching, forward
+
+    if batched:
+        mean, std = Batching("vmap").map(lambda ops, p, q: query_actions(ops, p, q), policy, {},
+                                         None, params, query, batched_params=True)
+    else:
+        mean, std = forward(policy, params, {}, query.observations)
+    logp = gaussian_log_prob(mean, std, query.actions)
+    return surrogate_loss(logp, logp.detach(), query.advantages, query.mask)
 
 
 def main() -> None:
@@ -38,36 +45,38 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.run:
-        policy, config, which = load_policy(args.run)
+        learner = load(args.run)
     else:
-        config, which = config_lib.resolve("nav2d", {}), "untrained"
-        policy = build_policy(config, build_env(config))
-    env = build_env(config)
-    settings = settings_of(config)
+        learner = untrained(config_lib.resolve("nav2d", {}))
+    config, policy = learner.config, learner.model
+    tasks = build_tasks(config, "train")
     generator = torch.Generator().manual_seed(123)
     rows = []
     for _ in range(args.batches):
-        batch = collect(env, policy, env.sample_tasks(config.meta_batch_size, generator),
-                        settings, generator)
+        rl = tasks.collect(tasks.sample_tasks(config.meta_batch_size, generator), generator,
+                           adapted_policy(learner), 1)
         grads = {}
         for name, fo in (("second_order", False), ("first_order", True)):
-            params, batched = adapt(policy, batch.support, settings.inner_lr, fo)
-            loss = post_loss(policy, batch, params, batched)
+            learner.first_order = fo
+            mean, std = learner.map_adapted(rl.tasks, query_actions)
+            logp = gaussian_log_prob(mean, std, rl.tasks.query.actions)
+            loss = surrogate_loss(logp, logp.detach(), rl.tasks.query.advantages,
+                                  rl.tasks.query.mask)
             grads[name] = torch.autograd.grad(loss, policy.log_std)[0].sum().item()
         # predicted extra term: -2 <dL_post/dtheta'_mean, inner step on the mean network>
         theta = {n: p.detach() for n, p in policy.named_parameters()}
-        stepped = inner_update(policy, theta, False, batch.support[0], settings.inner_lr, True)
+        stepped, _ = learner.adapted_params(rl.tasks.support, 1)
         stepped = {n: p.detach().requires_grad_(True) for n, p in stepped.items()}
-        loss = post_loss(policy, batch, stepped, True)
+        loss = post_loss(policy, rl.tasks.query, stepped, True)
         names = [n for n in stepped if n != "log_std"]
         g_post = torch.autograd.grad(loss, [stepped[n] for n in names])
         inner_step = [stepped[n].detach() - theta[n] for n in names]
         predicted = -2 * sum((g * s).sum() for g, s in zip(g_post, inner_step, strict=True))
         rows.append({**grads, "difference": grads["second_order"] - grads["first_order"],
                      "predicted_mean_term": predicted.item(),
-                     "pre_return": batch.pre_return, "post_return": batch.post_return})
-    print(json.dumps({"policy": which, "std": policy.log_std.exp().tolist(), "batches": rows},
-                     indent=1))
+                     "pre_return": rl.pre_return, "post_return": rl.post_return})
+    print(json.dumps({"policy": learner.checkpoint, "std": policy.log_std.exp().tolist(),
+                      "batches": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -38,10 +38,11 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from meta_step import omniglot_shaped_batch  # noqa: E402
 
-from mamlkit import MAML, Sinusoid, distributed  # noqa: E402
-from mamlkit.memory import PeakMemory, rss_mb  # noqa: E402
+from mamlkit import MAML, Sinusoid  # noqa: E402
 from mamlkit.models import Conv4, mlp  # noqa: E402
-from mamlkit.scale import meta_step_backward  # noqa: E402
+from mamlkit.run import distributed  # noqa: E402
+from mamlkit.run.memory import PeakMemory, rss_mb  # noqa: E402
+from mamlkit.run.scale import meta_step_backward  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -215,7 +216,7 @@ def _compile_cases() -> dict:
 
 
 def compiled(repeats: int) -> dict:
-    from mamlkit.tasks.batch import TaskBatch
+    from mamlkit.functional.task_batch import TaskBatch
 
     results = {}
     for name, make in _compile_cases().items():

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mamlkit.cli import main
-from mamlkit.config import ConfigError, from_dict, parse_overrides, resolve
+from mamlkit.run.config import ConfigError, from_dict, parse_overrides, resolve
 
 FAST = ["--set", "iterations=30", "--set", "meta_batch_size=4", "--set", "log_every=10",
         "--set", "val_every=10", "--set", "val_tasks=8", "--set", "checkpoint_every=10"]

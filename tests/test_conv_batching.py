@@ -47,7 +47,7 @@ def test_conv4_meta_gradient_matches_plain_loop_in_float64(steps, first_order, m
     model = Conv4(ways=3, hidden=8, max_pool=max_pool).double()
     batch = omniglot_like()
     learner = MAML(model, 0.4, steps, first_order, loss_fn="cross_entropy")
-    assert learner.batching == "stacked"
+    assert learner.batching.kind == "stacked"
     ours = meta_grad(learner.meta_loss(batch), model)
     ref = meta_grad(plain_meta_loss(model, batch, MF.cross_entropy, 0.4, steps, first_order),
                     model)

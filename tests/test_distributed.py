@@ -11,10 +11,10 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from mamlkit import checkpoint, distributed
-from mamlkit.config import resolve
-from mamlkit.scale import meta_step_backward
-from mamlkit.train import RunDirectoryError, train
+from mamlkit.run import checkpoint, distributed
+from mamlkit.run.config import resolve
+from mamlkit.run.loop import RunDirectoryError, train
+from mamlkit.run.scale import meta_step_backward
 
 # 5 tasks over 2 ranks: slices of 3 and 2, so the weighting of the average matters
 SMALL = {"iterations": 6, "meta_batch_size": 5, "log_every": 2, "val_every": 3, "val_tasks": 4,
@@ -39,8 +39,8 @@ def _forbid_writes(rank: int) -> None:
     """On ranks other than 0, any file write of the training loop fails the test."""
     import torch.utils.tensorboard
 
-    import mamlkit.config
-    import mamlkit.train
+    import mamlkit.run.config
+    import mamlkit.run.loop
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"rank {rank} tried to write a file: {args[:2]}")
@@ -54,8 +54,8 @@ def _forbid_writes(rank: int) -> None:
         return original_open(self, mode, *args, **kwargs)
 
     checkpoint.save = refuse
-    mamlkit.config.save = refuse
-    mamlkit.train._trim_metrics = refuse
+    mamlkit.run.config.save = refuse
+    mamlkit.run.loop._trim_metrics = refuse
     torch.utils.tensorboard.SummaryWriter = refuse
     pathlib.Path.open = guarded_open
     pathlib.Path.mkdir = refuse

@@ -11,16 +11,18 @@ from torch import nn
 from torch.func import functional_call
 
 import mamlkit
-from mamlkit import ANIL, IMAML, MAML, MAMLpp, MetaSGD, Reptile, TaskBatch, checkpoint
+from mamlkit import ANIL, IMAML, MAML, MAMLpp, MetaSGD, Reptile, TaskBatch
 from mamlkit.cli import main
-from mamlkit.config import ConfigError, resolve
 from mamlkit.functional import mse
-from mamlkit.functional.implicit import conjugate_gradient
+from mamlkit.functional.cg import conjugate_gradient
 from mamlkit.functional.schedules import cosine_lr, msl_weights
 from mamlkit.functional.select import select_names
 from mamlkit.models import Conv4, mlp
 from mamlkit.models.batch_norm import TaskBatchNorm
-from mamlkit.train import load, train
+from mamlkit.run import checkpoint
+from mamlkit.run.config import ConfigError, resolve
+from mamlkit.run.load import load
+from mamlkit.run.loop import train
 
 
 def tiny_mlp():
@@ -182,7 +184,7 @@ def test_variants_on_conv4_stacked_match_the_loop():
                  lambda m, b: Reptile(m, 0.1, 2, loss_fn="cross_entropy", batching=b)):
         torch.manual_seed(0)
         stacked = make(Conv4(3, hidden=4).double(), "auto")
-        assert stacked.batching == "stacked"
+        assert stacked.batching.kind == "stacked"
         looped = make(Conv4(3, hidden=4).double(), "loop")
         looped.load_state_dict(stacked.state_dict())
         for a, b in zip(grads_of(stacked, batch)[1], grads_of(looped, batch)[1], strict=True):
@@ -425,11 +427,12 @@ def test_imaml_clipped_inner_loop_reaches_the_same_fixed_point():
     params = {n: p.detach() for n, p in model.named_parameters()}
     x = torch.randn(10, 1, dtype=torch.float64)
     y = 3 * torch.sin(x)
-    loss = mse
-    plain = proximal_adapt(model, params, {}, x, y, loss, 0.05, 3000, lam=1.0)
-    clipped = proximal_adapt(model, params, {}, x, y, loss, 0.05, 3000, lam=1.0,
-                             max_grad_norm=0.5)
-    first = proximal_adapt(model, params, {}, x, y, loss, 0.05, 1, lam=1.0, max_grad_norm=0.5)
+    def loss(p, data):
+        return mse(functional_call(model, p, (data[0],)), data[1])
+
+    plain = proximal_adapt(loss, params, (x, y), 0.05, 3000, lam=1.0)
+    clipped = proximal_adapt(loss, params, (x, y), 0.05, 3000, lam=1.0, max_grad_norm=0.5)
+    first = proximal_adapt(loss, params, (x, y), 0.05, 1, lam=1.0, max_grad_norm=0.5)
     step = torch.sqrt(sum(((first[n] - params[n]) ** 2).sum() for n in params))
     assert step <= 0.05 * 0.5 + 1e-12
     for n in params:

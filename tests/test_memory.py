@@ -6,11 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mamlkit import MAML, Sinusoid, TaskBatch, checkpoint, scale
-from mamlkit.config import ConfigError, resolve
-from mamlkit.memory import PeakMemory
+from mamlkit import MAML, Sinusoid, TaskBatch
 from mamlkit.models import Conv4, mlp
-from mamlkit.train import train
+from mamlkit.run import checkpoint, scale
+from mamlkit.run.config import ConfigError, resolve
+from mamlkit.run.loop import train
+from mamlkit.run.memory import PeakMemory
 
 
 def _double(batch: TaskBatch) -> TaskBatch:
@@ -71,7 +72,7 @@ def test_checkpointing_differentiates_learned_step_sizes():
             self.lr = torch.nn.ParameterList(
                 [torch.nn.Parameter(torch.full_like(p, 0.02)) for p in self.model.parameters()])
 
-        def rates(self, inner_lr=None):
+        def rates(self, inner_lr=None, steps=None):
             return [{n: r for (n, _), r in zip(self.model.named_parameters(), self.lr,
                                                strict=True)}] * self.inner_steps
 

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from mamlkit import evaluate
-from mamlkit.config import ConfigError, resolve
-from mamlkit.train import load, train
+from mamlkit.run import evaluate
+from mamlkit.run.config import ConfigError, resolve
+from mamlkit.run.load import load
+from mamlkit.run.loop import train
 
 ROOT = Path(os.environ.get("MAMLKIT_OMNIGLOT_ROOT",
                            Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"))

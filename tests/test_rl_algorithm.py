@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
+from mamlkit import ANIL, MAML, MAMLpp, MetaSGD, StepData, TaskBatch
 from mamlkit.rl import losses as L
-from mamlkit.rl.meta import MetaBatch, RLData, RLSettings, adapt, outer_step, query_distribution
-from mamlkit.rl.policy import GaussianPolicy, per_task
-from mamlkit.rl.trpo import conjugate_gradient, trpo_step
+from mamlkit.rl.losses import RLData, VPGLoss
+from mamlkit.rl.outer import OuterSettings, outer_step
+from mamlkit.rl.policy import GaussianPolicy
+from mamlkit.rl.trpo import solve, trpo_step
 
 
 def synthetic(tasks=3, n=4, h=5, obs=2, act=2, seed=0, dtype=torch.float64) -> RLData:
@@ -18,6 +20,19 @@ def synthetic(tasks=3, n=4, h=5, obs=2, act=2, seed=0, dtype=torch.float64) -> R
     return RLData(torch.randn(tasks, n, h, obs, generator=g, dtype=dtype),
                   torch.randn(tasks, n, h, act, generator=g, dtype=dtype),
                   torch.randn(tasks, n, h, generator=g, dtype=dtype), mask)
+
+
+def rl_batch(support, query) -> TaskBatch:
+    return TaskBatch(StepData(support), query, VPGLoss())
+
+
+def query_actions(ops, params, query):
+    return ops.forward(params, query.observations)
+
+
+def distribution(learner, batch):
+    """What the outer step needs: the adapted policies' actions on the first k tasks' queries."""
+    return lambda k: learner.map_adapted(batch if k is None else batch[:k], query_actions)
 
 
 def tiny_policy(hidden=(5,), min_std=1e-6):
@@ -79,7 +94,7 @@ def test_conjugate_gradient_solves_a_small_spd_system():
     m = torch.randn(6, 6, generator=g, dtype=torch.float64)
     a = m @ m.T + 0.5 * torch.eye(6, dtype=torch.float64)
     b = torch.randn(6, generator=g, dtype=torch.float64)
-    x = conjugate_gradient(lambda v: a @ v, b, iters=30)
+    x = solve(lambda v: a @ v, b, iters=30)
     assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-8)
 
 
@@ -110,13 +125,14 @@ def _flat_grad(fn, policy):
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_second_order_adaptation_gradient_matches_finite_differences(steps):
+    """The RL inner step is the functional core's inner step on the VPG task loss."""
     policy = tiny_policy()
-    support = [synthetic(seed=s) for s in range(steps)]
-    query = synthetic(seed=10)
+    batch = rl_batch([synthetic(seed=s) for s in range(steps)], synthetic(seed=10))
+    query = batch.query
+    learner = MAML(policy, inner_lr=0.3, inner_steps=steps, loss_fn=VPGLoss())
 
     def outer_loss():
-        params, batched = adapt(policy, support, lr=0.3, first_order=False)
-        mean, std = per_task(policy, params, query.observations, batched)
+        mean, std = distribution(learner, batch)(None)
         return L.vpg_loss(L.gaussian_log_prob(mean, std, query.actions), query.advantages,
                           query.mask)
 
@@ -132,47 +148,89 @@ def test_second_order_adaptation_gradient_matches_finite_differences(steps):
                 numeric[i] += sign * outer_loss().item() / (2 * eps)
         torch.nn.utils.vector_to_parameters(flat, policy.parameters())
     assert torch.allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+    learner.first_order = True
+    assert not torch.allclose(_flat_grad(outer_loss, policy), analytic, atol=1e-4)
 
-    def first_order_loss():
-        mean, std = query_distribution(policy, MetaBatch(support, query, 0, 0), 0.3, True)
-        return L.vpg_loss(L.gaussian_log_prob(mean, std, query.actions), query.advantages,
-                          query.mask)
 
-    assert not torch.allclose(_flat_grad(first_order_loss, policy), analytic, atol=1e-4)
+def test_vpg_inner_step_is_the_policy_gradient_step_by_hand():
+    """theta' = theta - alpha grad L_VPG(theta) of every task, against a per-task autograd loop."""
+    policy = tiny_policy()
+    batch = rl_batch([synthetic(seed=0)], synthetic(seed=1))
+    params, batched = MAML(policy, 0.3, loss_fn=VPGLoss()).adapted_params(batch.support)
+    assert batched
+    for t in range(batch.num_tasks):
+        data = batch.support[0]
+        mean, std = policy(data.observations[t])
+        loss = L.vpg_loss(L.gaussian_log_prob(mean, std, data.actions[t]), data.advantages[t],
+                          data.mask[t])
+        grads = torch.autograd.grad(loss, list(policy.parameters()))
+        for (name, p), g in zip(policy.named_parameters(), grads, strict=True):
+            torch.testing.assert_close(params[name][t], (p - 0.3 * g).detach())
 
 
 @pytest.mark.parametrize("first_order,subsample", [(False, 1.0), (True, 1.0), (False, 0.34)])
 def test_trpo_outer_step_through_the_adaptation_keeps_the_kl_bound(first_order, subsample):
     policy = tiny_policy()
-    batch = MetaBatch([synthetic(seed=0)], synthetic(seed=1), 0.0, 0.0)
-    settings = RLSettings(inner_lr=0.3, first_order=first_order, max_kl=0.01, outer="trpo",
-                          cg_subsample=subsample)
+    batch = rl_batch([synthetic(seed=0)], synthetic(seed=1))
+    learner = MAML(policy, 0.3, first_order=first_order, loss_fn=VPGLoss())
+    settings = OuterSettings("trpo", max_kl=0.01, cg_subsample=subsample)
+    dist = distribution(learner, batch)
     with torch.no_grad():
-        old_mean, old_std = query_distribution(policy, batch, 0.3, first_order)
-    stats = outer_step(policy, batch, settings)
+        old_mean, old_std = dist(None)
+    stats = outer_step(list(learner.parameters()), dist, batch.query, settings)
     assert stats.accepted and stats.loss < 0.0  # surrogate starts at -mean(A) ~ 0
     with torch.no_grad():
-        mean, std = query_distribution(policy, batch, 0.3, first_order)
+        mean, std = dist(None)
         kl = L.masked_mean(L.gaussian_kl(old_mean, old_std, mean, std), batch.query.mask)
     assert 0.0 < kl.item() <= 0.01 and abs(kl.item() - stats.kl) < 1e-12
 
 
-@pytest.mark.parametrize("outer", ["ppo", "adam"])
-def test_ppo_and_adam_outer_steps_lower_the_surrogate(outer):
-    policy = tiny_policy()
-    batch = MetaBatch([synthetic(seed=0)], synthetic(seed=1), 0.0, 0.0)
-    settings = RLSettings(inner_lr=0.3, outer=outer, ppo_epochs=5)
-    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+def _surrogate_after_step(learner, outer):
+    batch = rl_batch([synthetic(seed=0)], synthetic(seed=1))
+    dist = distribution(learner, batch)
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-2)
     with torch.no_grad():
-        mean0, std0 = query_distribution(policy, batch, 0.3, False)
+        mean0, std0 = dist(None)
         logp0 = L.gaussian_log_prob(mean0, std0, batch.query.actions)
-    outer_step(policy, batch, settings, opt)
+    outer_step(list(learner.parameters()), dist, batch.query,
+               OuterSettings(outer, ppo_epochs=5), opt)
     with torch.no_grad():
-        mean, std = query_distribution(policy, batch, 0.3, False)
+        mean, std = dist(None)
         logp = L.gaussian_log_prob(mean, std, batch.query.actions)
         after = L.surrogate_loss(logp, logp0, batch.query.advantages, batch.query.mask)
-    assert after.item() < L.surrogate_loss(logp0, logp0, batch.query.advantages,
-                                           batch.query.mask).item()
+    return after.item(), L.surrogate_loss(logp0, logp0, batch.query.advantages,
+                                          batch.query.mask).item()
+
+
+@pytest.mark.parametrize("outer", ["ppo", "adam"])
+def test_ppo_and_adam_outer_steps_lower_the_surrogate(outer):
+    after, before = _surrogate_after_step(MAML(tiny_policy(), 0.3, loss_fn=VPGLoss()), outer)
+    assert after < before
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: MetaSGD(p, 0.3, loss_fn=VPGLoss()),
+    lambda p: ANIL(p, 0.3, loss_fn=VPGLoss()),
+    lambda p: MAMLpp(p, 0.3, 1, loss_fn=VPGLoss(), msl_iterations=10),
+])
+def test_the_family_learns_on_rl_tasks(make):
+    """Meta-SGD, ANIL and MAML++ take the RL outer step through their own inner loops."""
+    after, before = _surrogate_after_step(make(tiny_policy()), "adam")
+    assert after < before
+
+
+def test_metasgd_with_its_initial_rates_is_maml_and_anil_adapts_the_mean_head():
+    policy = tiny_policy()
+    batch = rl_batch([synthetic(seed=0)], synthetic(seed=1))
+    maml, metasgd = MAML(policy, 0.3, loss_fn=VPGLoss()), MetaSGD(policy, 0.3, loss_fn=VPGLoss())
+    a, b = distribution(maml, batch)(None), distribution(metasgd, batch)(None)
+    torch.testing.assert_close(a, b)
+    anil = ANIL(policy, 0.3, loss_fn=VPGLoss())
+    assert anil.adapt_names == ["mean.2.weight", "mean.2.bias"]
+    params, _ = anil.adapted_params(batch.support)
+    for name, p in policy.named_parameters():
+        moved = not torch.equal(params[name][0], p.detach())
+        assert moved == (name in anil.adapt_names)
 
 
 def test_min_std_floors_the_standard_deviation():

@@ -10,9 +10,9 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from mamlkit import checkpoint, distributed
-from mamlkit.config import resolve
-from mamlkit.train_rl import train_rl
+from mamlkit.run import checkpoint, distributed
+from mamlkit.run.config import resolve
+from mamlkit.run.loop import train
 
 # 5 tasks split 3 + 2; nav2d episodes end early at the goal, so the ranks' valid steps differ
 SMALL = {"iterations": 2, "meta_batch_size": 5, "trajectories": 4, "horizon": 20,
@@ -43,7 +43,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     distributed.setup(timeout=timedelta(seconds=60))
     try:
         for name in SETUPS:
-            train_rl(_config(name), pathlib.Path(root) / f"two-{name}", progress=False)
+            train(_config(name), pathlib.Path(root) / f"two-{name}", progress=False)
     finally:
         distributed.cleanup()
 
@@ -56,7 +56,7 @@ def _weights(run):
 def test_two_processes_take_the_steps_of_one(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for name in SETUPS:
-        train_rl(_config(name), tmp_path / f"one-{name}", progress=False)
+        train(_config(name), tmp_path / f"one-{name}", progress=False)
         one, two = _weights(tmp_path / f"one-{name}"), _weights(tmp_path / f"two-{name}")
         assert one.keys() == two.keys()
         for key in one:

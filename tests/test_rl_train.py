@@ -7,12 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mamlkit import MAML
 from mamlkit.cli import main
-from mamlkit.config import resolve
-from mamlkit.rl.losses import surrogate_loss
-from mamlkit.rl.meta import RLSettings, collect, outer_step
-from mamlkit.rl.mixed import imitation_meta_loss, sample_imitation
+from mamlkit.rl.losses import VPGLoss, gaussian_log_prob, surrogate_loss
+from mamlkit.rl.outer import OuterSettings, outer_step
 from mamlkit.rl.policy import GaussianPolicy
+from mamlkit.run.config import resolve
+from mamlkit.run.steps import adapted_policy, query_actions
+from mamlkit.tasks import ImitationTasks, RLTasks
 
 TINY = ["--set", "meta_batch_size=3", "--set", "trajectories=4", "--set", "horizon=20",
         "--set", "policy_hidden=[16]", "--set", "val_tasks=3", "--set", "val_every=2",
@@ -54,7 +56,7 @@ def test_nav2d_train_resume_is_bit_exact_and_eval_writes_returns(tmp_path, capsy
 
 
 def test_rl_config_checks_give_one_sentence():
-    from mamlkit.config import ConfigError
+    from mamlkit.run.config import ConfigError
 
     with pytest.raises(ConfigError, match="'outer' must be one of"):
         resolve("nav2d", {"outer": "sgd"})
@@ -63,41 +65,73 @@ def test_rl_config_checks_give_one_sentence():
     assert resolve("nav2d", {"inner_lr": 0}).eval_inner_lr == 0.1
 
 
+@pytest.mark.parametrize("algorithm", ["metasgd", "anil", "mamlpp"])
+def test_the_family_trains_on_nav2d_and_resumes_bit_exactly(tmp_path, capsys, algorithm):
+    """``--set algorithm=...`` on an RL preset: same loop, checkpoints, evaluation as MAML."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    args = ["--no-progress", *TINY, "--set", f"algorithm={algorithm}", "--set",
+            "first_order=true", "--set", "outer=adam"]
+    assert main(["train", "nav2d", "--out", str(whole), "--set", "iterations=3", *args]) == 0
+    assert main(["train", "nav2d", "--out", str(split), "--set", "iterations=2", *args]) == 0
+    config = split / "config.yaml"
+    config.write_text(config.read_text().replace("iterations: 2", "iterations: 3"))
+    assert main(["train", "nav2d", "--out", str(split), "--resume", "--no-progress"]) == 0
+    a, b = _weights(whole), _weights(split)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if algorithm in ("metasgd", "mamlpp"):  # learned rates are part of the learner's state
+        assert any(k.startswith(("lrs.", "lslr_rates.")) for k in a)
+    capsys.readouterr()
+    assert main(["eval", str(whole), "--tasks", "2"]) == 0
+    result = json.loads((whole / "eval.json").read_text())
+    assert result["metric"] == "return"
+    assert result["inner_lr"] == ("learned" if algorithm != "anil" else 0.1)
+
+
+def test_rl_refuses_reptile_and_imaml_and_mixed_evaluation(tmp_path, capsys):
+    from mamlkit.run.config import ConfigError
+
+    for algorithm in ("reptile", "imaml"):
+        with pytest.raises(ConfigError, match="no meta-RL form"):
+            resolve("nav2d", {"algorithm": algorithm})
+    rl, sup = tmp_path / "rl", tmp_path / "sup"
+    assert main(["train", "nav2d", "--out", str(rl), "--no-progress", *TINY,
+                 "--set", "iterations=1"]) == 0
+    assert main(["train", "sinusoid", "--out", str(sup), "--no-progress",
+                 "--set", "iterations=2", "--set", "eval_tasks=5"]) == 0
+    assert main(["eval", str(rl), str(sup)]) == 2
+    assert "evaluate RL and supervised runs separately" in capsys.readouterr().err
+
+
 def test_mixed_meta_batch_trains_both_groups():
-    """RL tasks and imitation tasks share the policy: both meta-losses send gradients, and a few
-    Adam steps on the summed meta-loss lower the imitation meta-loss."""
+    """RL tasks and imitation tasks share one learner and one inner step: both meta-losses send
+    gradients, and a few Adam steps on the summed meta-loss lower the imitation meta-loss."""
     from mamlkit.envs import make_batch_env
 
     torch.manual_seed(0)
-    env = make_batch_env("nav2d", horizon=15)
+    tasks = RLTasks(make_batch_env("nav2d", horizon=15), trajectories=4)
     policy = GaussianPolicy(2, 2, (16,), "tanh")
-    settings = RLSettings(inner_lr=0.1, trajectories=4, outer="adam")
+    learner = MAML(policy, 0.1, loss_fn=VPGLoss())
     g = torch.Generator().manual_seed(0)
-    demos = sample_imitation(4, 10, g)
-    batch = collect(env, policy, env.sample_tasks(3, g), settings, g)
+    demos = ImitationTasks(10).sample(4, g)
+    rl = tasks.collect(tasks.sample_tasks(3, g), g, adapted_policy(learner), 1)
 
     def imitation():
-        post, _ = imitation_meta_loss(policy, demos, 0.1, 1, first_order=False)
-        return post.mean()
+        return learner.meta_loss(demos)  # the same learner, the batch's own (imitation) loss
+
+    def dist(k):
+        return learner.map_adapted(rl.tasks if k is None else rl.tasks[:k], query_actions)
 
     network = list(policy.mean.parameters())
-    rl_loss = surrogate_loss(*_log_probs(policy, batch, settings), batch.query.advantages,
-                             batch.query.mask)
+    mean, std = dist(None)
+    log_probs = gaussian_log_prob(mean, std, rl.tasks.query.actions)
+    rl_loss = surrogate_loss(log_probs, log_probs.detach(), rl.tasks.query.advantages,
+                             rl.tasks.query.mask)
     rl_grads = torch.autograd.grad(rl_loss, network)
     im_grads = torch.autograd.grad(imitation(), network)
     assert all(g.abs().sum() > 0 for g in rl_grads + im_grads)
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
     before = imitation().item()
     for _ in range(20):
-        outer_step(policy, batch, settings, opt, extra_loss=imitation)
+        outer_step(list(learner.parameters()), dist, rl.tasks.query, OuterSettings("adam"), opt,
+                   extra_loss=imitation)
     assert imitation().item() < 0.8 * before
-
-
-def _log_probs(policy, batch, settings):
-    from mamlkit.rl.losses import gaussian_log_prob
-    from mamlkit.rl.meta import query_distribution
-
-    mean, std = query_distribution(policy, batch, settings.inner_lr, settings.first_order)
-    log_probs = gaussian_log_prob(mean, std, batch.query.actions)
-    return log_probs, log_probs.detach()
-

@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 import mamlkit
-from mamlkit import checkpoint
-from mamlkit.config import resolve
-from mamlkit.train import RunDirectoryError, TrainingDiverged, train
+from mamlkit.run import checkpoint
+from mamlkit.run.config import resolve
+from mamlkit.run.loop import RunDirectoryError, TrainingDiverged, train
 
 SMALL = {"iterations": 20, "meta_batch_size": 4, "log_every": 5, "val_every": 10,
          "val_tasks": 8, "checkpoint_every": 5, "shots": 5}

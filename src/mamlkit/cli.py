@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mamlkit import config as config_lib
+from mamlkit.run import config as config_lib
 
 
 def _run_name(preset: str, overrides: list[str]) -> str:
@@ -17,6 +17,12 @@ def _run_name(preset: str, overrides: list[str]) -> str:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
+    """List the presets, or with ``--show NAME`` print one resolved, keys explained."""
+    if args.show is not None:
+        config = config_lib.resolve(args.show, {})  # after base: inheritance, as train uses it
+        print(f"# preset {args.show}, resolved: the keys that apply, each with its doc")
+        print(config_lib.format_sections(config, docs=True), end="")
+        return 0
     names = config_lib.preset_names()
     width = max(len(n) for n in names)
     for name in names:
@@ -24,14 +30,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rl_run(run: str | Path) -> bool:
-    """Runs of meta-RL tasks have their own loop, evaluation and plots (``mamlkit.train_rl``)."""
-    path = Path(run) / "config.yaml"
-    return path.is_file() and config_lib.load(path).task in config_lib.RL_TASKS
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from mamlkit.train import train
+    from mamlkit.run import distributed
+    from mamlkit.run.loop import train
 
     overrides = config_lib.parse_overrides(args.set)
     if args.data_root:
@@ -41,12 +42,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and overrides:
         raise config_lib.ConfigError("--resume continues a run as it was; drop the --set values.")
     try:  # under torchrun, train() joins the process group; leave it when done
-        if (config.task in config_lib.RL_TASKS) if config is not None else _rl_run(out):
-            from mamlkit.train_rl import train_rl as train
         result = train(config, out, resume=args.resume, progress=not args.no_progress)
     finally:
-        from mamlkit import distributed
-
         is_main = distributed.is_main()
         distributed.cleanup()
     if is_main:
@@ -57,48 +54,41 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    if any(_rl_run(run) for run in args.runs):
-        from mamlkit.evaluate_rl import cmd_eval_rl
+    """The same held-out tasks for every run; RL runs get their untrained policy beside them."""
+    from mamlkit.run import evaluate
+    from mamlkit.run.build import is_rl
+    from mamlkit.run.load import load, untrained
 
-        return cmd_eval_rl(args)
-    from mamlkit import evaluate
-    from mamlkit.train import load
-
-    results = {}
-    for run in args.runs:
-        learner = load(run)
+    learners = {Path(run).name: (Path(run), load(run)) for run in args.runs}
+    kinds = {is_rl(learner.config) for _, learner in learners.values()}
+    if len(kinds) > 1:
+        raise config_lib.ConfigError("These runs report different metrics (return and a "
+                                     "supervised metric); evaluate RL and supervised runs "
+                                     "separately.")
+    results, random_policy = {}, None
+    for name, (run, learner) in learners.items():
         # the run's measured thread count: small models slow down badly with more threads
         torch.set_num_threads(learner.config.threads)
         result = evaluate.evaluate(learner, num_tasks=args.tasks)
-        evaluate.write(Path(run), result)
-        results[Path(run).name] = result
+        if is_rl(learner.config):
+            result["checkpoint"] = learner.checkpoint
+            result["random_policy"] = evaluate.evaluate(untrained(learner.config), args.tasks)
+            random_policy = random_policy or result["random_policy"]
+        evaluate.write(run, result)
+        results[name] = result
+    if random_policy is not None:
+        results["random (untrained init)"] = random_policy
     print(evaluate.format_table(results))
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    if any(_rl_run(run) for run in args.runs):
-        from mamlkit.plots_rl import cmd_plot_rl
-
-        return cmd_plot_rl(args)
-    from mamlkit import plots
-    from mamlkit.train import load
+    from mamlkit.run import plots
 
     runs = {Path(r).name: Path(r) for r in args.runs}
     out_dir = Path(args.out) if args.out else Path(args.runs[0])
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [plots.learning_curve(runs, out_dir / "learning_curve.png")]
-    learners = {name: load(path) for name, path in runs.items()}
-    torch.set_num_threads(min(learner.config.threads for learner in learners.values()))
-    if all(learner.config.task == "sinusoid" for learner in learners.values()):
-        written.append(plots.sinusoid_adaptation(learners, out_dir / "adaptation.png"))
-    else:
-        for name, learner in learners.items():
-            if learner.config.task == "omniglot":
-                out = out_dir / f"adaptation-{name}.png" if len(learners) > 1 else (
-                    out_dir / "adaptation.png")
-                written.append(plots.classification_adaptation(learner, out))
-    for path in written:
+    for path in plots.plot_runs(runs, out_dir):
         print(f"wrote {path}")
     return 0
 
@@ -106,7 +96,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mamlkit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("presets", help="list the presets").set_defaults(func=cmd_presets)
+    ps = sub.add_parser("presets", help="list the presets, or show one's resolved config")
+    ps.add_argument("--show", metavar="NAME",
+                    help="print the preset's resolved config by section, each key with its doc")
+    ps.set_defaults(func=cmd_presets)
     t = sub.add_parser("train", help="meta-train a preset into a run directory")
     t.add_argument("preset")
     t.add_argument("--out", help="run directory (default runs/<preset>[-overrides])")
@@ -128,7 +121,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
-    from mamlkit.train import RunDirectoryError, TrainingDiverged
+    from mamlkit.run.loop import RunDirectoryError, TrainingDiverged
 
     errors: list[type[BaseException]] = [config_lib.ConfigError, RunDirectoryError,
                                          TrainingDiverged, FileNotFoundError]

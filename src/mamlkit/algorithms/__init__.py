@@ -2,9 +2,10 @@
 
 from mamlkit.algorithms.anil import ANIL
 from mamlkit.algorithms.imaml import IMAML
-from mamlkit.algorithms.maml import MAML, choose_batching
+from mamlkit.algorithms.maml import MAML
 from mamlkit.algorithms.mamlpp import MAMLpp
 from mamlkit.algorithms.metasgd import MetaSGD
 from mamlkit.algorithms.reptile import Reptile
+from mamlkit.functional.batching import choose_batching
 
 __all__ = ["ANIL", "IMAML", "MAML", "MAMLpp", "MetaSGD", "Reptile", "choose_batching"]

@@ -10,6 +10,7 @@ from mamlkit.algorithms.maml import MAML
 from mamlkit.functional.adapt import InnerLR
 from mamlkit.functional.losses import LossFn
 from mamlkit.functional.select import last_layer_names
+from mamlkit.functional.task_loss import TaskLoss
 
 
 class ANIL(MAML):
@@ -17,15 +18,15 @@ class ANIL(MAML):
 
     The body is meta-learned in the outer loop only, the head adapts per task. ``adapt=None``
     adapts the parameters of the model's last layer (``head.*`` for ``Conv4``, the last
-    ``Linear`` of an ``mlp``); any patterns (``["head.*", "features.9.*"]``) work for any
-    module. Works with every batching strategy, ``stacked`` included.
+    ``Linear`` of an ``mlp`` or of a policy's mean network); any patterns
+    (``["head.*", "features.9.*"]``) work for any module. Works with every batching
+    strategy, ``stacked`` included.
     """
 
     def __init__(self, model: nn.Module, inner_lr: InnerLR, inner_steps: int = 1,
-                 first_order: bool = False, loss_fn: str | LossFn = "mse",
+                 first_order: bool = False, loss_fn: str | LossFn | TaskLoss = "mse",
                  batching: str = "auto", chunk_size: int | None = None,
                  adapt: Sequence[str] | None = None) -> None:
-        patterns = list(adapt) if adapt is not None else last_layer_names(
-            model.named_parameters())
+        patterns = list(adapt) if adapt is not None else last_layer_names(model)
         super().__init__(model, inner_lr, inner_steps, first_order, loss_fn, batching,
                          chunk_size, adapt_names=patterns)

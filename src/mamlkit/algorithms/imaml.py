@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional.adapt import InnerLR
+from mamlkit.functional.batching import TaskOps
 from mamlkit.functional.implicit import (
     implicit_meta_grad,
     proximal_adapt,
     proximal_adaptation_curve,
 )
-from mamlkit.functional.losses import LossFn, resolve_metric
+from mamlkit.functional.losses import LossFn
 from mamlkit.functional.reptile import surrogate
-from mamlkit.tasks.batch import TaskBatch
+from mamlkit.functional.task_batch import TaskBatch
+from mamlkit.functional.task_loss import TaskLoss
 
 
 class IMAML(MAML):
@@ -35,7 +38,7 @@ class IMAML(MAML):
     """
 
     def __init__(self, model: nn.Module, inner_lr: InnerLR, inner_steps: int = 10,
-                 loss_fn: str | LossFn = "mse", batching: str = "auto",
+                 loss_fn: str | LossFn | TaskLoss = "mse", batching: str = "auto",
                  chunk_size: int | None = None, lam: float = 1.0, cg_steps: int = 5,
                  max_grad_norm: float | None = None) -> None:
         if lam <= 0 or cg_steps < 1:
@@ -49,27 +52,26 @@ class IMAML(MAML):
         """Mean query loss at the inner solutions; its gradient is the implicit meta-gradient."""
         params = self.params()
         grads, losses = implicit_meta_grad(
-            self.model, params, self.buffers_dict(), batch, loss_fn=self.loss_fn,
+            self.model, params, self.buffers_dict(), batch, loss=self.loss_fn,
             inner_lr=self.rates(), steps=self.inner_steps if steps is None else steps,
             lam=self.lam, cg_steps=self.cg_steps, max_grad_norm=self.max_grad_norm,
-            batching="loop" if self.batching == "stacked" else self.batching,
-            chunk_size=self.chunk_size)
+            batching=self.batching)
         return surrogate(losses.mean(), params, grads)
 
-    def adapt(self, x: Tensor, y: Tensor, steps: int | None = None,
+    def adapt(self, x: Any, y: Any = None, steps: int | None = None,
               inner_lr: InnerLR | None = None) -> dict[str, Tensor]:
         """Proximal inner steps on one task's support set, as in meta-training."""
-        return proximal_adapt(self.model, self.params(), self.buffers_dict(), x, y, self.loss_fn,
+        ops = TaskOps(self.model, self.buffers_dict(), self.loss_fn)
+        return proximal_adapt(ops.bound(), self.params(), x if y is None else (x, y),
                               self.rates(inner_lr), self.inner_steps if steps is None else steps,
                               self.lam, self.max_grad_norm)
 
     @torch.no_grad()
-    def adaptation_curve(self, batch: TaskBatch, steps: Sequence[int], metric: str | LossFn,
+    def adaptation_curve(self, batch: TaskBatch, steps: Sequence[int],
+                         metric: str | LossFn | TaskLoss,
                          inner_lr: InnerLR | None = None) -> Tensor:
         """Query metric after each number of proximal steps (how iMAML adapts at test time)."""
         return proximal_adaptation_curve(
-            self.model, self.params(), self.buffers_dict(), batch, loss_fn=self.loss_fn,
-            metric_fn=resolve_metric(metric), inner_lr=self.rates(inner_lr), steps=steps,
-            lam=self.lam, max_grad_norm=self.max_grad_norm,
-            batching="loop" if self.batching == "stacked" else self.batching,
-            chunk_size=self.chunk_size)
+            self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
+            metric=metric, inner_lr=self.rates(inner_lr), steps=steps, lam=self.lam,
+            max_grad_norm=self.max_grad_norm, batching=self.batching)

@@ -18,15 +18,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mamlkit import functional as MF
 from mamlkit.algorithms.maml import MAML
 from mamlkit.algorithms.metasgd import rate_key
 from mamlkit.functional.adapt import InnerLR, step_size
 from mamlkit.functional.losses import LossFn
-from mamlkit.functional.multistep import multi_step_losses, trajectory, trajectory_curve
+from mamlkit.functional.multistep import multi_step_losses
 from mamlkit.functional.schedules import msl_weights
+from mamlkit.functional.task_batch import TaskBatch
+from mamlkit.functional.task_loss import TaskLoss
 from mamlkit.models.batch_norm import TaskBatchNorm
-from mamlkit.tasks.batch import TaskBatch
 
 
 def batch_norm_names(model: nn.Module) -> list[str]:
@@ -51,7 +51,7 @@ class MAMLpp(MAML):
     """
 
     def __init__(self, model: nn.Module, inner_lr: InnerLR, inner_steps: int = 5,
-                 first_order: bool = False, loss_fn: str | LossFn = "mse",
+                 first_order: bool = False, loss_fn: str | LossFn | TaskLoss = "mse",
                  batching: str = "auto", chunk_size: int | None = None,
                  adapt_names: Sequence[str] | None = None, *, msl: bool = True,
                  msl_iterations: int = 1000, lslr: bool = True, bnwb: bool = True,
@@ -95,7 +95,7 @@ class MAMLpp(MAML):
         return [{n: self.lslr_rates[rate_key(n)][min(s, self.inner_steps - 1)]
                  for n in self._rate_names} for s in range(count)]
 
-    def per_step(self) -> list[dict[str, Tensor]] | None:
+    def per_step(self) -> list[dict[str, Tensor]] | None:  # type: ignore[override]
         """Batch-norm weights and biases for the parameters after 0..inner_steps steps."""
         if not self.bn_names:
             return None
@@ -112,10 +112,10 @@ class MAMLpp(MAML):
         """The MSL-weighted meta-objective and the mean last-step query loss."""
         steps = self.inner_steps if steps is None else steps
         losses = multi_step_losses(
-            self.model, self.params(), self.buffers_dict(), batch, loss_fn=self.loss_fn,
+            self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
             inner_lr=self.rates(steps=steps), steps=steps, weights=self.weights(steps),
             first_order=self.first_order, adapt_names=self.adapt_names,
-            per_step=self.per_step(), batching=self.batching, chunk_size=self.chunk_size)
+            per_step=self.per_step(), batching=self.batching)
         return losses[:, 0].mean(), losses[:, 1].mean()
 
     def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
@@ -125,29 +125,3 @@ class MAMLpp(MAML):
         if not self.msl:
             return objective
         return last.detach() + (objective - objective.detach())
-
-    def adapt(self, x: Tensor, y: Tensor, steps: int | None = None,
-              inner_lr: InnerLR | None = None) -> dict[str, Tensor]:
-        """Adapted parameters of one task (per-step batch-norm parameters of the last step)."""
-        steps = self.inner_steps if steps is None else steps
-        return trajectory(self.model, self.params(), self.buffers_dict(), x, y, self.loss_fn,
-                          self.rates(inner_lr, steps), steps, self.first_order,
-                          self.adapt_names, self.per_step())[-1]
-
-    def forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
-        """Prediction with ``params``, or with theta (and the step-0 batch-norm parameters)."""
-        if params is None:
-            if not self.bn_names:
-                return self.model(x)
-            params = {**self.params(), **self.per_step()[0]}
-        return MF.forward(self.model, params, self.buffers_dict(), x)
-
-    @torch.no_grad()
-    def adaptation_curve(self, batch: TaskBatch, steps: Sequence[int], metric: str | LossFn,
-                         inner_lr: InnerLR | None = None) -> Tensor:
-        """Query ``metric`` of every task after each number of inner steps: ``[steps, tasks]``."""
-        return trajectory_curve(
-            self.model, self.params(), self.buffers_dict(), batch, loss_fn=self.loss_fn,
-            metric_fn=MF.resolve_metric(metric), inner_lr=self.rates(inner_lr, max(steps)),
-            steps=steps, adapt_names=self.adapt_names, per_step=self.per_step(),
-            batching=self.batching, chunk_size=self.chunk_size)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional.adapt import InnerLR
 from mamlkit.functional.losses import LossFn
+from mamlkit.functional.task_loss import TaskLoss
 
 
 def rate_key(name: str) -> str:
@@ -29,7 +30,7 @@ class MetaSGD(MAML):
     learned_rates = True
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 1,
-                 first_order: bool = False, loss_fn: str | LossFn = "mse",
+                 first_order: bool = False, loss_fn: str | LossFn | TaskLoss = "mse",
                  batching: str = "auto", chunk_size: int | None = None,
                  adapt_names: Sequence[str] | None = None) -> None:
         if not isinstance(inner_lr, int | float):
@@ -44,6 +45,8 @@ class MetaSGD(MAML):
             for n in self._rate_names
         })
 
-    def rates(self, inner_lr: InnerLR | None = None) -> dict[str, Tensor]:
-        """The learned per-element rates by parameter name (``inner_lr`` is ignored)."""
+    def rates(self, inner_lr: InnerLR | None = None,
+              steps: int | None = None) -> dict[str, Tensor]:
+        """The learned per-element rates by parameter name (``inner_lr`` is ignored); the same
+        rates serve every step, also steps beyond the trained ``inner_steps``."""
         return {n: self.lrs[rate_key(n)] for n in self._rate_names}

@@ -10,7 +10,8 @@ from mamlkit.algorithms.maml import MAML
 from mamlkit.functional.adapt import InnerLR
 from mamlkit.functional.losses import LossFn
 from mamlkit.functional.reptile import adapt_tasks, reptile_direction, surrogate
-from mamlkit.tasks.batch import TaskBatch
+from mamlkit.functional.task_batch import TaskBatch
+from mamlkit.functional.task_loss import TaskLoss
 
 
 class Reptile(MAML):
@@ -25,7 +26,7 @@ class Reptile(MAML):
     """
 
     def __init__(self, model: nn.Module, inner_lr: InnerLR, inner_steps: int = 5,
-                 loss_fn: str | LossFn = "mse", batching: str = "auto",
+                 loss_fn: str | LossFn | TaskLoss = "mse", batching: str = "auto",
                  chunk_size: int | None = None, adapt_names: Sequence[str] | None = None,
                  data: str = "all") -> None:
         if data not in ("all", "support"):
@@ -38,8 +39,7 @@ class Reptile(MAML):
         """Mean query loss after adaptation; its gradient is the Reptile direction."""
         params = self.params()
         adapted, losses = adapt_tasks(
-            self.model, params, self.buffers_dict(), batch, loss_fn=self.loss_fn,
+            self.model, params, self.buffers_dict(), batch, loss=self.loss_fn,
             inner_lr=self.rates(), steps=self.inner_steps if steps is None else steps,
-            data=self.data, adapt_names=self.adapt_names, batching=self.batching,
-            chunk_size=self.chunk_size)
+            data=self.data, adapt_names=self.adapt_names, batching=self.batching)
         return surrogate(losses.mean(), params, reptile_direction(params, adapted))

@@ -34,7 +34,7 @@ from gymnasium.envs.mujoco import half_cheetah_v5
 from torch import Tensor
 
 from mamlkit.envs.base import Generators, per_task
-from mamlkit.tasks.base import generator_from
+from mamlkit.functional.seeding import generator_from
 
 CTRL_COST = 0.05
 FRAME_SKIP = 5

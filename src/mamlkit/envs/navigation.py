@@ -22,7 +22,7 @@ from gymnasium import spaces
 from torch import Tensor
 
 from mamlkit.envs.base import Generators
-from mamlkit.tasks.base import generator_from
+from mamlkit.functional.seeding import generator_from
 
 REWARDS = ("distance", "squared")
 GOAL_LOW, GOAL_HIGH = -0.5, 0.5

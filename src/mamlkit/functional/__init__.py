@@ -1,41 +1,79 @@
-"""Layer 1: pure functions over parameter dicts, built on torch.func. All calculus is here."""
+"""Layer 1: pure functions over parameter dicts, built on torch.func. All calculus is here.
+
+Imports torch only: the task container (``TaskBatch``), the task losses, the inner step for any
+task loss, the one batching strategy, the meta-loss and its variants, one conjugate-gradient
+solver.
+"""
 
 from mamlkit.functional.adapt import (
+    BoundLoss,
     InnerLR,
     Params,
     adapt,
-    forward,
     inner_step,
     sgd_update,
     step_size,
-    task_loss,
 )
+from mamlkit.functional.batching import (
+    BATCHINGS,
+    Batching,
+    TaskOps,
+    choose_batching,
+    has_torch_batch_norm,
+    resolve_batching,
+)
+from mamlkit.functional.cg import conjugate_gradient
 from mamlkit.functional.losses import accuracy, cross_entropy, mse, resolve_loss, resolve_metric
 from mamlkit.functional.meta import (
-    BATCHINGS,
     adaptation_curve,
+    curve_over_steps,
+    map_adapted,
     meta_loss,
-    query_loss,
     task_losses,
+    trajectory,
+)
+from mamlkit.functional.seeding import generator_from
+from mamlkit.functional.task_batch import StepData, TaskBatch
+from mamlkit.functional.task_loss import (
+    SupervisedLoss,
+    TaskLoss,
+    as_task_loss,
+    as_task_metric,
+    forward,
 )
 
 __all__ = [
     "BATCHINGS",
+    "Batching",
+    "BoundLoss",
     "InnerLR",
     "Params",
+    "StepData",
+    "SupervisedLoss",
+    "TaskBatch",
+    "TaskLoss",
+    "TaskOps",
     "accuracy",
     "adapt",
     "adaptation_curve",
+    "as_task_loss",
+    "as_task_metric",
+    "choose_batching",
+    "conjugate_gradient",
     "cross_entropy",
+    "curve_over_steps",
     "forward",
+    "generator_from",
+    "has_torch_batch_norm",
     "inner_step",
+    "map_adapted",
     "meta_loss",
     "mse",
-    "query_loss",
+    "resolve_batching",
     "resolve_loss",
     "resolve_metric",
     "sgd_update",
     "step_size",
-    "task_loss",
     "task_losses",
+    "trajectory",
 ]

@@ -1,38 +1,30 @@
-"""The inner loop: gradient steps on one task's support set, as pure functions of parameter dicts.
+"""The inner loop: gradient steps on one task's support data, as pure functions.
 
-Everything here works on a single task (no task dimension) so that ``torch.func.vmap`` can lift
-it over a stack of tasks. Gradients come from ``torch.func.grad``, which composes with ``vmap``
-and with ordinary autograd: the adapted parameters stay differentiable with respect to the
-initial ones (second-order MAML) unless ``first_order`` detaches the inner gradient.
+A task's loss is a function ``loss(params, support)`` of the parameters and the task's support
+data, whatever those are: an ``(x, y)`` pair or a batch of episodes. Everything here works on
+a single task (no task dimension) so that ``torch.func.vmap`` can lift it over a stack of tasks.
+Gradients come from ``torch.func.grad``, which composes with ``vmap`` and with ordinary
+autograd: the adapted parameters stay differentiable with respect to the initial ones
+(second-order MAML) unless ``first_order`` detaches the inner gradient.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
-from mamlkit.functional.losses import LossFn
+from mamlkit.functional.task_batch import support_at
 
 Params = dict[str, Tensor]
 # A step size: one number for all parameters, or one tensor per parameter name (Meta-SGD, LSLR).
 StepSize = float | Tensor | Mapping[str, float | Tensor]
 # Per-step step sizes: one StepSize for every step, or a sequence with one entry per step.
 InnerLR = StepSize | Sequence[StepSize]
-
-
-def forward(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-            x: Tensor) -> Tensor:
-    """``model(x)`` with the given parameters and buffers instead of the module's own."""
-    return functional_call(model, (dict(params), dict(buffers)), (x,))
-
-
-def task_loss(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-              x: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
-    """The loss of ``model`` with ``params`` on one task's data."""
-    return loss_fn(forward(model, params, buffers, x), y)
+# loss(params, data) -> scalar: one task's loss as a function of the parameters.
+BoundLoss = Callable[[Mapping[str, Tensor], Any], Tensor]
 
 
 def step_size(inner_lr: InnerLR, step: int) -> StepSize:
@@ -58,18 +50,9 @@ def sgd_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr: St
     return {n: p - lr * grads[n] for n, p in params.items()}
 
 
-def inner_step(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    buffers: Mapping[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    loss_fn: LossFn,
-    lr: StepSize,
-    first_order: bool = False,
-    adapt_names: Sequence[str] | None = None,
-) -> Params:
-    """One SGD step on the support set ``(x, y)`` of one task.
+def inner_step(loss: BoundLoss, params: Mapping[str, Tensor], support: Any, lr: StepSize,
+               first_order: bool = False, adapt_names: Sequence[str] | None = None) -> Params:
+    """One SGD step on one task's ``support`` data: ``theta - lr * grad loss(theta, support)``.
 
     ``adapt_names`` restricts the step to some parameters (the rest stay as they are, still
     differentiable for the outer loop). ``first_order`` treats the inner gradient as a constant.
@@ -81,7 +64,7 @@ def inner_step(
     fixed = {n: p for n, p in params.items() if n not in set(names)}
 
     def loss_of(adapted: Params) -> Tensor:
-        return task_loss(model, {**fixed, **adapted}, buffers, x, y, loss_fn)
+        return loss({**fixed, **adapted}, support)
 
     grads = torch.func.grad(loss_of)({n: params[n] for n in names})
     if first_order:
@@ -89,23 +72,24 @@ def inner_step(
     return {**params, **sgd_update({n: params[n] for n in names}, grads, lr)}
 
 
-def adapt(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    buffers: Mapping[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    loss_fn: LossFn,
-    inner_lr: InnerLR,
-    steps: int,
-    first_order: bool = False,
-    adapt_names: Sequence[str] | None = None,
-    step_fn: Callable[..., Params] | None = None,
-) -> Params:
-    """``steps`` inner steps from ``params``; returns the adapted parameters of one task."""
-    step_fn = step_fn or inner_step
+StepFn = Callable[[BoundLoss, Mapping[str, Tensor], Any, StepSize, bool, Sequence[str] | None],
+                  Params]
+
+
+def adapt(loss: BoundLoss, params: Mapping[str, Tensor], support: Any, inner_lr: InnerLR,
+          steps: int, first_order: bool = False, adapt_names: Sequence[str] | None = None,
+          step_fn: StepFn = inner_step) -> Params:
+    """``steps`` inner steps from ``params``; returns the adapted parameters of one task.
+
+    ``support`` is the task's support data for every step, or ``StepData`` with one entry per
+    step (RL tasks sample fresh trajectories after each step).
+    """
     adapted = dict(params)
     for step in range(steps):
-        adapted = step_fn(model, adapted, buffers, x, y, loss_fn, step_size(inner_lr, step),
+        adapted = step_fn(loss, adapted, support_at(support, step), step_size(inner_lr, step),
                           first_order, adapt_names)
     return adapted
+
+
+__all__ = ["BoundLoss", "InnerLR", "Params", "StepSize", "adapt", "inner_step", "is_zero",
+           "sgd_update", "step_size"]

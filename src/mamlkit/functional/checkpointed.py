@@ -18,7 +18,7 @@ Meta-SGD) get their gradients too. Once differentiable: no third-order gradients
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,18 +27,11 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.utils import _pytree as pytree
 
-from mamlkit.functional.adapt import InnerLR, Params, inner_step, step_size, task_loss
-from mamlkit.functional.losses import LossFn
-from mamlkit.functional.stacked import (
-    DEFAULT_CHUNK,
-    stack_params,
-    stacked_inner_step,
-    stacked_losses,
-    supports_task_stacking,
-)
-from mamlkit.tasks.batch import TaskBatch
-
-CHECKPOINT_BATCHINGS = ("stacked", "vmap", "loop")
+from mamlkit.functional.adapt import InnerLR, Params, step_size
+from mamlkit.functional.batching import Batching, TaskOps
+from mamlkit.functional.stacked import stack_params
+from mamlkit.functional.task_batch import TaskBatch, support_at
+from mamlkit.functional.task_loss import TaskLoss, as_task_loss
 
 
 def _plain(tree: Any) -> Any:
@@ -59,15 +52,16 @@ class _Plan:
 
     model: nn.Module
     buffers: dict[str, Tensor]
-    support: tuple[Tensor, Tensor]
-    query: tuple[Tensor, Tensor]
-    loss_fn: LossFn
+    loss: TaskLoss
+    support: Any
+    query: Any
     steps: int
     adapt_names: Sequence[str] | None
-    batching: str
+    batching: Batching
     lr_spec: Any  # pytree spec of inner_lr
     lr_leaves: list[Any]  # its leaves; tensor slots that need grad are filled per call
     lr_slots: list[int]  # indices of leaves that are differentiable tensors
+    tasks: int
 
     def rates(self, tensors: Sequence[Tensor]) -> InnerLR:
         leaves = list(self.lr_leaves)
@@ -75,38 +69,19 @@ class _Plan:
             leaves[slot] = t
         return pytree.tree_unflatten(leaves, self.lr_spec)
 
+    def _map(self, fn: Callable[[TaskOps, Params, Any], Any], params: Params, data: Any) -> Any:
+        return self.batching.map(fn, self.model, self.buffers, self.loss, params, data,
+                                 batched_params=True)
+
     def step(self, params: Params, k: int, inner_lr: InnerLR) -> Params:
         """Inner step ``k`` of every task (second order when grad mode is on)."""
-        lr, (x, y) = step_size(inner_lr, k), self.support
-        if self.batching == "stacked":
-            return stacked_inner_step(self.model, params, self.buffers, x, y, self.loss_fn, lr,
-                                      False, self.adapt_names)
-
-        def one(p: Params, xt: Tensor, yt: Tensor) -> Params:
-            return inner_step(self.model, p, self.buffers, xt, yt, self.loss_fn, lr, False,
-                              self.adapt_names)
-
-        if self.batching == "vmap":
-            return torch.func.vmap(one, randomness="different")(params, x, y)
-        per_task = [one({n: t[i] for n, t in params.items()}, x[i], y[i])
-                    for i in range(x.shape[0])]
-        return {n: torch.stack([p[n] for p in per_task]) for n in params}
+        lr = step_size(inner_lr, k)
+        return self._map(lambda ops, p, s: ops.step(p, s, lr, False, self.adapt_names), params,
+                         support_at(self.support, k))
 
     def query_losses(self, params: Params) -> Tensor:
         """Every task's query loss ``[tasks]`` with its own (stacked) parameters."""
-        x, y = self.query
-        if self.batching == "stacked":
-            return stacked_losses(self.model, params, self.buffers, x, y, self.loss_fn)
-
-        def one(p: Params, xt: Tensor, yt: Tensor) -> Tensor:
-            return task_loss(self.model, p, self.buffers, xt, yt, self.loss_fn)
-
-        if self.batching == "vmap":
-            return torch.func.vmap(one, randomness="different")(params, x, y)
-        return torch.stack([one({n: t[i] for n, t in params.items()}, x[i], y[i])
-                            for i in range(x.shape[0])])
-
-
+        return self._map(lambda ops, p, q: ops.value(p, q), params, self.query)
 def _leaves(params: Params) -> Params:
     return {n: t.detach().requires_grad_() for n, t in params.items()}
 
@@ -118,7 +93,7 @@ class _CheckpointedQueryLosses(torch.autograd.Function):
     def forward(ctx, plan: _Plan, names: list[str], *inputs: Tensor) -> Tensor:
         theta = dict(zip(names, inputs[:len(names)], strict=True))
         rate_tensors = inputs[len(names):]
-        tasks = plan.support[0].shape[0]
+        tasks = plan.tasks
         inner_lr = plan.rates([t.detach() for t in rate_tensors])
         states = [stack_params({n: t.detach() for n, t in theta.items()}, tasks)]
         for k in range(plan.steps):  # grad mode is off here: first-order steps, no graph
@@ -169,37 +144,31 @@ def checkpointed_task_losses(
     buffers: Mapping[str, Tensor],
     batch: TaskBatch,
     *,
-    loss_fn: LossFn,
+    loss: str | Callable | TaskLoss,
     inner_lr: InnerLR,
     steps: int,
     adapt_names: Sequence[str] | None = None,
-    batching: str = "vmap",
-    chunk_size: int | None = None,
+    batching: Batching | str = "vmap",
 ) -> Tensor:
     """Query loss after ``steps`` second-order inner steps of every task, ``[tasks]``, with
     checkpointing across inner steps (see the module docstring).
 
-    Tasks go in chunks of ``chunk_size`` (stacked: ``DEFAULT_CHUNK``; vmap and loop: all tasks
-    by default); the backward holds one inner step of one chunk at a time.
+    Tasks go in the batching's chunks (stacked: ``DEFAULT_CHUNK``; vmap and loop: all tasks
+    unless ``chunk_size`` is set); the backward holds one inner step of one chunk at a time.
     """
-    if batching not in CHECKPOINT_BATCHINGS:
-        raise ValueError(f"Unknown batching {batching!r}; choose one of "
-                         f"{list(CHECKPOINT_BATCHINGS)}.")
-    if batching == "stacked" and not supports_task_stacking(model):
-        raise ValueError(f"{type(model).__name__} does not support task stacking; use "
-                         "batching='vmap' or 'loop'.")
+    batching = batching if isinstance(batching, Batching) else Batching(batching)
+    task_loss = as_task_loss(batch.loss or loss)
     names = list(params)
     leaves, spec = pytree.tree_flatten(_plain(inner_lr))
     slots = [i for i, t in enumerate(leaves) if torch.is_tensor(t) and t.requires_grad]
-    size = chunk_size or (DEFAULT_CHUNK if batching == "stacked" else batch.num_tasks)
     losses = []
-    for start in range(0, batch.num_tasks, size):
-        part = batch[start:start + size]
-        plan = _Plan(model, dict(buffers), part.support, part.query, loss_fn, steps,
-                     adapt_names, batching, spec, leaves, slots)
+    for part in batching.slices(batch.num_tasks):
+        chunk = batch[part]
+        plan = _Plan(model, dict(buffers), task_loss, chunk.support, chunk.query, steps,
+                     adapt_names, batching, spec, leaves, slots, chunk.num_tasks)
         losses.append(_CheckpointedQueryLosses.apply(
             plan, names, *(params[n] for n in names), *(leaves[i] for i in slots)))
     return torch.cat(losses)
 
 
-__all__ = ["CHECKPOINT_BATCHINGS", "checkpointed_task_losses"]
+__all__ = ["checkpointed_task_losses"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 
+from torch import nn
+
 
 def matches(name: str, pattern: str) -> bool:
     """``name`` matches ``pattern``, or names a parameter below it (``head`` -> ``head.w``)."""
@@ -29,13 +31,17 @@ def select_names(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
     return [n for n in names if any(matches(n, p) for p in patterns)]
 
 
-def last_layer_names(named: Iterable[tuple[str, object]]) -> list[str]:
-    """Names of the parameters of the last module that owns any: the "head" of most networks."""
-    names = [n for n, _ in named]
-    if not names:
+def last_layer_names(model: nn.Module) -> list[str]:
+    """Names of the parameters of the last sub-module that owns any: the "head" of most
+    networks (the last ``Linear`` of an MLP; a policy's mean head rather than its ``log_std``,
+    which the policy module owns itself). The root's own parameters only if nothing else has."""
+    owners = [(prefix, module) for prefix, module in model.named_modules()
+              if any(True for _ in module.parameters(recurse=False))]
+    if not owners:
         raise ValueError("The model has no parameters to adapt.")
-    prefix = names[-1].rpartition(".")[0]
-    return [n for n in names if n.rpartition(".")[0] == prefix]
+    children = [(prefix, module) for prefix, module in owners if prefix]
+    prefix, module = (children or owners)[-1]
+    return [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
 
 
 __all__ = ["last_layer_names", "matches", "select_names"]

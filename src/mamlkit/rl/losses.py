@@ -1,4 +1,5 @@
-"""Policy-gradient losses over masked ``[..., N, H]`` batches of trajectories.
+"""Policy-gradient losses over masked ``[..., N, H]`` batches of trajectories, and the task
+losses of RL (H > 1) and imitation tasks for the functional core's inner step.
 
 All losses are means over valid time steps (``mask`` is 1 before an episode ends, 0 after), so
 they work for one task (``[N, H]``) under ``vmap`` as well as for a stack of tasks.
@@ -7,9 +8,12 @@ they work for one task (``[N, H]``) under ``vmap`` as well as for a stack of tas
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from mamlkit.functional.task_loss import TaskLoss, forward
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -54,3 +58,46 @@ def ppo_clip_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, 
     advantages = advantages.detach()
     clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * advantages
     return -masked_mean(torch.minimum(ratio * advantages, clipped), mask)
+
+
+class RLData(NamedTuple):
+    """What the losses need from a group of trajectories: ``observations [.., N, H, obs]``,
+    ``actions``, ``advantages [.., N, H]`` (constants) and ``mask``. A NamedTuple, so that it
+    is a pytree that ``vmap`` and ``TaskBatch`` slice over tasks."""
+
+    observations: Tensor
+    actions: Tensor
+    advantages: Tensor
+    mask: Tensor
+
+
+class VPGLoss(TaskLoss):
+    """The inner loss of an RL task: REINFORCE with a baseline on its support trajectories.
+
+    For a Gaussian policy module ``obs -> (mean, std)``; one task's ``RLData``, no task dim.
+    """
+
+    def __call__(self, model, params, buffers, data: RLData) -> Tensor:
+        mean, std = forward(model, params, buffers, data.observations)
+        return vpg_loss(gaussian_log_prob(mean, std, data.actions), data.advantages, data.mask)
+
+    def __repr__(self) -> str:
+        return "VPGLoss()"
+
+
+class ImitationLoss(TaskLoss):
+    """Regression of a Gaussian policy's mean on expert actions, ``0.5 |(mean - a*) / std|^2``.
+
+    The Gaussian negative log-likelihood of the expert's action with the standard deviation
+    held constant: the same log-likelihood units as the policy-gradient loss of RL tasks, so one
+    inner learning rate suits both kinds of task in a mixed meta-batch, and only the mean is
+    regressed. Data: ``(states [K, obs], expert actions [K, act])``.
+    """
+
+    def __call__(self, model, params, buffers, data) -> Tensor:
+        states, actions = data
+        mean, std = forward(model, params, buffers, states)
+        return (0.5 * ((mean - actions) / std.detach()).pow(2)).sum(-1).mean()
+
+    def __repr__(self) -> str:
+        return "ImitationLoss()"

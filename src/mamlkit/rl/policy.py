@@ -13,7 +13,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+
+from mamlkit.functional.batching import Batching
+from mamlkit.functional.task_loss import forward
+from mamlkit.rl.losses import VPGLoss
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -48,33 +51,23 @@ class GaussianPolicy(nn.Module):
         return mean, std.expand_as(mean)
 
 
-def policy_params(policy: nn.Module) -> dict[str, Tensor]:
-    return dict(policy.named_parameters())
-
-
-def call(policy: nn.Module, params: Mapping[str, Tensor], obs: Tensor) -> tuple[Tensor, Tensor]:
-    """``policy(obs)`` with the given (unbatched) parameters."""
-    return functional_call(policy, dict(params), (obs,))
-
-
-def per_task(policy: nn.Module, params: Mapping[str, Tensor], obs: Tensor,
-             batched: bool) -> tuple[Tensor, Tensor]:
-    """``(mean, std)`` for ``obs [T, ...]``; ``batched`` params carry a leading task dimension."""
-    if not batched:
-        return call(policy, params, obs)
-    return torch.func.vmap(lambda p, o: call(policy, p, o))(dict(params), obs)
-
-
 def sampling_fn(policy: nn.Module, params: Mapping[str, Tensor] | None = None,
                 batched: bool = False):
-    """The ``obs [T, N, obs] -> (mean, std)`` callable that sampling needs, without gradients."""
+    """The ``obs [T, N, obs] -> (mean, std)`` callable that sampling needs, without gradients.
+
+    ``params`` (adapted ones) carry a leading task dimension when ``batched``; the policy is
+    then called once for all tasks through the functional core's ``vmap`` batching.
+    """
     detached = None if params is None else {n: p.detach() for n, p in params.items()}
 
     @torch.no_grad()
     def act(obs: Tensor) -> tuple[Tensor, Tensor]:
         if detached is None:
             return policy(obs)
-        return per_task(policy, detached, obs, batched)
+        if not batched:
+            return forward(policy, detached, {}, obs)
+        return Batching("vmap").map(lambda ops, p, o: ops.forward(p, o), policy, {}, VPGLoss(),
+                                    detached, obs, batched_params=True)
 
     return act
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mamlkit.functional.cg import conjugate_gradient
+
 
 def flat(tensors: Sequence[Tensor]) -> Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
@@ -26,24 +28,12 @@ def unflat(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
-def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10,
-                       tol: float = 1e-10) -> Tensor:
-    """Approximately solve ``A x = b`` for symmetric positive definite ``A`` given ``x -> A x``."""
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = b.clone()
-    rr = r.dot(r)
-    for _ in range(iters):
-        if rr.item() < tol:
-            break
-        ap = matvec(p)
-        alpha = rr / p.dot(ap)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rr_new = r.dot(r)
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-    return x.detach()
+def solve(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10,
+          tol: float = 1e-10) -> Tensor:
+    """``A x = b`` for the flat vectors of TRPO, with the library's conjugate-gradient solver."""
+    x = conjugate_gradient(lambda v: {"x": matvec(v["x"])}, {"x": b}, iters, tol=tol,
+                           inner=lambda u, v: u["x"].dot(v["x"]))
+    return x["x"].detach()
 
 
 def same(tensor: Tensor) -> Tensor:
@@ -101,10 +91,19 @@ def trpo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor],
     grads = reduce(flat(torch.autograd.grad(loss, params)))
     loss_before = reduce(loss.detach()).item()
     matvec = hessian_vector_product(hessian_kl_fn or kl_fn, params, cg_damping, reduce)
-    direction = conjugate_gradient(matvec, -grads, cg_iters)
+    direction = solve(matvec, -grads, cg_iters)
     shs = direction.dot(matvec(direction)).clamp_min(1e-12)
     full_step = direction * torch.sqrt(2.0 * max_kl / shs)
     del matvec
+    return _line_search(params, full_step, loss_fn, kl_fn, loss_before, max_kl,
+                        backtrack_ratio, line_search_steps, reduce)
+
+
+def _line_search(params: list[Tensor], full_step: Tensor, loss_fn: Callable[[], Tensor],
+                 kl_fn: Callable[[], Tensor], loss_before: float, max_kl: float,
+                 backtrack_ratio: float, line_search_steps: int,
+                 reduce: Callable[[Tensor], Tensor]) -> TRPOStats:
+    """Shrink the step until the surrogate improves within the trust region, or undo it."""
     old = [p.detach().clone() for p in params]
     fraction = 1.0
     with torch.no_grad():
@@ -118,3 +117,6 @@ def trpo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor],
         for p, p_old in zip(params, old, strict=True):
             p.copy_(p_old)
     return TRPOStats(False, 0.0, 0.0, loss_before, loss_before)
+
+
+__all__ = ["TRPOStats", "flat", "hessian_vector_product", "same", "solve", "trpo_step", "unflat"]

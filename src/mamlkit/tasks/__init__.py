@@ -1,9 +1,13 @@
-"""Task distributions: each returns TaskBatch stacks of support and query data."""
+"""Layer 5: task distributions. H = 1: sinusoid, N-way K-shot classification, imitation; each
+returns ``TaskBatch`` stacks. H > 1: RL tasks of an environment, whose batches hold episodes."""
 
-from mamlkit.tasks.base import TaskDistribution, generator_from
-from mamlkit.tasks.batch import TaskBatch
+from mamlkit.functional.seeding import generator_from
+from mamlkit.functional.task_batch import StepData, TaskBatch
+from mamlkit.tasks.base import TaskDistribution
 from mamlkit.tasks.classification import ClassificationTasks, omniglot_tasks
+from mamlkit.tasks.imitation import ImitationTasks
+from mamlkit.tasks.rl import RLBatch, RLTasks
 from mamlkit.tasks.sinusoid import Sinusoid
 
-__all__ = ["Sinusoid", "TaskBatch", "TaskDistribution", "generator_from"]
-__all__ += ["ClassificationTasks", "omniglot_tasks"]
+__all__ = ["ClassificationTasks", "ImitationTasks", "RLBatch", "RLTasks", "Sinusoid", "StepData",
+           "TaskBatch", "TaskDistribution", "generator_from", "omniglot_tasks"]

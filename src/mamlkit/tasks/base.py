@@ -1,4 +1,4 @@
-"""What every supervised (H = 1) task distribution offers the training and evaluation loops."""
+"""What every task distribution offers the training and evaluation loops."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from mamlkit.tasks.batch import TaskBatch
+from mamlkit.functional.seeding import generator_from
+from mamlkit.functional.task_batch import TaskBatch
 
 
 @runtime_checkable
@@ -23,10 +24,4 @@ class TaskDistribution(Protocol):
     def sample(self, num_tasks: int, generator: torch.Generator) -> TaskBatch: ...
 
 
-def generator_from(seed_or_generator: int | torch.Generator | None) -> torch.Generator:
-    """A CPU generator from a seed (or the generator itself), so samplers accept either."""
-    if isinstance(seed_or_generator, torch.Generator):
-        return seed_or_generator
-    generator = torch.Generator()
-    generator.manual_seed(0 if seed_or_generator is None else int(seed_or_generator))
-    return generator
+__all__ = ["TaskDistribution", "generator_from"]

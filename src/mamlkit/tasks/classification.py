@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from mamlkit.data import ClassImages, load_omniglot
-from mamlkit.tasks.base import generator_from
-from mamlkit.tasks.batch import TaskBatch
+from mamlkit.functional.seeding import generator_from
+from mamlkit.functional.task_batch import TaskBatch
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mamlkit.tasks.base import generator_from
-from mamlkit.tasks.batch import TaskBatch
+from mamlkit.functional.seeding import generator_from
+from mamlkit.functional.task_batch import TaskBatch
 
 
 @dataclass(frozen=True)

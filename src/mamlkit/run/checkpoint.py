@@ -115,3 +115,33 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     generator.set_state(_rng_from_text(loop_state["task_rng"]))
     torch.set_rng_state(_rng_from_text(loop_state["torch_rng"]))
     return loop_state
+
+
+def save_best(run_dir: Path, learner: nn.Module, iteration: int, value: float) -> None:
+    """Write ``best/`` (weights and a JSON) under a temporary name and rename it into place."""
+    final, tmp = run_dir / "best", run_dir / ".best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()},
+              tmp / "model.safetensors")
+    (tmp / "best.json").write_text(json.dumps({"iteration": iteration, "val_post": value}))
+    old = run_dir / ".best.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def best_value(run_dir: Path) -> float:
+    """The validation value ``best/`` was kept for (-inf without one)."""
+    path = run_dir / "best" / "best.json"
+    return json.loads(path.read_text())["val_post"] if path.is_file() else -float("inf")
+
+
+def best(run_dir: Path) -> tuple[Path, int] | None:
+    """``best/`` and the iteration it holds, if the run keeps one (meta-RL runs)."""
+    path = run_dir / "best"
+    if not (path / "model.safetensors").is_file():
+        return None
+    return path, int(json.loads((path / "best.json").read_text())["iteration"])

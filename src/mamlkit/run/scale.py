@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from mamlkit import distributed
-from mamlkit.tasks.batch import TaskBatch
+from mamlkit.functional.task_batch import TaskBatch
+from mamlkit.run import distributed
 
 MetaLossFn = Callable[[TaskBatch], Tensor]
 
@@ -34,7 +34,7 @@ def compile_blocker(learner) -> str | None:
                     and getattr(learner, "inner_steps", 0) > 0)
     if getattr(learner, "checkpoint_inner", False) and second_order:
         return "the checkpointed inner loop has a custom backward that torch.compile cannot trace"
-    if getattr(learner, "batching", None) == "stacked" and second_order:
+    if getattr(getattr(learner, "batching", None), "kind", None) == "stacked" and second_order:
         return ("the stacked second-order step needs a double backward, which torch.compile's "
                 "aot_autograd does not support")
     return None
@@ -76,7 +76,7 @@ def meta_loss_fn(learner, compile: bool = False, checkpoint_inner: bool = False)
     """
     if checkpoint_inner:
         from mamlkit.algorithms.maml import MAML
-        from mamlkit.config import ConfigError
+        from mamlkit.run.config import ConfigError
 
         if type(learner).meta_loss is not MAML.meta_loss:
             raise ConfigError(f"checkpoint_inner works for maml, anil and metasgd, not for "

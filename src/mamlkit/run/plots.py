@@ -1,4 +1,10 @@
-"""PNG figures of a run: learning curves, and adaptation to held-out tasks (Finn et al. Fig. 2)."""
+"""PNG figures of runs, for every kind of task; the task's metric decides what is drawn.
+
+Supervised runs: learning curves of the meta-loss and the query metric (MSE, accuracy) before
+and after adaptation, and adaptation to held-out tasks (sinusoid: Finn et al. Fig. 2; images:
+predicted labels). RL runs: the return before and after adaptation and the policy's std, and
+for 2D navigation trajectories before and after adaptation with the goals (Fig. 4).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from mamlkit.algorithms import MAML  # noqa: E402
-from mamlkit.build import EVAL_SEED, build_tasks  # noqa: E402
-from mamlkit.tasks import Sinusoid  # noqa: E402
+from mamlkit.run.build import EVAL_SEED, build_tasks  # noqa: E402
+from mamlkit.run.steps import adapted_policy, inner_lr_at_eval  # noqa: E402
+from mamlkit.tasks import Sinusoid, generator_from  # noqa: E402
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -23,7 +30,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def learning_curve(runs: dict[str, Path], out: Path) -> Path:
+def supervised_learning_curve(runs: dict[str, Path], out: Path) -> Path:
     """Training meta-loss and held-out pre/post-adaptation metric against iterations."""
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (name, run_dir) in enumerate(runs.items()):
@@ -128,3 +135,99 @@ def classification_adaptation(learner: MAML, out: Path, queries_per_class: int =
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def rl_learning_curve(runs: dict[str, Path], out: Path) -> Path:
+    """Average return of the meta-training batches before and after adaptation, the held-out
+    validation return, and the policy's standard deviation, against iterations."""
+    fig, (ax_ret, ax_std) = plt.subplots(1, 2, figsize=(12, 4.2),
+                                         gridspec_kw={"width_ratios": [2, 1]})
+    for i, (name, run_dir) in enumerate(runs.items()):
+        records, color = read_metrics(run_dir), f"C{i}"
+        for key, style, label in (("pre_return", ":", "before adaptation"),
+                                  ("post_return", "-", "after 1 step"),
+                                  ("val_post", "o", "held-out, after 1 step")):
+            points = [(r["iteration"], r[key]) for r in records if key in r]
+            if points:
+                ax_ret.plot(*zip(*points, strict=True), style, color=color, markersize=3,
+                            label=f"{name}: {label}")
+        points = [(r["iteration"], r["std"]) for r in records if "std" in r]
+        if points:
+            ax_std.plot(*zip(*points, strict=True), color=color, label=name)
+    ax_ret.set(xlabel="iteration", ylabel="average return", title="meta-training return")
+    ax_std.set(xlabel="iteration", ylabel="policy std (mean over action dims)",
+               title="policy standard deviation")
+    for ax in (ax_ret, ax_std):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def nav2d_trajectories(run_dir: Path, out: Path, num_tasks: int = 4,
+                       shown: int = 5) -> Path:
+    """Sampled trajectories of held-out goals before adaptation and after 1 and 3 steps."""
+    from mamlkit.run.load import load
+
+    learner = load(run_dir)
+    config, which = learner.config, learner.checkpoint
+    torch.set_num_threads(config.threads)
+    rl_tasks = build_tasks(config, "test")
+    tasks = rl_tasks.sample_tasks(num_tasks, generator_from(EVAL_SEED))
+    inner_lr = inner_lr_at_eval(config)
+    steps = [0, 1, 3]
+    returns, kept = rl_tasks.returns_after_steps(
+        tasks, generator_from(EVAL_SEED + 1), adapted_policy(learner, inner_lr), steps,
+        keep_episodes=True)
+    fig, axes = plt.subplots(1, num_tasks, figsize=(4 * num_tasks, 4.2), squeeze=False)
+    styles = {0: ("0.6", "before adaptation"), 1: ("C0", "after 1 step"),
+              3: ("C2", "after 3 steps")}
+    for t, ax in enumerate(axes[0]):
+        goal = tasks[t]["goal"]
+        for k, episodes in zip(steps, kept, strict=True):
+            color, label = styles[k]
+            for n in range(min(shown, episodes.num_trajectories)):
+                alive = episodes.mask[t, n] > 0
+                xy = episodes.observations[t, n][alive]
+                ax.plot(xy[:, 0], xy[:, 1], color=color, lw=0.9, alpha=0.8,
+                        label=f"{label} ({returns[steps.index(k), t]:.1f})" if n == 0 else None)
+        ax.plot(0, 0, "ks", markersize=5)
+        ax.plot(*goal, "r*", markersize=14, label="goal")
+        ax.set(xlim=(-0.7, 0.7), ylim=(-0.7, 0.7), aspect="equal", title=f"held-out goal {t + 1}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{Path(run_dir).name} ({which}): trajectories and average returns, "
+                 f"inner lr {inner_lr:g}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def learning_curve(runs: dict[str, Path], out: Path) -> Path:
+    """The learning curves of ``runs``, drawn for their kind (return or a query metric)."""
+    rl = any(any("post_return" in r for r in read_metrics(path)) for path in runs.values())
+    return (rl_learning_curve if rl else supervised_learning_curve)(runs, out)
+
+
+def plot_runs(runs: dict[str, Path], out_dir: Path) -> list[Path]:
+    """Every figure of ``runs`` into ``out_dir``: learning curves, then adaptation pictures."""
+    from mamlkit.run.load import load
+
+    written = [learning_curve(runs, out_dir / "learning_curve.png")]
+    learners = {name: load(path) for name, path in runs.items()}
+    torch.set_num_threads(min(learner.config.threads for learner in learners.values()))
+    tasks = {name: learner.config.task for name, learner in learners.items()}
+    if all(task == "sinusoid" for task in tasks.values()):
+        return [*written, sinusoid_adaptation(learners, out_dir / "adaptation.png")]
+    single = len(runs) == 1
+    for name, learner in learners.items():
+        if tasks[name] == "omniglot":
+            out = out_dir / ("adaptation.png" if single else f"adaptation-{name}.png")
+            written.append(classification_adaptation(learner, out))
+        if tasks[name] == "nav2d":
+            out = out_dir / ("trajectories.png" if single else f"trajectories-{name}.png")
+            written.append(nav2d_trajectories(runs[name], out))
+    return written

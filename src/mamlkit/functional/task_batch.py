@@ -1,0 +1,99 @@
+"""The containers the functional core consumes: a stack of tasks, and per-step support data.
+
+A task's data is any pytree of tensors with a leading task dimension: ``(x, y)`` for supervised
+tasks (H = 1), a batch of episodes for reinforcement-learning tasks (H > 1). Tasks in one batch
+share shapes so that one ``vmap`` (or one task-stacked call) evaluates them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils import _pytree as pytree
+
+
+class StepData(tuple):
+    """Support data with one entry per inner step (RL: fresh trajectories after every step).
+
+    Any other support is used at every inner step (supervised tasks adapt on one support set).
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"StepData({list(self)!r})"
+
+
+pytree.register_pytree_node(
+    StepData,
+    lambda steps: (list(steps), None),
+    lambda children, _: StepData(children),
+    serialized_type_name="mamlkit.functional.task_batch.StepData",
+)
+
+
+def support_at(support: Any, step: int) -> Any:
+    """The support data of inner step ``step`` (0-based)."""
+    if not isinstance(support, StepData):
+        return support
+    if step >= len(support):
+        raise ValueError(f"Inner step {step + 1} has no support data: the task holds data for "
+                         f"{len(support)} step(s).")
+    return support[step]
+
+
+def leaves(tree: Any) -> list[Tensor]:
+    return [t for t in pytree.tree_leaves(tree) if isinstance(t, Tensor)]
+
+
+def take(tree: Any, index: int | slice | Tensor) -> Any:
+    """Tasks ``index`` of every tensor in ``tree`` (an int drops the task dimension)."""
+    return pytree.tree_map(lambda t: t[index] if isinstance(t, Tensor) else t, tree)
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """Support and query data of several tasks, stacked on a leading task dimension.
+
+    ``support = (x, y)`` and ``query = (x, y)`` with shapes ``[tasks, shots, ...]`` for
+    supervised tasks; any pytree of tensors (a batch of episodes, ``StepData`` with one entry
+    per inner step) for others. ``loss`` is the task loss when the tasks bring their own
+    (imitation, policy gradient); ``None`` leaves it to the learner.
+    """
+
+    support: Any
+    query: Any
+    loss: Any = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.support, tuple | list) and not isinstance(self.support, StepData) \
+                and len(self.support) != 2 and all(isinstance(t, Tensor) for t in self.support):
+            raise ValueError("TaskBatch needs support=(x, y) and query=(x, y).")
+        tensors = leaves((self.support, self.query))
+        n = tensors[0].shape[0] if tensors and tensors[0].dim() > 0 else None
+        if n is None or any(t.dim() == 0 or t.shape[0] != n for t in tensors):
+            shapes = [tuple(t.shape) for t in tensors]
+            raise ValueError(
+                f"TaskBatch tensors must share a leading task dimension; got shapes {shapes}."
+            )
+
+    @property
+    def num_tasks(self) -> int:
+        return leaves(self.support)[0].shape[0]
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
+        return TaskBatch(pytree.tree_map(move, self.support), pytree.tree_map(move, self.query),
+                         self.loss)
+
+    def __getitem__(self, index: int | slice) -> TaskBatch:
+        """Tasks ``index`` as a smaller batch; an integer keeps a task dimension of 1."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return TaskBatch(take(self.support, index), take(self.query, index), self.loss)
+
+
+__all__ = ["StepData", "TaskBatch", "leaves", "support_at", "take"]

@@ -1,0 +1,74 @@
+"""Task losses: the loss of one task as a function of the model, its parameters and the data.
+
+The inner step differentiates a task's loss with respect to the parameters whatever the data
+are: ``(x, y)`` pairs for supervised tasks, a batch of episodes for RL tasks. A ``TaskLoss``
+is that function; ``SupervisedLoss`` turns a (prediction, target) loss such as MSE into one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mamlkit.functional.losses import LossFn, resolve_loss, resolve_metric
+
+
+def forward(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+            x: Any) -> Any:
+    """``model(x)`` with the given parameters and buffers instead of the module's own."""
+    return functional_call(model, (dict(params), dict(buffers)), (x,))
+
+
+class TaskLoss:
+    """``loss(model, params, buffers, data)``: one task's scalar loss (no task dimension).
+
+    Subclasses may define ``stacked(model, params, buffers, data) -> [tasks]`` for models that
+    run many tasks in one call with stacked parameters (the ``stacked`` batching strategy).
+    """
+
+    stacked = None
+
+    def __call__(self, model: nn.Module, params: Mapping[str, Tensor],
+                 buffers: Mapping[str, Tensor], data: Any) -> Tensor:
+        raise NotImplementedError
+
+
+class SupervisedLoss(TaskLoss):
+    """``fn(model(x), y)`` on ``(x, y)`` data: the loss of H = 1 tasks (MSE, cross-entropy)."""
+
+    def __init__(self, fn: LossFn) -> None:
+        self.fn = fn
+
+    def __call__(self, model, params, buffers, data) -> Tensor:
+        x, y = data
+        return self.fn(forward(model, params, buffers, x), y)
+
+    def stacked(self, model, params, buffers, data) -> Tensor:  # type: ignore[override]
+        """Each task's loss ``[T]`` from one call of a task-stacking model."""
+        x, y = data
+        out = forward(model, params, buffers, x)
+        return torch.stack([self.fn(out[t], y[t]) for t in range(out.shape[0])])
+
+    def __repr__(self) -> str:
+        return f"SupervisedLoss({getattr(self.fn, '__name__', self.fn)!r})"
+
+
+def as_task_loss(loss: str | LossFn | TaskLoss) -> TaskLoss:
+    """A ``TaskLoss`` from a task loss, a loss name (``"mse"``) or a (prediction, target) fn."""
+    if isinstance(loss, TaskLoss):
+        return loss
+    return SupervisedLoss(resolve_loss(loss))
+
+
+def as_task_metric(metric: str | LossFn | TaskLoss) -> TaskLoss:
+    """Like ``as_task_loss`` for evaluation metrics (``"accuracy"`` included)."""
+    if isinstance(metric, TaskLoss):
+        return metric
+    return SupervisedLoss(resolve_metric(metric))
+
+
+__all__ = ["SupervisedLoss", "TaskLoss", "as_task_loss", "as_task_metric", "forward"]
