@@ -20,9 +20,9 @@ import torch
 
 from mamlkit.rl.losses import gaussian_log_prob, surrogate_loss
 from mamlkit.run import config as config_lib
+from mamlkit.run.adapted import adapted_policy, query_actions
 from mamlkit.run.build import build_tasks
 from mamlkit.run.load import load, untrained
-from mamlkit.run.steps import adapted_policy, query_actions
 
 
 def post_loss(policy, query, params, batched):

@@ -346,6 +346,7 @@ def state(run_dir):
 
 @pytest.mark.parametrize("preset,extra", [
     ("sinusoid-metasgd", {}),
+    ("sinusoid-anil", {}),
     ("sinusoid-mamlpp", {"inner_steps": 2, "msl_iterations": 8, "fo_iterations": 6}),
     ("sinusoid-reptile", {"inner_steps": 2}),
     ("sinusoid-imaml", {"inner_steps": 3, "cg_steps": 2}),
@@ -358,7 +359,7 @@ def test_train_kill_and_resume_is_bit_exact(tmp_path, preset, extra):
     assert result.iteration == 12
     whole, resumed = state(tmp_path / "whole"), state(tmp_path / "killed")
     assert set(whole) == set(resumed) and len(whole) > len(result.learner.model.state_dict()) \
-        or preset in ("sinusoid-reptile", "sinusoid-imaml")
+        or preset in ("sinusoid-anil", "sinusoid-reptile", "sinusoid-imaml")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     if preset == "sinusoid-mamlpp":  # the cosine schedule reached the end, from the resume too
         opt = json.loads((checkpoint.latest(tmp_path / "killed") / "state.json").read_text())

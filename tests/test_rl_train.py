@@ -12,8 +12,8 @@ from mamlkit.cli import main
 from mamlkit.rl.losses import VPGLoss, gaussian_log_prob, surrogate_loss
 from mamlkit.rl.outer import OuterSettings, outer_step
 from mamlkit.rl.policy import GaussianPolicy
+from mamlkit.run.adapted import adapted_policy, query_actions
 from mamlkit.run.config import resolve
-from mamlkit.run.steps import adapted_policy, query_actions
 from mamlkit.tasks import ImitationTasks, RLTasks
 
 TINY = ["--set", "meta_batch_size=3", "--set", "trajectories=4", "--set", "horizon=20",

@@ -121,7 +121,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
-    from mamlkit.run.loop import RunDirectoryError, TrainingDiverged
+    from mamlkit.run.errors import RunDirectoryError, TrainingDiverged
 
     errors: list[type[BaseException]] = [config_lib.ConfigError, RunDirectoryError,
                                          TrainingDiverged, FileNotFoundError]

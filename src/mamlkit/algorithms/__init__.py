@@ -1,4 +1,5 @@
-"""Layer 3: algorithms that own the meta-parameters and call the functional core."""
+"""Layer 6: the learners (MAML and the family), nn.Modules that own the meta-parameters and
+call the functional core with the task's loss; supervised and RL tasks go through the same ones."""
 
 from mamlkit.algorithms.anil import ANIL
 from mamlkit.algorithms.imaml import IMAML

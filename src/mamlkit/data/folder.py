@@ -97,13 +97,34 @@ def _load(
     cache: bool,
     cache_dir: str | os.PathLike[str] | None,
 ) -> ClassImages:
+    """List, check, then decode ``root`` (or take it from the cache), in that order."""
+    files, read, key = _open_listing(root, stack)
+    files, prefix = _strip_wrapper(files)
+    _check_layout(root, files, prefix)
+    cache_file = None
+    if cache:
+        cache_file = _cache_file(root, size, mode, resample, invert, key, cache_dir)
+        cached = _load_from_cache(cache_file)
+        if cached is not None:
+            return cached
+    arrays = _decode_all(root, files, prefix, read, size, mode, resample, invert)
+    return _assemble(files, arrays, cache_file)
+
+
+def _open_listing(
+    root: Path, stack: ExitStack
+) -> tuple[list[tuple[str, ...]], Callable[[tuple[str, ...]], bytes], str]:
+    """:func:`_listing`, with unreadable folders and broken zips turned into a clear DataError."""
     try:
-        files, read, key = _listing(root, stack)
+        return _listing(root, stack)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
         raise DataError(
             f"Could not read {root} ({err}); pass a folder of class sub-folders or a valid .zip."
         ) from None
-    files, prefix = _strip_wrapper(files)
+
+
+def _check_layout(root: Path, files: list[tuple[str, ...]], prefix: tuple[str, ...]) -> None:
+    """Fail early, naming the path, when there are no images or some lie outside class folders."""
     if not files:
         raise DataError(
             f"No images found in {root}; expected class sub-folders of images, "
@@ -115,18 +136,44 @@ def _load(
             f"{root / '/'.join(prefix + loose[0])} is not inside a class folder; put every "
             f"image into a sub-folder named after its class."
         )
-    cache_file = None
-    if cache:
-        name = f"{root.name}-{size}-{mode}-{resample}-{invert}-{key[:24]}-v{_CACHE_VERSION}.pt"
-        cache_file = cache_root(cache_dir) / "folders" / name.replace(" ", "")
-        stored = load_cached(cache_file)
-        if stored is not None:
-            try:
-                return ClassImages(stored["images"], stored["labels"], stored["class_names"])
-            except (KeyError, ValueError, TypeError):
-                pass
-    class_names = sorted({f[0] for f in files})
-    class_id = {name: i for i, name in enumerate(class_names)}
+
+
+def _cache_file(
+    root: Path,
+    size: tuple[int, int] | None,
+    mode: str,
+    resample: str,
+    invert: bool,
+    key: str,
+    cache_dir: str | os.PathLike[str] | None,
+) -> Path:
+    """Cache path that changes with every decoding option and with the files themselves."""
+    name = f"{root.name}-{size}-{mode}-{resample}-{invert}-{key[:24]}-v{_CACHE_VERSION}.pt"
+    return cache_root(cache_dir) / "folders" / name.replace(" ", "")
+
+
+def _load_from_cache(cache_file: Path) -> ClassImages | None:
+    """The cached images, or None when absent or malformed (then they are decoded again)."""
+    stored = load_cached(cache_file)
+    if stored is not None:
+        try:
+            return ClassImages(stored["images"], stored["labels"], stored["class_names"])
+        except (KeyError, ValueError, TypeError):
+            pass
+    return None
+
+
+def _decode_all(
+    root: Path,
+    files: list[tuple[str, ...]],
+    prefix: tuple[str, ...],
+    read: Callable[[tuple[str, ...]], bytes],
+    size: tuple[int, int] | None,
+    mode: str,
+    resample: str,
+    invert: bool,
+) -> list[np.ndarray]:
+    """Decode every image, naming the first unreadable one or the first of another size."""
     arrays = []
     for f in files:
         where = root / "/".join(prefix + f)
@@ -145,6 +192,15 @@ def _load(
                 f"Images differ in size ({where} is {arrays[-1].shape[-2:]}, the first one "
                 f"{arrays[0].shape[-2:]}); pass image_size to resize them all to one size."
             )
+    return arrays
+
+
+def _assemble(
+    files: list[tuple[str, ...]], arrays: list[np.ndarray], cache_file: Path | None
+) -> ClassImages:
+    """Stack the images, label them by class folder (sorted by name), and cache them if asked."""
+    class_names = sorted({f[0] for f in files})
+    class_id = {name: i for i, name in enumerate(class_names)}
     images = torch.from_numpy(np.stack(arrays))
     labels = torch.tensor([class_id[f[0]] for f in files], dtype=torch.long)
     data = ClassImages(images, labels, tuple(class_names))

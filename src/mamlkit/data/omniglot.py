@@ -241,6 +241,20 @@ def load_omniglot(
     root = Path(root).expanduser()
     paths = _find_zips(root, download)
     digests = [file_digests(p) for p in paths]
+    known = _check_checksums(paths, digests, verify)
+    cache_file = _cache_file(paths, digests, image_size, resample, cache_dir)
+    if cache and (cached := _load_from_cache(cache_file)) is not None:
+        return cached
+    stored = _decode_zips(paths, known, image_size, resample)
+    if cache:
+        save_cached(cache_file, stored)
+    return _from_stored(stored)
+
+
+def _check_checksums(
+    paths: Sequence[Path], digests: Sequence[Mapping[str, str]], verify: bool
+) -> list[bool]:
+    """Which zips are known Omniglot releases; with ``verify``, refuse the first unknown one."""
     known = [_matches(d, n, CHECKSUMS) for d, n in zip(digests, ZIP_NAMES, strict=True)]
     if verify and not all(known):
         bad = paths[known.index(False)]
@@ -248,21 +262,43 @@ def load_omniglot(
             f"{bad} does not match the official Omniglot checksum (MD5 "
             f"{digests[known.index(False)]['md5']}); replace it with the official {bad.name}."
         )
+    return known
+
+
+def _cache_file(
+    paths: Sequence[Path],
+    digests: Sequence[Mapping[str, str]],
+    image_size: int,
+    resample: str,
+    cache_dir: str | os.PathLike[str] | None,
+) -> Path:
+    """Cache path keyed by the zips' sizes and SHA-256, so new zips never reuse an old cache."""
     key = "-".join(
         f"{p.stat().st_size}-{d['sha256'][:16]}" for p, d in zip(paths, digests, strict=True)
     )
-    cache_file = (
+    return (
         cache_root(cache_dir)
         / "omniglot"
         / f"omniglot-{image_size}px-{resample}-{key}-v{_CACHE_VERSION}.pt"
     )
-    if cache and (stored := load_cached(cache_file)) is not None:
+
+
+def _load_from_cache(cache_file: Path) -> Omniglot | None:
+    """The cached Omniglot, or None when absent or malformed (then the zips are decoded again)."""
+    if (stored := load_cached(cache_file)) is not None:
         try:
             return _from_stored(stored)
         except (KeyError, ValueError, TypeError):
             pass  # a cache from elsewhere: rebuild it
+    return None
+
+
+def _decode_zips(
+    paths: Sequence[Path], known: Sequence[bool], image_size: int, resample: str
+) -> dict:
+    """Decode both zips into the dict that is cached: evaluation labels follow background ones."""
     parts = [_read_zip(p, image_size, resample, k) for p, k in zip(paths, known, strict=True)]
-    stored = {
+    return {
         "images": torch.from_numpy(np.concatenate([images for images, _, _ in parts])),
         "labels": torch.tensor(
             parts[0][2] + [label + len(parts[0][1]) for label in parts[1][2]], dtype=torch.long
@@ -271,9 +307,6 @@ def load_omniglot(
         "names": [c for _, chars, _ in parts for _, c in chars],
         "num_background": len(parts[0][1]),
     }
-    if cache:
-        save_cached(cache_file, stored)
-    return _from_stored(stored)
 
 
 def _from_stored(stored: dict) -> Omniglot:

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval
 from mamlkit.run.build import EVAL_SEED, build_tasks, device_of, is_rl
-from mamlkit.run.steps import adapted_policy, inner_lr_at_eval
 from mamlkit.tasks import RLTasks, generator_from
 
 EVAL_CHUNK = 100  # supervised tasks per sampling call; fixed so every run sees the same tasks

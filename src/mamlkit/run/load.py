@@ -9,7 +9,7 @@ import torch
 from mamlkit.run import checkpoint
 from mamlkit.run import config as config_lib
 from mamlkit.run.build import build_learner, build_network, build_tasks
-from mamlkit.run.loop import RunDirectoryError
+from mamlkit.run.errors import RunDirectoryError
 
 
 def untrained(config: config_lib.Config):

@@ -19,16 +19,9 @@ from mamlkit.functional.seeding import generator_from
 from mamlkit.run import checkpoint, distributed
 from mamlkit.run import config as config_lib
 from mamlkit.run.config import Config
+from mamlkit.run.errors import RunDirectoryError, TrainingDiverged
 from mamlkit.run.memory import PeakMemory
 from mamlkit.run.steps import make_step
-
-
-class TrainingDiverged(RuntimeError):
-    """The meta-loss became NaN or infinite; the message names the last good checkpoint."""
-
-
-class RunDirectoryError(RuntimeError):
-    """The run directory is not usable as asked (exists without --resume, nothing to resume)."""
 
 
 @dataclass

@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from mamlkit.algorithms import MAML  # noqa: E402
+from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval  # noqa: E402
 from mamlkit.run.build import EVAL_SEED, build_tasks  # noqa: E402
-from mamlkit.run.steps import adapted_policy, inner_lr_at_eval  # noqa: E402
 from mamlkit.tasks import Sinusoid, generator_from  # noqa: E402
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from mamlkit.functional.task_batch import StepData, TaskBatch
-from mamlkit.rl.losses import RLData
+from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.rl.outer import OuterSettings, outer_step
-from mamlkit.rl.policy import mean_std, sampling_fn
+from mamlkit.rl.policy import mean_std
 from mamlkit.run import checkpoint, distributed
+from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval, query_actions
 from mamlkit.run.build import (
     VAL_SEED,
     build_learner,
@@ -30,11 +30,6 @@ from mamlkit.run.build import (
 from mamlkit.run.config import Config
 from mamlkit.run.scale import meta_loss_fn, meta_step_backward
 from mamlkit.tasks import ImitationTasks, RLTasks, generator_from
-
-
-def inner_lr_at_eval(config: Config) -> float:
-    """The step size evaluation adapts with (an alpha = 0 run: the preset's alpha)."""
-    return config.eval_inner_lr or config.inner_lr
 
 
 class SupervisedStep:
@@ -86,22 +81,6 @@ class SupervisedStep:
 
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
         return {"loss": f"{record['loss']:.4g}"} if "loss" in record else {}
-
-
-def adapted_policy(learner, inner_lr: float | None = None):
-    """``policy_for`` of ``RLTasks``: support data so far -> the policy that samples next."""
-    def policy_for(support: list[RLData]):
-        if not support:
-            return sampling_fn(learner.model)
-        params, batched = learner.adapted_params(StepData(support), len(support), inner_lr)
-        return sampling_fn(learner.model, params, batched)
-
-    return policy_for
-
-
-def query_actions(ops, params, query: RLData):
-    """The adapted policy's ``(mean, std)`` on a task's query observations."""
-    return ops.forward(params, query.observations)
 
 
 class RLStep:
@@ -200,5 +179,4 @@ def make_step(config: Config, context: distributed.Context, run_dir: Path):
     return (RLStep if is_rl(config) else SupervisedStep)(config, context, run_dir)
 
 
-__all__ = ["RLStep", "SupervisedStep", "adapted_policy", "inner_lr_at_eval", "make_step",
-           "query_actions"]
+__all__ = ["RLStep", "SupervisedStep", "make_step"]
