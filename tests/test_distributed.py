@@ -55,7 +55,7 @@ def _forbid_writes(rank: int) -> None:
 
     checkpoint.save = refuse
     mamlkit.run.config.save = refuse
-    mamlkit.run.loop._trim_metrics = refuse
+    mamlkit.run.loop.trim_metrics = refuse
     torch.utils.tensorboard.SummaryWriter = refuse
     pathlib.Path.open = guarded_open
     pathlib.Path.mkdir = refuse

@@ -21,6 +21,7 @@ from mamlkit.run import config as config_lib
 from mamlkit.run.config import Config
 from mamlkit.run.errors import RunDirectoryError, TrainingDiverged
 from mamlkit.run.memory import PeakMemory
+from mamlkit.run.metrics import trim_metrics
 from mamlkit.run.steps import make_step
 
 
@@ -41,15 +42,6 @@ def _schedule(learner, optimizer: torch.optim.Optimizer, config: Config,
         lr = cosine_lr(config.meta_lr, config.min_meta_lr, iteration, config.iterations)
         for group in optimizer.param_groups:
             group["lr"] = lr
-
-
-def _trim_metrics(path: Path, iteration: int) -> None:
-    """Drop records past the checkpoint we resume from, so the curve has no duplicates."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def write_record(metrics: TextIO, writer: Any, iteration: int, began: float,
@@ -162,7 +154,7 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
     if resume:
         start = checkpoint.load(resume_from, step.learner, step.optimizer, generator)["iteration"]
         if context.is_main:
-            _trim_metrics(run_dir / "metrics.jsonl", start)
+            trim_metrics(run_dir, start)
     sinks = _Sinks.open(run_dir, config, start, progress, context.is_main)
     began = time.perf_counter()
     try:

@@ -8,7 +8,6 @@ for 2D navigation trajectories before and after adaptation with the goals (Fig. 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -20,14 +19,8 @@ import torch  # noqa: E402
 from mamlkit.algorithms import MAML  # noqa: E402
 from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval  # noqa: E402
 from mamlkit.run.build import EVAL_SEED, build_tasks  # noqa: E402
+from mamlkit.run.metrics import read_metrics  # noqa: E402
 from mamlkit.tasks import Sinusoid, generator_from  # noqa: E402
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def supervised_learning_curve(runs: dict[str, Path], out: Path) -> Path:
