@@ -24,7 +24,7 @@ class ANIL(MAML):
     """
 
     def __init__(self, model: nn.Module, inner_lr: InnerLR, inner_steps: int = 1,
-                 first_order: bool = False, loss_fn: str | LossFn | TaskLoss = "mse",
+                 first_order: bool = False, loss_fn: str | LossFn | TaskLoss = "auto",
                  batching: str = "auto", chunk_size: int | None = None,
                  adapt: Sequence[str] | None = None) -> None:
         patterns = list(adapt) if adapt is not None else last_layer_names(model)

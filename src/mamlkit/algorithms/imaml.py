@@ -38,7 +38,7 @@ class IMAML(MAML):
     """
 
     def __init__(self, model: nn.Module, inner_lr: InnerLR, inner_steps: int = 10,
-                 loss_fn: str | LossFn | TaskLoss = "mse", batching: str = "auto",
+                 loss_fn: str | LossFn | TaskLoss = "auto", batching: str = "auto",
                  chunk_size: int | None = None, lam: float = 1.0, cg_steps: int = 5,
                  max_grad_norm: float | None = None) -> None:
         if lam <= 0 or cg_steps < 1:
@@ -50,6 +50,7 @@ class IMAML(MAML):
 
     def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         """Mean query loss at the inner solutions; its gradient is the implicit meta-gradient."""
+        self.observe(batch)
         params = self.params()
         grads, losses = implicit_meta_grad(
             self.model, params, self.buffers_dict(), batch, loss=self.loss_fn,

@@ -7,7 +7,6 @@ functional core and looks at the query data with the adapted parameters.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,19 +15,19 @@ from torch import Tensor, nn
 
 from mamlkit import functional as MF
 from mamlkit.functional.adapt import InnerLR
-from mamlkit.functional.batching import (
-    Batching,
-    TaskOps,
-    choose_batching,
-    has_torch_batch_norm,
-    resolve_batching,
-)
+from mamlkit.functional.batching import Batching, TaskOps, choose_batching, resolve_batching
 from mamlkit.functional.checkpointed import checkpointed_task_losses
 from mamlkit.functional.losses import LossFn
 from mamlkit.functional.meta import PerStep
 from mamlkit.functional.select import select_names
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss, as_task_loss
+from mamlkit.models.batch_norm import (
+    exact_batch_norm,
+    has_torch_batch_norm,
+    running_stat_layers,
+    update_running_stats,
+)
 
 
 class MAML(nn.Module):
@@ -43,7 +42,14 @@ class MAML(nn.Module):
     first-order step per step (``functional/checkpointed.py``). ``adapt_names`` are glob patterns
     (``["head.*"]``) of the parameters the inner loop adapts (default: all); the others are
     meta-learned in the outer loop only. ``loss_fn`` is a (prediction, target) loss or its
-    name, or a ``functional.TaskLoss``; tasks that carry their own loss use theirs.
+    name, or a ``functional.TaskLoss``; left out, integer targets get cross-entropy and
+    floating ones MSE. Tasks that carry their own loss use theirs.
+
+    Stock ``nn.BatchNorm`` layers are replaced in place (one log line says so) by
+    ``TaskBatchNorm``: per-task batch statistics in the inner loop and for the query set, as
+    in the paper's network, exact at second order on every batching path. Their running
+    statistics are never written inside a gradient transform; ``meta_loss`` refreshes them once
+    per call from theta on the query inputs, so ``model.eval()`` still means something.
     """
 
     # True for learners whose inner step sizes are meta-parameters (Meta-SGD, MAML++ LSLR): they
@@ -56,7 +62,7 @@ class MAML(nn.Module):
         inner_lr: InnerLR,
         inner_steps: int = 1,
         first_order: bool = False,
-        loss_fn: str | LossFn | TaskLoss = "mse",
+        loss_fn: str | LossFn | TaskLoss = "auto",
         batching: str | Batching = "auto",
         chunk_size: int | None = None,
         adapt_names: Sequence[str] | None = None,
@@ -65,6 +71,8 @@ class MAML(nn.Module):
         super().__init__()
         if inner_steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {inner_steps}.")
+        if has_torch_batch_norm(model):  # stock layers would write buffers inside a grad transform
+            exact_batch_norm(model, announce=True)
         self.model = model
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
@@ -72,12 +80,6 @@ class MAML(nn.Module):
         self.loss_fn = as_task_loss(loss_fn)
         self.batching_choice = batching
         self.batching = resolve_batching(batching, model, chunk_size)
-        if self.batching.kind == "vmap" and has_torch_batch_norm(model):
-            warnings.warn(
-                "nn.BatchNorm under vmap gives inexact second-order meta-gradients; convert the "
-                "model with mamlkit.models.exact_batch_norm(model) or use batching='loop'.",
-                stacklevel=2,
-            )
         self.checkpoint_inner = checkpoint_inner
         self.adapt_names = (select_names(self.params(), adapt_names)
                             if adapt_names is not None else None)
@@ -124,8 +126,18 @@ class MAML(nn.Module):
             first_order=self.first_order if first_order is None else first_order,
             adapt_names=self.adapt_names, per_step=self.per_step(), batching=self.batching)
 
+    def observe(self, batch: TaskBatch) -> None:
+        """Running statistics of converted batch-norm layers: theta on each task's query
+        inputs, outside any transform (once per meta-step; nothing for other models)."""
+        if not self.model.training or not running_stat_layers(self.model):
+            return
+        query = batch.query
+        if type(query) is tuple and len(query) == 2 and isinstance(query[0], Tensor):
+            update_running_stats(self.model, list(query[0]))
+
     def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         """Mean query loss after adaptation; ``.backward()`` fills the model's grads."""
+        self.observe(batch)
         steps = self.inner_steps if steps is None else steps
         if self.checkpoint_inner and not self.first_order and steps > 0:
             return checkpointed_task_losses(  # recompute inner steps in the backward pass

@@ -51,7 +51,7 @@ class MAMLpp(MAML):
     """
 
     def __init__(self, model: nn.Module, inner_lr: InnerLR, inner_steps: int = 5,
-                 first_order: bool = False, loss_fn: str | LossFn | TaskLoss = "mse",
+                 first_order: bool = False, loss_fn: str | LossFn | TaskLoss = "auto",
                  batching: str = "auto", chunk_size: int | None = None,
                  adapt_names: Sequence[str] | None = None, *, msl: bool = True,
                  msl_iterations: int = 1000, lslr: bool = True, bnwb: bool = True,
@@ -121,6 +121,7 @@ class MAMLpp(MAML):
     def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         """The gradient is the (multi-step) objective's, the value the mean last-step query
         loss, so that learning curves compare with MAML's."""
+        self.observe(batch)
         objective, last = self.objective(batch, steps)
         if not self.msl:
             return objective

@@ -30,7 +30,7 @@ class MetaSGD(MAML):
     learned_rates = True
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 1,
-                 first_order: bool = False, loss_fn: str | LossFn | TaskLoss = "mse",
+                 first_order: bool = False, loss_fn: str | LossFn | TaskLoss = "auto",
                  batching: str = "auto", chunk_size: int | None = None,
                  adapt_names: Sequence[str] | None = None) -> None:
         if not isinstance(inner_lr, int | float):

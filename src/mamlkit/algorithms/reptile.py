@@ -26,7 +26,7 @@ class Reptile(MAML):
     """
 
     def __init__(self, model: nn.Module, inner_lr: InnerLR, inner_steps: int = 5,
-                 loss_fn: str | LossFn | TaskLoss = "mse", batching: str = "auto",
+                 loss_fn: str | LossFn | TaskLoss = "auto", batching: str = "auto",
                  chunk_size: int | None = None, adapt_names: Sequence[str] | None = None,
                  data: str = "all") -> None:
         if data not in ("all", "support"):
@@ -37,6 +37,7 @@ class Reptile(MAML):
 
     def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         """Mean query loss after adaptation; its gradient is the Reptile direction."""
+        self.observe(batch)
         params = self.params()
         adapted, losses = adapt_tasks(
             self.model, params, self.buffers_dict(), batch, loss=self.loss_fn,

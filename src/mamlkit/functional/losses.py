@@ -10,14 +10,39 @@ from torch import Tensor
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
+def _shapes(a: Tensor) -> str:
+    return str(list(a.shape))
+
+
 def mse(prediction: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error: the loss of H = 1 regression tasks."""
+    """Mean squared error: the loss of H = 1 regression tasks.
+
+    Shapes must match: ``[N, 1]`` against ``[N]`` would broadcast to an N x N loss.
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(f"The model's prediction has shape {_shapes(prediction)} but the "
+                         f"target {_shapes(target)}; for MSE they must match (reshape the "
+                         "targets or the model's output).")
     return F.mse_loss(prediction, target)
 
 
 def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Softmax cross-entropy: the loss of N-way classification tasks."""
+    """Softmax cross-entropy: the loss of N-way classification tasks (integer labels ``[N]``
+    against logits ``[N, classes]``, or class probabilities shaped like the logits)."""
+    wanted = logits.shape[:-1] if not target.is_floating_point() else logits.shape
+    if target.shape != wanted:
+        raise ValueError(f"The model's logits have shape {_shapes(logits)} but the labels "
+                         f"{_shapes(target)}; cross-entropy needs labels of shape "
+                         f"{list(wanted)} (one class index per example).")
     return F.cross_entropy(logits, target)
+
+
+def auto(prediction: Tensor, target: Tensor) -> Tensor:
+    """The loss a left-out ``loss_fn`` means: cross-entropy for integer targets (class labels),
+    mean squared error for floating ones."""
+    if target.is_floating_point():
+        return mse(prediction, target)
+    return cross_entropy(prediction, target)
 
 
 def accuracy(logits: Tensor, target: Tensor) -> Tensor:
@@ -25,7 +50,7 @@ def accuracy(logits: Tensor, target: Tensor) -> Tensor:
     return (logits.argmax(dim=-1) == target).to(logits.dtype).mean()
 
 
-LOSSES: dict[str, LossFn] = {"mse": mse, "cross_entropy": cross_entropy}
+LOSSES: dict[str, LossFn] = {"mse": mse, "cross_entropy": cross_entropy, "auto": auto}
 METRICS: dict[str, LossFn] = {"mse": mse, "accuracy": accuracy, "cross_entropy": cross_entropy}
 
 
@@ -48,4 +73,5 @@ def resolve_metric(metric: str | LossFn) -> LossFn:
         raise ValueError(f"Unknown metric {metric!r}; choose one of {sorted(METRICS)}.") from None
 
 
-__all__ = ["LossFn", "accuracy", "cross_entropy", "mse", "resolve_loss", "resolve_metric"]
+__all__ = ["LossFn", "accuracy", "auto", "cross_entropy", "mse", "resolve_loss",
+           "resolve_metric"]

@@ -54,6 +54,17 @@ def take(tree: Any, index: int | slice | Tensor) -> Any:
     return pytree.tree_map(lambda t: t[index] if isinstance(t, Tensor) else t, tree)
 
 
+def _check_pair(name: str, pair: Any) -> None:
+    """Supervised data ``(x, y)``: the same number of examples per task in x and y."""
+    if type(pair) is not tuple or len(pair) != 2 or not all(isinstance(t, Tensor) for t in pair):
+        return
+    x, y = pair
+    if x.dim() >= 2 and y.dim() >= 2 and x.shape[:2] != y.shape[:2]:
+        raise ValueError(f"TaskBatch {name} x has shape {list(x.shape)} but y {list(y.shape)}: "
+                         f"x holds {x.shape[1]} examples per task and y {y.shape[1]}; they "
+                         "must agree ([tasks, shots, ...] both).")
+
+
 @dataclass(frozen=True)
 class TaskBatch:
     """Support and query data of several tasks, stacked on a leading task dimension.
@@ -72,6 +83,8 @@ class TaskBatch:
         if isinstance(self.support, tuple | list) and not isinstance(self.support, StepData) \
                 and len(self.support) != 2 and all(isinstance(t, Tensor) for t in self.support):
             raise ValueError("TaskBatch needs support=(x, y) and query=(x, y).")
+        for name, pair in (("support", self.support), ("query", self.query)):
+            _check_pair(name, pair)
         tensors = leaves((self.support, self.query))
         n = tensors[0].shape[0] if tensors and tensors[0].dim() > 0 else None
         if n is None or any(t.dim() == 0 or t.shape[0] != n for t in tensors):

@@ -1,58 +1,148 @@
-"""Batch norm from basic tensor operations, always with the current batch's statistics.
+"""Batch norm from basic tensor operations, with each task's own batch statistics.
 
-MAML normalises each task with its own support or query batch (no running statistics). Written
-with ``mean``/``var`` it is exact under ``torch.func.vmap`` at second order, which
-``nn.BatchNorm2d`` made vmap-able by ``replace_all_batch_norm_modules_`` is not in torch 2.13.
+MAML normalises each task with its own support or query batch, as in the paper's network.
+Written with ``mean``/``var`` it is exact under ``torch.func.vmap`` at second order, which
+``nn.BatchNorm2d`` made vmap-able by ``replace_all_batch_norm_modules_`` is not in torch 2.13,
+and it never writes a buffer inside a grad transform (stock ``nn.BatchNorm`` updates its running
+statistics in place during the forward pass, which ``torch.func.grad`` refuses).
+
+A stock layer converted by ``exact_batch_norm`` keeps its running statistics as buffers: they
+are never touched by the meta-learning forward passes, and ``update_running_stats`` refreshes
+them outside any transform (the learner does it once per meta-step from theta on the query
+inputs), so that ``model.eval()`` after meta-training normalises with statistics of theta.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 
+log = logging.getLogger("mamlkit")
+
 
 class TaskBatchNorm(nn.Module):
-    """Normalise over every dimension but the channel one (dim 1), then scale and shift."""
+    """Normalise over every dimension but the channel one (dim 1), then scale and shift.
 
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+    Training mode (and always without running statistics): the batch's own statistics. With
+    ``track_running_stats`` in eval mode: the running statistics, like ``nn.BatchNorm``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True,
+                 track_running_stats: bool = False, momentum: float | None = 0.1) -> None:
         super().__init__()
         self.num_features = num_features
         self.eps = eps
+        self.momentum = momentum
         self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+        self.track_running_stats = track_running_stats
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_var", torch.ones(num_features))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def forward(self, x: Tensor) -> Tensor:
         dims = [d for d in range(x.dim()) if d != 1]
-        mean = x.mean(dim=dims, keepdim=True)
-        var = x.var(dim=dims, unbiased=False, keepdim=True)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        if self.track_running_stats and not self.training:
+            mean, var = self.running_mean.view(shape), self.running_var.view(shape)
+        else:
+            mean = x.mean(dim=dims, keepdim=True)
+            var = x.var(dim=dims, unbiased=False, keepdim=True)
         out = (x - mean) * torch.rsqrt(var + self.eps)
         if self.weight is None:
             return out
-        shape = [1, -1] + [1] * (x.dim() - 2)
         return out * self.weight.view(shape) + self.bias.view(shape)
 
+    @torch.no_grad()
+    def observe(self, x: Tensor) -> None:
+        """Fold the statistics of batch ``x`` into the running ones (as ``nn.BatchNorm`` does:
+        unbiased variance, ``momentum`` or a cumulative average when it is None)."""
+        dims = [d for d in range(x.dim()) if d != 1]
+        n = x.numel() // x.shape[1]
+        mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=n > 1)
+        self.num_batches_tracked += 1
+        rate = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                else self.momentum)
+        self.running_mean.lerp_(mean, rate)
+        self.running_var.lerp_(var, rate)
+
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}"
+        return (f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}, "
+                f"track_running_stats={self.track_running_stats}")
 
 
-def exact_batch_norm(model: nn.Module) -> nn.Module:
+def _replacement(child: nn.modules.batchnorm._BatchNorm) -> TaskBatchNorm:
+    track = child.track_running_stats and child.running_mean is not None
+    layer = TaskBatchNorm(child.num_features, child.eps, child.affine, track, child.momentum)
+    with torch.no_grad():
+        if child.affine:
+            layer.weight.copy_(child.weight)
+            layer.bias.copy_(child.bias)
+        if track:
+            layer.running_mean.copy_(child.running_mean)
+            layer.running_var.copy_(child.running_var)
+            layer.num_batches_tracked.copy_(child.num_batches_tracked)
+    device = next(iter([*child.parameters(), *child.buffers()]), torch.empty(0)).device
+    dtype = next(iter(child.parameters()), torch.empty(0)).dtype
+    layer.to(device=device, dtype=dtype if child.affine else None)
+    layer.train(child.training)
+    return layer
+
+
+def exact_batch_norm(model: nn.Module, announce: bool = False) -> nn.Module:
     """Replace every ``nn.BatchNorm1d/2d/3d`` in ``model`` (in place) by a ``TaskBatchNorm``.
 
-    Affine weights are copied; running statistics are dropped, as MAML uses batch statistics.
+    Affine weights and running statistics are copied; the meta-learning forward passes use
+    per-task batch statistics. ``announce`` logs one line naming what was replaced.
     """
-    for name, child in list(model.named_children()):
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            replacement = TaskBatchNorm(child.num_features, child.eps, child.affine)
-            if child.affine:
-                with torch.no_grad():
-                    replacement.weight.copy_(child.weight)
-                    replacement.bias.copy_(child.bias)
-            replacement.to(next(child.parameters(), torch.empty(0)).device)
-            setattr(model, name, replacement)
-        else:
-            exact_batch_norm(child)
+    replaced: list[str] = []
+    for prefix, module in list(model.named_modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                setattr(module, name, _replacement(child))
+                replaced.append(f"{prefix}.{name}" if prefix else name)
+    if announce and replaced:
+        log.warning("mamlkit: %d nn.BatchNorm layer(s) of %s (%s) now use per-task batch "
+                    "statistics (TaskBatchNorm); running statistics are kept, updated once per "
+                    "meta-step outside the gradient, and used by model.eval().", len(replaced),
+                    type(model).__name__, _names(replaced))
     return model
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown
+                                       else "")
+
+
+def running_stat_layers(model: nn.Module) -> list[TaskBatchNorm]:
+    return [m for m in model.modules() if isinstance(m, TaskBatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def update_running_stats(model: nn.Module, inputs: Iterable[Tensor]) -> None:
+    """Refresh the running statistics of ``model``'s tracking ``TaskBatchNorm`` layers from
+    forward passes of the model's own parameters on each batch in ``inputs`` (one task each),
+    outside any gradient transform."""
+    layers = running_stat_layers(model)
+    if not layers:
+        return
+    hooks = [layer.register_forward_pre_hook(lambda m, args: m.observe(args[0]))
+             for layer in layers]
+    try:
+        for x in inputs:
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def has_torch_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+__all__ = ["TaskBatchNorm", "exact_batch_norm", "has_torch_batch_norm", "running_stat_layers",
+           "update_running_stats"]

@@ -1,0 +1,133 @@
+"""Any nn.Module: stock batch norm, losses left out, shapes that would silently broadcast."""
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from reference import meta_grad, plain_meta_loss
+from torch import nn
+
+from mamlkit import MAML, TaskBatch
+from mamlkit import functional as MF
+from mamlkit.models import TaskBatchNorm
+
+ROOT = Path(os.environ.get("MAMLKIT_OMNIGLOT_ROOT",
+                           Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"))
+HAVE_DATA = (ROOT / "images_background.zip").is_file()
+
+
+def stock_net(ways=3, channels=4):
+    """A torchvision-style network: default nn.BatchNorm2d (running statistics on)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, ways)).double()
+
+
+def image_batch(tasks=3, ways=3, shots=2, queries=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    def labels(k):
+        return torch.arange(ways).repeat_interleave(k).expand(tasks, -1).clone()
+    return TaskBatch(
+        (torch.randn(tasks, ways * shots, 1, 8, 8, generator=g, dtype=torch.float64),
+         labels(shots)),
+        (torch.randn(tasks, ways * queries, 1, 8, 8, generator=g, dtype=torch.float64),
+         labels(queries)))
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("path", ["loop", "vmap", "checkpointed"])
+def test_stock_batch_norm_meta_gradient_equals_the_plain_loop(steps, first_order, path):
+    """The independent reference runs the untouched stock model with plain autograd."""
+    model = stock_net()
+    reference = copy.deepcopy(model)
+    batch = image_batch()
+    learner = MAML(model, 0.1, steps, first_order, batching="vmap" if path == "vmap" else "loop",
+                   checkpoint_inner=path == "checkpointed")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    ours = meta_grad(learner.meta_loss(batch), model)
+    theirs = meta_grad(plain_meta_loss(reference, batch, MF.cross_entropy, 0.1, steps,
+                                       first_order), reference)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+def test_stock_batch_norm_is_announced_and_keeps_meaningful_running_statistics(caplog):
+    model = stock_net()
+    with caplog.at_level(logging.WARNING, logger="mamlkit"):
+        learner = MAML(model, 0.1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "mamlkit"]
+    assert len(lines) == 1 and "2 nn.BatchNorm layer(s) of Sequential" in lines[0]
+    layer = model[1]
+    assert isinstance(layer, TaskBatchNorm) and layer.track_running_stats
+    batch = image_batch()
+    learner.meta_loss(batch).backward()  # no "mutate a captured Tensor" inside the transform
+    assert layer.num_batches_tracked.item() == batch.num_tasks  # once per task, outside
+    # the running statistics are theta's on the query inputs, as stock batch norm would keep
+    stock = stock_net()
+    stock.train()
+    with torch.no_grad():
+        for x in batch.query[0]:
+            stock(x)
+    torch.testing.assert_close(layer.running_mean, stock[1].running_mean)
+    torch.testing.assert_close(layer.running_var, stock[1].running_var)
+    model.eval()
+    x = batch.query[0][0]
+    torch.testing.assert_close(model(x), stock.eval()(x))
+
+
+def test_a_left_out_loss_follows_the_targets():
+    classifier = MAML(stock_net(), 0.1)  # integer labels -> cross-entropy
+    batch = image_batch()
+    expected = MAML(stock_net(), 0.1, loss_fn="cross_entropy").meta_loss(batch)
+    torch.testing.assert_close(classifier.meta_loss(batch), expected)
+    torch.manual_seed(1)
+    regressor = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    data = TaskBatch((torch.randn(2, 5, 1).double(), torch.randn(2, 5, 1).double()),
+                     (torch.randn(2, 5, 1).double(), torch.randn(2, 5, 1).double()))
+    torch.testing.assert_close(MAML(regressor, 0.1).meta_loss(data),
+                               MAML(regressor, 0.1, loss_fn="mse").meta_loss(data))
+
+
+def test_shapes_that_would_broadcast_stop_with_one_sentence():
+    torch.manual_seed(1)
+    regressor = nn.Linear(1, 1)
+    flat_targets = TaskBatch((torch.randn(2, 5, 1), torch.randn(2, 5)),
+                             (torch.randn(2, 5, 1), torch.randn(2, 5)))
+    with pytest.raises(ValueError, match=r"prediction has shape \[5, 1\] but the target \[5\]"):
+        MAML(regressor, 0.1).meta_loss(flat_targets)
+    wrong_labels = TaskBatch((torch.randn(2, 6, 4), torch.zeros(2, 6, 1, dtype=torch.long)),
+                             (torch.randn(2, 6, 4), torch.zeros(2, 6, 1, dtype=torch.long)))
+    with pytest.raises(ValueError, match=r"logits have shape \[6, 3\] but the labels \[6, 1\]"):
+        MAML(nn.Linear(4, 3), 0.1).meta_loss(wrong_labels)
+    with pytest.raises(ValueError, match="x holds 5 examples per task and y 4"):
+        TaskBatch((torch.randn(2, 5, 1), torch.randn(2, 4, 1)),
+                  (torch.randn(2, 5, 1), torch.randn(2, 5, 1)))
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason=f"real Omniglot zips not found in {ROOT}")
+def test_a_stock_network_meta_trains_on_omniglot_from_python(tmp_path, monkeypatch):
+    from mamlkit.tasks import omniglot_tasks
+
+    monkeypatch.setenv("MAMLKIT_CACHE", str(tmp_path / "cache"))
+    tasks = omniglot_tasks(ROOT, ways=5, shots=1, query_shots=5)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(16 * 7 * 7, 5))
+    learner = MAML(net, inner_lr=0.4)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    curve_before = learner.adaptation_curve(tasks.sample(20, generator), [0, 1], "accuracy")
+    for _ in range(40):
+        optimizer.zero_grad()
+        learner.meta_loss(tasks.sample(4, generator)).backward()
+        optimizer.step()
+    curve = learner.adaptation_curve(tasks.sample(40, generator), [0, 1], "accuracy")
+    assert curve[1].mean() > curve_before[1].mean() + 0.15
