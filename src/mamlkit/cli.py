@@ -1,8 +1,9 @@
-"""The ``mamlkit`` command: presets, train, eval, plot."""
+"""The ``mamlkit`` command: presets, train, eval, plot, compare."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -12,15 +13,20 @@ from mamlkit.run import config as config_lib
 
 
 def _run_name(preset: str, overrides: list[str]) -> str:
+    """The default run directory name: the preset (or config file's stem) and the overrides."""
+    if config_lib.is_config_file(preset):
+        preset = Path(preset).stem
     suffix = "".join(f"-{pair.replace('=', '')}" for pair in overrides)
     return (preset + suffix).replace("/", "_")[:120]
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    """List the presets, or with ``--show NAME`` print one resolved, keys explained."""
+    """List the presets, or with ``--show NAME`` print one (or a config file) resolved, keys
+    explained: after ``base:`` inheritance and the checks, as train uses it."""
     if args.show is not None:
-        config = config_lib.resolve(args.show, {})  # after base: inheritance, as train uses it
-        print(f"# preset {args.show}, resolved: the keys that apply, each with its doc")
+        config = config_lib.resolve(args.show, {})
+        kind = "config file" if config_lib.is_config_file(args.show) else "preset"
+        print(f"# {kind} {args.show}, resolved: the keys that apply, each with its doc")
         print(config_lib.format_sections(config, docs=True), end="")
         return 0
     names = config_lib.preset_names()
@@ -31,18 +37,27 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train, or with ``--resume`` continue, a run; ``--resume`` takes ``--set`` and
+    ``--data-root`` for the keys a resume may change (say ``iterations`` to extend a run)."""
     from mamlkit.run import distributed
     from mamlkit.run.loop import train
+    from mamlkit.run.rundir import RESUMABLE
 
     overrides = config_lib.parse_overrides(args.set)
     if args.data_root:
         overrides["data_root"] = args.data_root
-    out = Path(args.out) if args.out else Path("runs") / _run_name(args.preset, args.set)
+    names = [_run_name(args.preset, args.set)]
+    # '--resume --set iterations=N' appended to the first command continues its run
+    for cut in range(len(args.set) - 1, -1, -1) if args.resume else ():
+        if args.set[cut].partition("=")[0].strip() not in RESUMABLE:
+            break
+        names.append(_run_name(args.preset, args.set[:cut]))
+    runs = [Path(args.out)] if args.out else [Path("runs") / name for name in names]
+    out = next((run for run in runs if run.is_dir()), runs[0])
     config = None if args.resume else config_lib.resolve(args.preset, overrides)
-    if args.resume and overrides:
-        raise config_lib.ConfigError("--resume continues a run as it was; drop the --set values.")
     try:  # under torchrun, train() joins the process group; leave it when done
-        result = train(config, out, resume=args.resume, progress=not args.no_progress)
+        result = train(config, out, resume=args.resume, progress=not args.no_progress,
+                       overrides=overrides if args.resume else None)
     finally:
         is_main = distributed.is_main()
         distributed.cleanup()
@@ -54,55 +69,124 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """The same held-out tasks for every run; RL runs get their untrained policy beside them."""
+    """The same held-out tasks for every run; RL runs get their untrained policy beside them.
+
+    The table is printed before anything is written, so a read-only run directory still
+    shows its result (and then exits 2 with one sentence).
+    """
     from mamlkit.run import evaluate
     from mamlkit.run.build import is_rl
+    from mamlkit.run.compare import unique_names
     from mamlkit.run.load import load, untrained
 
-    learners = {Path(run).name: (Path(run), load(run)) for run in args.runs}
+    learners = {name: (run, load(run)) for name, run in unique_names(
+        [Path(r) for r in args.runs]).items()}
     kinds = {is_rl(learner.config) for _, learner in learners.values()}
     if len(kinds) > 1:
         raise config_lib.ConfigError("These runs report different metrics (return and a "
                                      "supervised metric); evaluate RL and supervised runs "
                                      "separately.")
+    progress = not args.no_progress and sys.stderr.isatty()
     results, random_policy = {}, None
-    for name, (run, learner) in learners.items():
+    for name, (_, learner) in learners.items():
         # the run's measured thread count: small models slow down badly with more threads
         torch.set_num_threads(learner.config.threads)
-        result = evaluate.evaluate(learner, num_tasks=args.tasks)
+        result = evaluate.evaluate(learner, args.tasks, progress=progress, desc=name)
         if is_rl(learner.config):
-            result["checkpoint"] = learner.checkpoint
-            result["random_policy"] = evaluate.evaluate(untrained(learner.config), args.tasks)
+            result["random_policy"] = evaluate.evaluate(untrained(learner.config), args.tasks,
+                                                        progress=progress, desc=f"{name} random")
             random_policy = random_policy or result["random_policy"]
-        evaluate.write(run, result)
         results[name] = result
-    if random_policy is not None:
-        results["random (untrained init)"] = random_policy
-    print(evaluate.format_table(results))
-    return 0
+    table = {**results, "random (untrained init)": random_policy} if random_policy else results
+    print(evaluate.format_table(table), flush=True)
+    return _write_evaluations(learners, results)
+
+
+def _write_evaluations(learners: dict, results: dict) -> int:
+    """Each run's ``eval.json`` (or ``eval-N.json``); 2 where one cannot be written."""
+    from mamlkit.run import evaluate
+
+    status = 0
+    for name, (run, learner) in learners.items():
+        try:
+            path = evaluate.write(run, results[name], learner.config.eval_tasks)
+        except OSError as error:
+            print(f"mamlkit: error: could not write the evaluation into {run} "
+                  f"({error.strerror or error}); the table above is its result.",
+                  file=sys.stderr)
+            status = 2
+            continue
+        print(f"wrote {path}")
+    return status
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """Figures of the runs (seeds of one experiment as one curve), as PNG and PDF."""
     from mamlkit.run import plots
+    from mamlkit.run.compare import check_runs, unique_names
 
-    runs = {Path(r).name: Path(r) for r in args.runs}
+    runs = unique_names(check_runs(args.runs))  # before anything is created
     out_dir = Path(args.out) if args.out else Path(args.runs[0])
-    out_dir.mkdir(parents=True, exist_ok=True)
     for path in plots.plot_runs(runs, out_dir):
         print(f"wrote {path}")
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """One table over the runs' ``eval.json``, seeds of one experiment as mean ± 95% CI."""
+    from mamlkit.run import compare
+
+    print(compare.compare(args.runs, args.format, compare.parse_steps(args.steps)))
+    return 0
+
+
+def _plain(text: str | None) -> str:
+    """Help text without reST markup (``name`` and :role:`name` become name): argparse prints
+    descriptions as they are, and backquotes read as noise in a terminal."""
+    text = re.sub(r":[a-z]+:`([^`]*)`", r"\1", text or "")
+    return re.sub(r"``([^`]*)``", r"\1", text).strip()
+
+
+def _version() -> str:
+    """``mamlkit X (torch Y)``: both versions, since a run's numbers depend on torch's too."""
+    from mamlkit import __version__
+
+    return f"mamlkit {__version__} (torch {torch.__version__})"
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --tasks: a whole number of at least 1, else one line."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs a positive whole number (1, 2, ...), got {text!r}")
+    return value
+
+
+_TRAIN_HELP = ("Meta-train into a run directory. CONFIG is a preset name (see 'mamlkit presets') "
+               "or the path of a YAML config file of key: value lines; such a file may start "
+               "from a preset or another file with 'base: NAME', and its keys are checked like a "
+               "preset's. Every value is checked before anything is built or written.")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mamlkit", description=__doc__)
+    p = argparse.ArgumentParser(prog="mamlkit", description=_plain(__doc__))
+    p.add_argument("--version", action="version", version=_version(),
+                   help="print the versions of mamlkit and torch, then exit")
     sub = p.add_subparsers(dest="command", required=True)
-    ps = sub.add_parser("presets", help="list the presets, or show one's resolved config")
+    ps = sub.add_parser("presets", help="list the presets, or show one's resolved config",
+                        description="List the presets, or print one resolved, by section.")
     ps.add_argument("--show", metavar="NAME",
-                    help="print the preset's resolved config by section, each key with its doc")
+                    help="print the resolved config of a preset (or a YAML config file) by "
+                         "section, each key with its doc")
     ps.set_defaults(func=cmd_presets)
-    t = sub.add_parser("train", help="meta-train a preset into a run directory")
-    t.add_argument("preset")
-    t.add_argument("--out", help="run directory (default runs/<preset>[-overrides])")
+    t = sub.add_parser("train", help="meta-train a preset or a YAML config file into a run "
+                       "directory", description=_TRAIN_HELP)
+    t.add_argument("preset", metavar="CONFIG", help="preset name or path to a .yaml config file")
+    t.add_argument("--out", help="run directory (default runs/<preset or file stem>"
+                   "[-overrides])")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set inner_lr=0 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -111,12 +195,23 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate runs on the same held-out tasks")
     e.add_argument("runs", nargs="+")
-    e.add_argument("--tasks", type=int, default=None, help="held-out tasks (default 600)")
+    e.add_argument("--tasks", type=positive_int, default=None,
+                   help="held-out tasks (default the run's eval_tasks, 600 in the presets; "
+                        "another count writes eval-N.json once eval.json holds the full one)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
-    pl = sub.add_parser("plot", help="learning curves and adaptation pictures as PNG")
-    pl.add_argument("runs", nargs="+")
-    pl.add_argument("--out", help="folder for the PNGs (default: the first run directory)")
+    pl = sub.add_parser("plot", help="learning curves and adaptation pictures as PNG and PDF")
+    pl.add_argument("runs", nargs="+",
+                    help="run directories; runs differing only in seed become one curve")
+    pl.add_argument("--out", help="folder for the figures (default: the first run directory)")
     pl.set_defaults(func=cmd_plot)
+    c = sub.add_parser("compare", help="one table over the runs' eval.json (seeds grouped)")
+    c.add_argument("runs", nargs="+", help="evaluated run directories (mamlkit eval first)")
+    c.add_argument("--format", choices=["md", "csv", "latex"], default="md",
+                   help="markdown (default), CSV or a LaTeX booktabs tabular")
+    c.add_argument("--steps", metavar="K,K,...",
+                   help="inner steps to show, e.g. 0,1,5 (default: all evaluated)")
+    c.set_defaults(func=cmd_compare)
     return p
 
 
@@ -135,14 +230,22 @@ def known_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mamlkit.run.errors import TrainingInterrupted
+
     args = parser().parse_args(argv)
     try:
         return args.func(args)
+    except TrainingInterrupted as interrupted:  # the loop has printed its one line
+        return interrupted.exit_code  # 130 for SIGINT, 143 for SIGTERM
     except known_errors() as error:
         print(f"mamlkit: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("mamlkit: interrupted; resume with --resume", file=sys.stderr)
+    except OSError as error:  # --out a file, a folder without permission, a full disk
+        where = f"cannot use {error.filename}: " if error.filename else ""
+        print(f"mamlkit: error: {where}{error.strerror or error}.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # outside the training loop, which stops on its own
+        print("mamlkit: interrupted", file=sys.stderr)
         return 130
 
 

@@ -21,12 +21,25 @@ def is_rl(config: Config) -> bool:
     return config.task in RL_TASKS
 
 
-def build_model(config: Config) -> nn.Module:
+def build_model(config: Config, image_shape: tuple[int, int, int] | None = None) -> nn.Module:
+    """The network of a supervised task; image models take the images' ``(C, H, W)``.
+
+    Omniglot (28x28) gets the paper's strided Conv4; a folder of images its max-pool form
+    (the paper's MiniImagenet network), sized to the images.
+    """
     if config.model == "mlp":
         out = 1 if config.task == "sinusoid" else config.ways
         return mlp([1, *config.hidden, out])
     if config.model == "conv4":
-        return Conv4(ways=config.ways, hidden=config.hidden[0] if config.hidden else 64)
+        hidden = config.hidden[0] if config.hidden else 64
+        if image_shape is None or config.task == "omniglot":
+            return Conv4(ways=config.ways, hidden=hidden)
+        channels, height, width = image_shape
+        if height != width:
+            raise ConfigError(f"conv4 needs square images; these are {height}x{width}: set "
+                              "image_size to resize them.")
+        return Conv4(ways=config.ways, in_channels=channels, hidden=hidden, image_size=height,
+                     max_pool=True)
     raise ConfigError(f"Unknown model {config.model!r}; choose mlp or conv4.")
 
 
@@ -55,7 +68,51 @@ def build_tasks(config: Config, split: str = "train") -> TaskDistribution | RLTa
         return Sinusoid(shots=config.shots, query_shots=config.query_shots)
     if config.task == "omniglot":
         return _omniglot(config, split)
+    if config.task == "folder":
+        return _folder(config, split)
+    if config.task == "custom":
+        return _custom().split(split)
     raise ConfigError(f"Unknown task {config.task!r}.")
+
+
+def _custom():
+    """The tasks and model a ``custom`` run was given from Python."""
+    from mamlkit.run.custom import active
+
+    components = active()
+    if components is None:
+        raise ConfigError("This run's tasks and model come from Python (task: custom); train, "
+                          "load and evaluate it with mamlkit.run.custom.train/load/evaluate.")
+    return components
+
+
+def _folder(config: Config, split: str) -> TaskDistribution:
+    """Tasks from a folder of class sub-folders, split into train/val/test classes."""
+    import yaml
+
+    from mamlkit.data import DataError
+    from mamlkit.tasks.classification import folder_tasks
+
+    if config.data_root is None:
+        raise ConfigError("task folder needs its images: pass --data-root DIR (a folder, or a "
+                          ".zip, with one sub-folder of images per class).")
+    class_split: list[float] | dict = config.class_split
+    if config.class_split_file is not None:
+        try:
+            class_split = yaml.safe_load(open(config.class_split_file, encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"class_split_file {config.class_split_file!r} could not be read "
+                              f"({error}).") from None
+        if not isinstance(class_split, dict):
+            raise ConfigError(f"class_split_file {config.class_split_file!r} must map train, "
+                              "val and test to lists of class names.")
+    try:
+        return folder_tasks(config.data_root, config.ways, config.shots,
+                            config.query_shots or config.shots, split=split,
+                            class_split=class_split, image_size=config.image_size,
+                            channels=config.channels, invert=config.invert)
+    except (ValueError, DataError) as error:
+        raise ConfigError(str(error)) from None
 
 
 def _omniglot(config: Config, split: str) -> TaskDistribution:
@@ -80,7 +137,10 @@ def build_network(config: Config, tasks: TaskDistribution | RLTasks) -> nn.Modul
     """The network the learner meta-trains: the policy for RL tasks, else the model."""
     if isinstance(tasks, RLTasks):
         return build_policy(config, tasks.env)
-    return build_model(config)
+    if config.task == "custom":
+        return _custom().model
+    data = getattr(tasks, "data", None)
+    return build_model(config, data.image_shape if data is not None else None)
 
 
 def build_learner(config: Config, model: nn.Module, tasks: TaskDistribution | RLTasks) -> MAML:

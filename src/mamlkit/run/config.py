@@ -1,12 +1,16 @@
-"""Run configuration: one flat dataclass whose keys are grouped into sections, presets from YAML,
-``key=value`` overrides with checks, and a run's sectioned ``config.yaml`` of the keys that apply.
+"""Run configuration: one flat dataclass whose keys are grouped into sections, presets and config
+files from YAML, ``key=value`` overrides with checks, and a run's sectioned ``config.yaml`` of the
+keys that apply.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
+import os
+import tempfile
 import types
 import typing
 from collections.abc import Callable
@@ -23,17 +27,60 @@ class ConfigError(ValueError):
 
 
 RL_TASKS = ("nav2d", "cheetah-vel", "cheetah-dir")
-TASKS = ("sinusoid", "omniglot", *RL_TASKS)
+TASKS = ("sinusoid", "omniglot", "folder", "custom", *RL_TASKS)
 ALGORITHMS = ("maml", "metasgd", "anil", "mamlpp", "reptile", "imaml")
 BATCHINGS = ("auto", "vmap", "loop", "stacked")  # what the learners accept (MAML.__init__)
 # The order of the groups in config.yaml and in 'mamlkit presets --show'.
 SECTIONS = ("run", "task", "model", "inner", "outer", "family", "scale", "rl")
-_DATASET_TASKS = ("omniglot",)  # tasks read from files: ways, data_root, protocol, download
+_DATASET_TASKS = ("omniglot", "folder")  # tasks read from files: ways, data_root
+# The network each supervised task can feed: sinusoid points need the MLP, images the Conv4.
+MODEL_OF_TASK = {"sinusoid": "mlp", "omniglot": "conv4", "folder": "conv4"}
+OMNIGLOT_DRAWINGS = 20  # drawings per character: a task's support plus query images per class
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes this; the task stream seeds with seed + 1
+CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
-def _key(section: str, default: Any, doc: str, choices: tuple[str, ...] = ()) -> Any:
-    """A field whose metadata holds its section, one-line doc and allowed values: one schema."""
-    metadata = {"section": section, "doc": doc, "choices": choices}
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric key (or each entry of a list key) may take; floats must be finite.
+
+    Declared next to the key, so every key carries its range and ``check`` needs no second list.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is not allowed
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def text(self) -> str:
+        """``> 0``, ``>= 1``, ``> 0 and <= 1``: the range as a user reads it."""
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high}")
+        return " and ".join(parts)
+
+
+_AT_LEAST_0, _AT_LEAST_1 = Bounds(0), Bounds(1)
+_ABOVE_0 = Bounds(0, low_open=True)
+_FRACTION = Bounds(0, 1, low_open=True)  # (0, 1]
+_UNIT = Bounds(0, 1)  # [0, 1]
+
+
+def _key(section: str, default: Any, doc: str, choices: tuple[str, ...] = (),
+         bounds: Bounds | None = None, nonempty: bool = False) -> Any:
+    """A field whose metadata holds its section, one-line doc, allowed values (``choices`` or
+    numeric ``bounds``, per entry for lists) and whether a list may be empty: one schema."""
+    metadata = {"section": section, "doc": doc, "choices": choices, "bounds": bounds,
+                "nonempty": nonempty}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -43,100 +90,132 @@ def _key(section: str, default: Any, doc: str, choices: tuple[str, ...] = ()) ->
 class Config:
     """Everything a run needs; the resolved copy is saved as the run's ``config.yaml``.
 
-    Attributes stay flat (``config.inner_lr``) for the code that reads them; the sections and
-    docs live in each field's metadata, so grouping and explaining keys needs no second list.
+    Attributes stay flat (``config.inner_lr``) for the code that reads them; the sections, docs
+    and ranges live in each field's metadata, so grouping, explaining and checking keys needs no
+    second list.
     """
 
     description: str = _key("run", "", "one line about the run, listed by 'mamlkit presets'")
-    task: str = _key("task", "sinusoid", "sinusoid | omniglot (supervised) | nav2d | cheetah-vel "
-                     "| cheetah-dir (meta-RL)", TASKS)
+    task: str = _key("task", "sinusoid", "sinusoid | omniglot | folder | custom (supervised) | "
+                     "nav2d | cheetah-vel | cheetah-dir (meta-RL)", TASKS)
     model: str = _key("model", "mlp", "network of supervised tasks: mlp | conv4", ("mlp", "conv4"))
     hidden: list[int] = _key("model", [40, 40], "mlp: hidden layer widths; conv4: [filters per "
-                             "layer]")
-    ways: int = _key("task", 5, "classes per task (N-way)")
-    shots: int = _key("task", 10, "support examples per task, per class for classification (K)")
+                             "layer]", bounds=_AT_LEAST_1)
+    ways: int = _key("task", 5, "classes per task (N-way)", bounds=_AT_LEAST_1)
+    shots: int = _key("task", 10, "support examples per task, per class for classification (K)",
+                      bounds=_AT_LEAST_1)
     query_shots: int | None = _key("task", None, "query examples per task (per class); null: "
-                                   "as shots")
-    data_root: str | None = _key("task", None, "folder with the dataset's files (omniglot: the "
-                                 "two zips)")
+                                   "as shots", bounds=_AT_LEAST_1)
+    data_root: str | None = _key("task", None, "the dataset: omniglot: a folder with the two "
+                                 "zips; folder: a folder (or .zip) of class sub-folders")
     protocol: str = _key("task", "finn", "omniglot split: finn (1200/423 characters) | lake "
                          "(alphabets)", ("finn", "lake"))
     download: bool = _key("task", False, "fetch missing dataset files from their official source")
+    image_size: int | None = _key("task", None, "folder: resize images to this side in pixels "
+                                  "(null: keep their size; they must be square)",
+                                  bounds=_AT_LEAST_1)
+    channels: int = _key("task", 3, "folder: 1 (grayscale) or 3 (RGB)", bounds=Bounds(1, 3))
+    invert: bool = _key("task", False, "folder: map v to 255 - v (dark strokes become bright)")
+    class_split: list[float] = _key("task", [0.64, 0.16, 0.2], "folder: fractions of the classes "
+                                    "for train, val, test (a fixed permutation)",
+                                    bounds=_UNIT, nonempty=True)
+    class_split_file: str | None = _key("task", None, "folder: a YAML file {train: [...], val: "
+                                        "[...], test: [...]} of class names; wins over "
+                                        "class_split")
     inner_lr: float = _key("inner", 0.01, "inner-loop step size alpha (0: the pretrained "
-                           "baseline)")
-    inner_steps: int = _key("inner", 1, "inner-loop gradient steps during meta-training")
+                           "baseline)", bounds=_AT_LEAST_0)
+    inner_steps: int = _key("inner", 1, "inner-loop gradient steps during meta-training",
+                            bounds=_AT_LEAST_0)
     first_order: bool = _key("inner", False, "drop the second derivatives through the inner loop")
-    meta_lr: float = _key("outer", 0.001, "Adam step size beta of the outer loop")
-    meta_batch_size: int = _key("outer", 25, "tasks per meta-batch (outer step)")
-    iterations: int = _key("run", 70000, "meta-training iterations (outer steps)")
-    seed: int = _key("run", 0, "seed of the initial weights and of the sampled training tasks")
+    meta_lr: float = _key("outer", 0.001, "Adam step size beta of the outer loop",
+                          bounds=_ABOVE_0)
+    meta_batch_size: int = _key("outer", 25, "tasks per meta-batch (outer step)",
+                                bounds=_AT_LEAST_1)
+    iterations: int = _key("run", 70000, "meta-training iterations (outer steps)",
+                           bounds=_AT_LEAST_1)
+    seed: int = _key("run", 0, "seed of the initial weights and of the sampled training tasks",
+                     bounds=Bounds(0, SEED_MAX))
     batching: str = _key("scale", "auto", "how a meta-batch's tasks run: auto | vmap | loop | "
                          "stacked", BATCHINGS)
     chunk_size: int | None = _key("scale", None, "tasks per vectorised chunk (less memory); "
-                                  "null: all at once")
-    threads: int = _key("run", 1, "torch CPU threads (small models slow down with more)")
+                                  "null: all at once", bounds=_AT_LEAST_1)
+    threads: int = _key("run", 1, "torch CPU threads (small models slow down with more)",
+                        bounds=_AT_LEAST_1)
     device: str = _key("run", "auto", "auto | cpu | cuda (supervised runs; meta-RL runs on the "
                        "CPU)", ("auto", "cpu", "cuda"))
     eval_inner_lr: float | None = _key("run", None, "fine-tuning step size at evaluation (null: "
-                                       "inner_lr, or the preset's for alpha=0 runs)")
+                                       "inner_lr, or the preset's for alpha=0 runs)",
+                                       bounds=_AT_LEAST_0)
     eval_steps: list[int] = _key("run", [0, 1, 2, 5, 10], "inner steps at which evaluation "
-                                 "reports the adapted metric")
-    eval_tasks: int = _key("run", 600, "held-out tasks of 'mamlkit eval'")
-    log_every: int = _key("run", 100, "iterations between records in metrics.jsonl")
-    val_every: int = _key("run", 1000, "iterations between validations on held-out tasks")
-    val_tasks: int = _key("run", 100, "held-out tasks of each validation")
-    checkpoint_every: int = _key("run", 1000, "iterations between checkpoints (exact resume)")
+                                 "reports the adapted metric", bounds=_AT_LEAST_0, nonempty=True)
+    eval_tasks: int = _key("run", 600, "held-out tasks of 'mamlkit eval'", bounds=_AT_LEAST_1)
+    log_every: int = _key("run", 100, "iterations between records in metrics.jsonl",
+                          bounds=_AT_LEAST_1)
+    val_every: int = _key("run", 1000, "iterations between validations on held-out tasks",
+                          bounds=_AT_LEAST_1)
+    val_tasks: int = _key("run", 100, "held-out tasks of each validation", bounds=_AT_LEAST_1)
+    checkpoint_every: int = _key("run", 1000, "iterations between checkpoints (exact resume)",
+                                 bounds=_AT_LEAST_1)
     time_limit: float | None = _key("run", None, "minutes; stop (with a checkpoint) once "
-                                    "exceeded; null: no limit")
+                                    "exceeded; null: no limit", bounds=_ABOVE_0)
     algorithm: str = _key("family", "maml", "maml | metasgd | anil | mamlpp | reptile | imaml",
                           ALGORITHMS)
     adapt: list[str] | None = _key("inner", None, "glob patterns of inner-loop parameters; null: "
-                                   "all (anil: last layer)")
+                                   "all (anil: last layer)", nonempty=True)
     msl: bool = _key("family", True, "mamlpp: multi-step loss with annealed weights")
     msl_iterations: int = _key("family", 1000, "mamlpp: iterations until the MSL weights sit on "
-                               "the last step")
+                               "the last step", bounds=_AT_LEAST_0)
     lslr: bool = _key("family", True, "mamlpp: learned per-layer per-step inner learning rates")
     bnwb: bool = _key("family", True, "mamlpp: per-step batch-norm weights and biases")
     fo_iterations: int = _key("family", 0, "mamlpp: first-order for the first N iterations, then "
-                              "second order")
+                              "second order", bounds=_AT_LEAST_0)
     cosine_meta_lr: bool = _key("outer", False, "cosine annealing of meta_lr to min_meta_lr")
-    min_meta_lr: float = _key("outer", 0.0, "meta_lr at the end of the cosine schedule")
+    min_meta_lr: float = _key("outer", 0.0, "meta_lr at the end of the cosine schedule",
+                              bounds=_AT_LEAST_0)
     reptile_data: str = _key("family", "all", "reptile: adapt on all examples (all) or the "
                              "support set only", ("all", "support"))
-    imaml_lambda: float = _key("family", 1.0, "imaml: proximal strength lambda")
-    cg_steps: int = _key("family", 5, "imaml: conjugate-gradient steps")
+    imaml_lambda: float = _key("family", 1.0, "imaml: proximal strength lambda", bounds=_ABOVE_0)
+    cg_steps: int = _key("family", 5, "imaml: conjugate-gradient steps", bounds=_AT_LEAST_1)
     imaml_max_grad_norm: float | None = _key("family", None, "imaml: clip each inner step's "
-                                             "gradient norm; null: no clipping")
+                                             "gradient norm; null: no clipping", bounds=_ABOVE_0)
     checkpoint_inner: bool = _key("scale", False, "recompute inner steps in the backward pass "
                                   "(less memory)")
     compile: bool = _key("scale", False, "torch.compile the meta-step; falls back to eager where "
                          "unsupported")
     trajectories: int = _key("rl", 20, "trajectories per task, for the support and the query "
-                             "set each")
-    horizon: int | None = _key("rl", None, "steps per episode; null: the environment's")
+                             "set each", bounds=_AT_LEAST_1)
+    horizon: int | None = _key("rl", None, "steps per episode; null: the environment's",
+                               bounds=_AT_LEAST_1)
     policy_hidden: list[int] = _key("rl", [100, 100], "hidden layer widths of the Gaussian MLP "
-                                    "policy")
+                                    "policy", bounds=_AT_LEAST_1)
     policy_activation: str = _key("rl", "relu", "relu (paper, 100-100) | tanh (64-64 "
                                   "reimplementation)", ("relu", "tanh"))
-    init_std: float = _key("rl", 1.0, "initial standard deviation of the Gaussian policy")
-    min_std: float = _key("rl", 1e-6, "floor on the policy's standard deviation (see README)")
+    init_std: float = _key("rl", 1.0, "initial standard deviation of the Gaussian policy",
+                           bounds=_ABOVE_0)
+    min_std: float = _key("rl", 1e-6, "floor on the policy's standard deviation (see README)",
+                          bounds=_ABOVE_0)
     outer: str = _key("rl", "trpo", "outer step: trpo (paper) | ppo (clip) | adam (meta_lr)",
                       ("trpo", "ppo", "adam"))
-    max_kl: float = _key("rl", 0.01, "TRPO trust region on the adapted policies' KL")
-    cg_iters: int = _key("rl", 10, "TRPO conjugate-gradient iterations")
-    cg_damping: float = _key("rl", 1e-5, "TRPO damping of the KL Hessian-vector products")
+    max_kl: float = _key("rl", 0.01, "TRPO trust region on the adapted policies' KL",
+                         bounds=_ABOVE_0)
+    cg_iters: int = _key("rl", 10, "TRPO conjugate-gradient iterations", bounds=_AT_LEAST_1)
+    cg_damping: float = _key("rl", 1e-5, "TRPO damping of the KL Hessian-vector products",
+                             bounds=_AT_LEAST_0)
     cg_subsample: float = _key("rl", 1.0, "fraction of the meta-batch's tasks in TRPO's KL "
-                               "Hessian")
-    ppo_clip: float = _key("rl", 0.2, "PPO ratio clip epsilon")
-    ppo_epochs: int = _key("rl", 5, "PPO optimisation epochs per meta-batch (Adam, meta_lr)")
-    discount: float = _key("rl", 0.99, "reward discount gamma")
+                               "Hessian", bounds=_FRACTION)
+    ppo_clip: float = _key("rl", 0.2, "PPO ratio clip epsilon",
+                           bounds=Bounds(0, 1, low_open=True, high_open=True))
+    ppo_epochs: int = _key("rl", 5, "PPO optimisation epochs per meta-batch (Adam, meta_lr)",
+                           bounds=_AT_LEAST_1)
+    discount: float = _key("rl", 0.99, "reward discount gamma", bounds=_FRACTION)
     gae_lambda: float = _key("rl", 1.0, "GAE lambda (1: discounted return minus the linear "
-                             "baseline)")
+                             "baseline)", bounds=_UNIT)
     imitation_tasks: int = _key("rl", 0, "supervised imitation tasks (H=1) added to each "
-                                "meta-batch")
-    imitation_weight: float = _key("rl", 1.0, "weight of the imitation meta-loss in the sum")
+                                "meta-batch", bounds=_AT_LEAST_0)
+    imitation_weight: float = _key("rl", 1.0, "weight of the imitation meta-loss in the sum",
+                                   bounds=_AT_LEAST_0)
     demonstrations: int = _key("rl", 20, "(state, expert action) pairs per imitation "
-                               "support/query set")
+                               "support/query set", bounds=_AT_LEAST_1)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,12 +253,15 @@ def _outer_step(name: str) -> Callable[[Config], bool]:
 
 
 # A key applies when its section's rule and its own rule (each True when absent) both hold.
-_SECTION_RULES: dict[str, Callable[[Config], bool]] = {"model": _supervised, "rl": _rl}
+_SECTION_RULES: dict[str, Callable[[Config], bool]] = {
+    "model": lambda config: _supervised(config) and config.task != "custom", "rl": _rl}
 _KEY_RULES: dict[str, Callable[[Config], bool]] = {
     "device": _supervised,
     **dict.fromkeys(("shots", "query_shots"), _supervised),
-    **dict.fromkeys(("ways", "data_root", "protocol", "download"),
-                    lambda config: config.task in _DATASET_TASKS),
+    **dict.fromkeys(("ways", "data_root"), lambda config: config.task in _DATASET_TASKS),
+    **dict.fromkeys(("protocol", "download"), lambda config: config.task == "omniglot"),
+    **dict.fromkeys(("image_size", "channels", "invert", "class_split", "class_split_file"),
+                    lambda config: config.task == "folder"),
     "first_order": lambda config: _rl(config) or config.algorithm not in ("reptile", "imaml"),
     "adapt": lambda config: config.algorithm != "imaml",
     "meta_lr": lambda config: _supervised(config) or config.outer != "trpo",
@@ -238,41 +320,61 @@ def applicable_sections(config: Config) -> list[str]:
     return [section for section in SECTIONS if section in present]
 
 
+def _type_name(kind: Any) -> str:
+    """``int``, ``list of int``, ``null``: a type as the messages name it."""
+    if kind is type(None):
+        return "null"
+    if typing.get_origin(kind) is list:
+        return f"list of {_type_name(typing.get_args(kind)[0])}"
+    return getattr(kind, "__name__", str(kind))
+
+
+def _coerce_one(value: Any, option: Any) -> tuple[bool, Any]:
+    """``(True, value as option)`` when ``value`` fits type ``option`` (int to float allowed)."""
+    if option is type(None) or option is bool or option is str:
+        return isinstance(value, option), value
+    if option is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if option is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-6 (no dot) as a string
+            return True, float(value)
+        except ValueError:
+            return False, value
+    if option is float:
+        fits = isinstance(value, int | float) and not isinstance(value, bool)
+        return fits, float(value) if fits else value
+    if typing.get_origin(option) is list and isinstance(value, list):
+        items = [_coerce_one(v, typing.get_args(option)[0]) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    return False, value
+
+
 def _coerce(key: str, value: Any, kind: Any) -> Any:
     """``value`` as type ``kind`` (int to float allowed, None for optional keys), else an error."""
     options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     for option in options:
-        if option is type(None) and value is None:
-            return None
-        if option is bool and isinstance(value, bool):
-            return value
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if option is float and isinstance(value, str):
-            try:  # YAML 1.1 reads 1e-6 (no dot) as a string
-                return float(value)
-            except ValueError:
-                pass
-        if option is str and isinstance(value, str):
-            return value
-        if typing.get_origin(option) is list and isinstance(value, list):
-            (item,) = typing.get_args(option)
-            return [_coerce(key, v, item) for v in value]
-    names = " or ".join(getattr(o, "__name__", str(o)).replace("NoneType", "null")
-                        for o in options)
+        fits, coerced = _coerce_one(value, option)
+        if fits:
+            return coerced
+    names = " or ".join(_type_name(o) for o in options)
     raise ConfigError(f"Config key {key!r} needs a value of type {names}, got {value!r}.")
+
+
+def _unknown_key(key: Any, valid: list[str]) -> ConfigError:
+    """The error for a key no Config has, with the closest valid key when one is close."""
+    if not isinstance(key, str):
+        return ConfigError(f"Config keys are names like inner_lr, got {key!r}.")
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"Unknown config key {key!r}; valid keys{hint} are: {', '.join(valid)}.")
 
 
 def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
     """A Config from ``values`` over ``base``; unknown keys and wrong types raise ConfigError."""
     kinds = field_types()
-    unknown = sorted(set(values) - set(kinds))
+    unknown = [key for key in values if key not in kinds]
     if unknown:
-        raise ConfigError(
-            f"Unknown config key {unknown[0]!r}; valid keys are: {', '.join(sorted(kinds))}."
-        )
+        raise _unknown_key(unknown[0], sorted(kinds))
     resolved = dataclasses.asdict(base or Config())
     resolved.update({k: _coerce(k, v, kinds[k]) for k, v in values.items()})
     return Config(**resolved)
@@ -300,24 +402,97 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in preset_dir().glob("*.yaml"))
 
 
-def load_preset(name: str) -> Config:
-    """A preset's config; a preset may start from another one with ``base: NAME``."""
+def is_config_file(name: str, folder: Path | None = None) -> bool:
+    """Whether ``name`` means a YAML config file rather than a preset: it ends in .yaml/.yml, or
+    it is no preset's name but an existing file (relative names count from ``folder``)."""
+    if name.endswith(CONFIG_SUFFIXES):
+        return True
+    return name not in preset_names() and (Path(folder or ".") / name).expanduser().is_file()
+
+
+def _source(name: str, folder: Path | None) -> tuple[Path, str]:
+    """The file behind a preset name or a config file path, and how messages call it."""
+    if is_config_file(name, folder):
+        path = (Path(folder or ".") / name).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"Config file '{path}' does not exist; pass a preset name (see "
+                              f"'mamlkit presets') or the path of a YAML config file.")
+        return path, f"config file '{path}'"
     path = preset_dir() / f"{name}.yaml"
     if not path.is_file():
+        names = preset_names()
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]!r}? all: " if close else ""
         raise ConfigError(f"Unknown preset {name!r}; run 'mamlkit presets' to list them "
-                          f"({', '.join(preset_names())}).")
-    values = yaml.safe_load(path.read_text()) or {}
+                          f"({hint}{', '.join(names)}).")
+    return path, f"preset {name!r}"
+
+
+def _read_yaml(path: Path, label: str) -> dict[str, Any]:
+    """The ``key: value`` mapping of a YAML file, with one-sentence errors for broken files."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "invalid syntax"
+        raise ConfigError(f"The YAML of {label} does not parse{where} ({problem}); fix that "
+                          "line.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"Cannot read {label} ({error}).") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"The top level of {label} must be 'key: value' lines, got a "
+                          f"{type(values).__name__}.")
+    return values
+
+
+def _load(name: str, folder: Path | None, chain: tuple[tuple[Path, str], ...]) -> Config:
+    """A preset's or config file's Config after its ``base:`` chain; a chain that comes back to
+    a file it passed is refused (it would recurse forever)."""
+    path, label = _source(name, folder)
+    names = [seen for _, seen in chain] + [name]
+    if path.resolve() in {seen for seen, _ in chain}:
+        raise ConfigError(f"The base: lines go round in a circle ({' -> '.join(names)}); a "
+                          "preset or config file cannot start from itself, so remove one.")
+    values = _read_yaml(path, label)
     base = values.pop("base", None)
-    return from_dict(values, load_preset(base) if base else None)
+    if base is not None and (not isinstance(base, str) or not base.strip()):
+        raise ConfigError(f"The base: of {label} must name a preset or a YAML file, got "
+                          f"{base!r}.")
+    start = _load(base, path.parent, (*chain, (path.resolve(), name))) if base else None
+    try:
+        return from_dict(values, start)
+    except ConfigError as error:
+        raise ConfigError(f"{str(error).rstrip('.')} (in {label}).") from None
+
+
+def load_preset(name: str) -> Config:
+    """A preset's config; a preset may start from another one with ``base: NAME``."""
+    return _load(name, preset_dir(), ())
+
+
+def load_source(name: str) -> Config:
+    """The Config of a preset name or of a YAML config file path (see ``resolve``), unchecked."""
+    return _load(name, None, ())
 
 
 def resolve(preset: str, overrides: dict[str, Any]) -> Config:
-    """The preset with overrides applied; the fine-tuning step size of alpha=0 runs is filled in.
+    """The preset with overrides applied and checked; alpha=0 runs get a fine-tuning step size.
+
+    ``preset`` is a preset name ('mamlkit presets') or the path of a YAML config file: a name
+    ending in .yaml or .yml, or an existing file that is no preset's name. A config file holds
+    ``key: value`` lines like a preset; it may start from a preset or from another file with
+    ``base: NAME`` (a relative path counts from the file's folder), and its keys are checked
+    like a preset's. A missing file, an unknown key, a value of the wrong type or out of range
+    and a ``base:`` chain that loops are each one ConfigError sentence, raised here, before
+    anything is built or written.
 
     An alpha=0 run cannot adapt with its own step size, so it is evaluated with the preset's
     alpha unless ``eval_inner_lr`` says otherwise: the paper's "pretrained" baseline.
     """
-    base = load_preset(preset)
+    base = load_source(preset)
     config = from_dict(overrides, base)
     if config.eval_inner_lr is None:
         config.eval_inner_lr = config.inner_lr if config.inner_lr > 0 else base.inner_lr
@@ -326,74 +501,135 @@ def resolve(preset: str, overrides: dict[str, Any]) -> Config:
 
 
 def check(config: Config) -> None:
-    """Refuse values no run can use, with one sentence that names the key and what it needs."""
-    positive = ["inner_steps", "meta_batch_size", "iterations", "shots", "ways", "eval_tasks",
-                "log_every", "val_every", "checkpoint_every", "threads", "val_tasks"]
-    for key in positive:
-        if getattr(config, key) < (0 if key == "inner_steps" else 1):
-            raise ConfigError(f"Config key {key!r} must be positive, got {getattr(config, key)}.")
-    if config.inner_lr < 0 or config.meta_lr <= 0:
-        raise ConfigError("inner_lr must be >= 0 and meta_lr > 0.")
-    _check_choices(config)
+    """Refuse values no run can use, with one sentence that names the key and what it needs.
+
+    Each key's own range comes from its metadata (``choices``, ``bounds``, ``nonempty``), so a
+    new key is checked where it is declared; the rules below cover what depends on several keys
+    or on this machine.
+    """
+    kinds = field_types()
+    for f in dataclasses.fields(Config):
+        _check_key(f.name, getattr(config, f.name), f.metadata, kinds[f.name])
+    _check_supervised(config)
+    _check_device(config)
     _check_family(config)
-    _check_scale(config)
     _check_rl(config)
 
 
-def _check_choices(config: Config) -> None:
-    """Keys with a fixed set of values (the ``choices`` in their metadata)."""
-    for f in dataclasses.fields(Config):
-        allowed = f.metadata["choices"]
-        if allowed and getattr(config, f.name) not in allowed:
-            raise ConfigError(f"Config key {f.name!r} must be one of {', '.join(allowed)}, "
-                              f"got {getattr(config, f.name)!r}.")
+# What to write instead of an empty list, for the keys that need at least one entry.
+_EMPTY_HINTS = {"eval_steps": "e.g. eval_steps=[0, 1, 5]",
+                "adapt": "glob patterns like ['head.*'], or null to adapt every parameter"}
 
 
-def _check_scale(config: Config) -> None:
-    """The scale keys: chunks of tasks must hold at least one task."""
-    if config.chunk_size is not None and config.chunk_size < 1:
-        raise ConfigError(f"Config key 'chunk_size' must be positive or null, got "
-                          f"{config.chunk_size}.")
+def _number_word(kind: Any) -> str:
+    """``integer`` for int keys and lists of int, ``finite number`` for float keys."""
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    flat = [typing.get_args(o)[0] if typing.get_origin(o) is list else o for o in options]
+    return "integer" if int in flat else "finite number"
+
+
+def _has_blank(value: Any) -> bool:
+    """A blank string, or a list holding one: a name or pattern that names nothing."""
+    texts = value if isinstance(value, list) else [value]
+    return any(isinstance(text, str) and not text.strip() for text in texts)
+
+
+def _check_key(name: str, value: Any, meta: Any, kind: Any) -> None:
+    """One key against its declared choices, bounds (every entry of a list) and emptiness."""
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"Config key {name!r} must be one of {', '.join(meta['choices'])}, "
+                          f"got {value!r}.")
+    if value is None:
+        return
+    if meta["nonempty"] and value == []:
+        raise ConfigError(f"Config key {name!r} needs at least one entry "
+                          f"({_EMPTY_HINTS.get(name, 'or null')}), got [].")
+    if name != "description" and _has_blank(value):
+        raise ConfigError(f"Config key {name!r} needs a non-blank name (or null), got "
+                          f"{value!r}.")
+    bounds: Bounds | None = meta["bounds"]
+    entries = value if isinstance(value, list) else [value]
+    if bounds is None or all(bounds.holds(v) for v in entries):
+        return
+    word = _number_word(kind)
+    if isinstance(value, list):
+        raise ConfigError(f"Config key {name!r} must hold {word}s {bounds.text()}, got "
+                          f"{value!r}.")
+    article = "an" if word == "integer" else "a"
+    null = " (or null)" if isinstance(kind, types.UnionType) else ""
+    raise ConfigError(f"Config key {name!r} must be {article} {word} {bounds.text()}{null}, "
+                      f"got {value!r}.")
+
+
+def _check_supervised(config: Config) -> None:
+    """Model and task fit together: the network each task feeds, and Omniglot's class sizes."""
+    if _rl(config) or config.task == "custom":  # a custom run brings its own model
+        return
+    model = MODEL_OF_TASK.get(config.task)
+    if model is not None and config.model != model:
+        raise ConfigError(f"Config key 'model' is {config.model}, which does not fit task "
+                          f"{config.task}; use model={model}.")
+    if config.model == "mlp" and not config.hidden:
+        raise ConfigError("Config key 'hidden' needs at least one layer width for model mlp, "
+                          "e.g. hidden=[40, 40].")
+    if config.model == "conv4" and len(config.hidden) != 1:
+        raise ConfigError(f"Config key 'hidden' of model conv4 holds one entry, the filters of "
+                          f"every layer (e.g. hidden=[64]), got {config.hidden}.")
+    if config.task == "folder":
+        _check_folder(config)
+    if config.task in _DATASET_TASKS and config.ways < 2:
+        raise ConfigError(f"Config key 'ways' must be at least 2 for {config.task} (a task "
+                          f"tells classes apart), got {config.ways}.")
+    examples = config.shots + (config.query_shots or config.shots)
+    if config.task == "omniglot" and examples > OMNIGLOT_DRAWINGS:
+        raise ConfigError(f"Config keys 'shots' and 'query_shots' ask for {examples} drawings "
+                          f"per class, but Omniglot has {OMNIGLOT_DRAWINGS} per character; lower "
+                          f"them to at most {OMNIGLOT_DRAWINGS} together.")
+
+
+def _check_folder(config: Config) -> None:
+    """A folder task: where the images are, how many channels, a split that adds up."""
+    if config.channels not in (1, 3):
+        raise ConfigError(f"Config key 'channels' must be 1 (grayscale) or 3 (RGB), got "
+                          f"{config.channels}.")
+    if len(config.class_split) != 3 or abs(sum(config.class_split) - 1) > 1e-6:
+        raise ConfigError(f"Config key 'class_split' needs three fractions (train, val, test) "
+                          f"that add up to 1, got {config.class_split}.")
+
+
+def _check_device(config: Config) -> None:
+    """device=cuda only where torch sees a GPU, so the run fails here, not after its setup."""
+    if _rl(config) or config.device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        why = ("this torch build has no CUDA" if torch.version.cuda is None
+               else "torch sees no CUDA GPU on this machine")
+        raise ConfigError(f"Config key 'device' is cuda, but {why}; use device=cpu or auto.")
 
 
 def _check_family(config: Config) -> None:
-    """The algorithm-family keys: sensible annealing and solver settings."""
-    for key in ("msl_iterations", "fo_iterations"):
-        if getattr(config, key) < 0:
-            raise ConfigError(f"Config key {key!r} must be >= 0, got {getattr(config, key)}.")
-    if config.cg_steps < 1 or config.imaml_lambda <= 0:
-        raise ConfigError("imaml needs cg_steps >= 1 and imaml_lambda > 0.")
-    if config.imaml_max_grad_norm is not None and config.imaml_max_grad_norm <= 0:
-        raise ConfigError("imaml_max_grad_norm must be > 0 (or null for no clipping).")
-    if not 0 <= config.min_meta_lr <= config.meta_lr:
-        raise ConfigError("min_meta_lr must lie between 0 and meta_lr.")
+    """The algorithm-family rules that involve several keys."""
+    if config.min_meta_lr > config.meta_lr:
+        raise ConfigError(f"Config key 'min_meta_lr' must not exceed meta_lr "
+                          f"({config.meta_lr}), got {config.min_meta_lr}.")
     if config.algorithm in ("mamlpp", "reptile", "imaml") and config.inner_steps < 1:
-        raise ConfigError(f"algorithm {config.algorithm} needs inner_steps >= 1.")
+        raise ConfigError(f"Config key 'inner_steps' must be at least 1 for algorithm "
+                          f"{config.algorithm}, got {config.inner_steps}.")
     if config.algorithm == "metasgd" and config.inner_lr == 0:
-        raise ConfigError("metasgd learns its inner rates from inner_lr; it must be > 0.")
+        raise ConfigError("Config key 'inner_lr' must be > 0 for algorithm metasgd, which "
+                          "learns its inner rates starting from it.")
 
 
 def _check_rl(config: Config) -> None:
-    """The reinforcement-learning keys: sensible sampling, policy and TRPO/PPO values."""
-    for key in ("trajectories", "cg_iters", "ppo_epochs", "demonstrations"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"Config key {key!r} must be positive, got {getattr(config, key)}.")
-    if config.horizon is not None and config.horizon < 1:
-        raise ConfigError(f"Config key 'horizon' must be positive or null, got {config.horizon}.")
-    if not 0 < config.cg_subsample <= 1:
-        raise ConfigError(f"cg_subsample must lie in (0, 1], got {config.cg_subsample}.")
-    for key in ("init_std", "min_std", "max_kl", "ppo_clip"):
-        if getattr(config, key) <= 0:
-            raise ConfigError(f"Config key {key!r} must be > 0, got {getattr(config, key)}.")
-    if not (0 < config.discount <= 1 and 0 <= config.gae_lambda <= 1):
-        raise ConfigError("discount must lie in (0, 1] and gae_lambda in [0, 1].")
+    """The reinforcement-learning rules that involve several keys."""
     if config.min_std > config.init_std:
-        raise ConfigError(f"min_std ({config.min_std}) must not exceed init_std "
-                          f"({config.init_std}).")
-    if config.imitation_tasks < 0 or config.imitation_weight < 0:
-        raise ConfigError("imitation_tasks and imitation_weight must be >= 0.")
+        raise ConfigError(f"Config key 'min_std' ({config.min_std}) must not exceed init_std "
+                          f"({config.init_std}); lower min_std or raise init_std.")
     if config.imitation_tasks and config.task != "nav2d":
-        raise ConfigError("imitation_tasks (mixed meta-batches) are available for task nav2d.")
+        raise ConfigError("Config key 'imitation_tasks' (mixed meta-batches) works for task "
+                          "nav2d only; set imitation_tasks=0.")
     if _rl(config) and config.algorithm in ("reptile", "imaml"):
         raise ConfigError(f"algorithm {config.algorithm} has no meta-RL form here; choose maml, "
                           "metasgd, anil or mamlpp for an RL task.")
@@ -457,8 +693,24 @@ _HEADER = ("# mamlkit run config: the keys that apply to this run, by section; "
 
 def save(config: Config, path: Path) -> None:
     """Write ``config.yaml``: the keys that apply, so a run's file shows what shaped it, and
-    the ``unused_keys`` last, so that ``load`` gives back ``config`` field for field."""
-    path.write_text(_HEADER + format_sections(config, unused=True))
+    the ``unused_keys`` last, so that ``load`` gives back ``config`` field for field.
+
+    The text goes to a temporary file in the same folder that then replaces ``path`` in one
+    step, so a crash or a full disk never leaves a half-written config behind.
+    """
+    path = Path(path)
+    text = _HEADER + format_sections(config, unused=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the config from other readers
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def load(path: Path) -> Config:
@@ -467,4 +719,5 @@ def load(path: Path) -> Config:
     Keys left out (they do not apply) take their defaults; keys present, applicable or not,
     are taken as written, so old files give back the config they were saved from.
     """
-    return from_dict(yaml.safe_load(path.read_text()) or {})
+    path = Path(path)
+    return from_dict(_read_yaml(path, f"config file '{path}'"))

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval
 from mamlkit.run.build import EVAL_SEED, build_tasks, device_of, is_rl
+from mamlkit.run.compare import mean_ci_text, metric_name
 from mamlkit.tasks import RLTasks, generator_from
 
 EVAL_CHUNK = 100  # supervised tasks per sampling call; fixed so every run sees the same tasks
@@ -33,7 +37,7 @@ def mean_ci95(values: torch.Tensor) -> dict[str, float]:
 
 
 def _supervised_curve(learner, tasks, num_tasks: int, steps: list[int],
-                      inner_lr: float | None) -> torch.Tensor:
+                      inner_lr: float | None, bar: tqdm) -> torch.Tensor:
     config = learner.config
     device = device_of(config)
     learner.to(device)
@@ -46,26 +50,33 @@ def _supervised_curve(learner, tasks, num_tasks: int, steps: list[int],
         for piece in range(0, batch.num_tasks, config.meta_batch_size):
             part = batch[piece:piece + config.meta_batch_size].to(device)
             curves.append(learner.adaptation_curve(part, steps, tasks.metric, inner_lr=inner_lr))
+            bar.update(part.num_tasks)
     return torch.cat(curves, dim=1).cpu()
 
 
 def _rl_curve(learner, tasks: RLTasks, num_tasks: int, steps: list[int],
-              inner_lr: float | None) -> torch.Tensor:
+              inner_lr: float | None, bar: tqdm) -> torch.Tensor:
     held_out = tasks.sample_tasks(num_tasks, generator_from(EVAL_SEED))
     generator = generator_from(EVAL_SEED + 1)
     policy_for = adapted_policy(learner, inner_lr)
-    return torch.cat([tasks.returns_after_steps(held_out[i:i + RL_EVAL_CHUNK], generator,
-                                                policy_for, steps)[0]
-                      for i in range(0, num_tasks, RL_EVAL_CHUNK)], dim=1)
+    curves = []
+    for i in range(0, num_tasks, RL_EVAL_CHUNK):
+        chunk = held_out[i:i + RL_EVAL_CHUNK]
+        curves.append(tasks.returns_after_steps(chunk, generator, policy_for, steps)[0])
+        bar.update(len(chunk))
+    return torch.cat(curves, dim=1)
 
 
 def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = None,
-             inner_lr: float | None = None) -> dict[str, Any]:
+             inner_lr: float | None = None, progress: bool = False,
+             desc: str | None = None) -> dict[str, Any]:
     """The task metric of ``num_tasks`` held-out tasks after each number of inner steps.
 
-    Returns ``{"metric", "num_tasks", "inner_lr", "steps": {"k": {"mean", "ci95"}}}``.
-    Learners with learned inner rates (Meta-SGD, MAML++ with LSLR) adapt with those: the
-    scalar ``inner_lr``/``eval_inner_lr`` is ignored and ``"inner_lr"`` reads ``"learned"``.
+    Returns ``{"metric", "num_tasks", "inner_lr", "checkpoint", "iteration", "steps": {"k":
+    {"mean", "ci95"}}}``; ``checkpoint`` and ``iteration`` say which weights were evaluated
+    (a loaded learner's, else None). Learners with learned inner rates (Meta-SGD, MAML++ with
+    LSLR) adapt with those: the scalar ``inner_lr``/``eval_inner_lr`` is ignored and
+    ``"inner_lr"`` reads ``"learned"``. ``progress`` shows a bar of tasks on stderr.
     """
     config = learner.config
     num_tasks = num_tasks or config.eval_tasks
@@ -74,18 +85,43 @@ def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = No
     learned = getattr(learner, "learned_rates", False)
     tasks = build_tasks(config, "test")
     curve_of = _rl_curve if is_rl(config) else _supervised_curve
-    curve = curve_of(learner, tasks, num_tasks, steps, None if learned else inner_lr)
+    with tqdm(total=num_tasks, desc=desc, unit="task", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar:
+        curve = curve_of(learner, tasks, num_tasks, steps, None if learned else inner_lr, bar)
     return {
         "metric": tasks.metric,
         "num_tasks": num_tasks,
         "inner_lr": "learned" if learned else inner_lr,
+        "checkpoint": getattr(learner, "checkpoint", None),
+        "iteration": getattr(learner, "iteration", None),
         "steps": {str(s): mean_ci95(curve[i]) for i, s in enumerate(steps)},
     }
 
 
-def write(run_dir: Path, result: dict[str, Any]) -> Path:
-    path = Path(run_dir) / "eval.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+def _holds_full(path: Path, full_tasks: int) -> bool:
+    try:
+        return json.loads(path.read_text()).get("num_tasks") == full_tasks
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def eval_path(run_dir: Path, num_tasks: int, full_tasks: int | None = None) -> Path:
+    """``eval.json``, the file ``compare`` reads; an evaluation on another number of tasks than
+    the config's ``eval_tasks`` goes to ``eval-N.json`` once ``eval.json`` holds the full one,
+    so a quick check never replaces it."""
+    full = Path(run_dir) / "eval.json"
+    if full_tasks is None or num_tasks == full_tasks or not _holds_full(full, full_tasks):
+        return full
+    return full.with_name(f"eval-{num_tasks}.json")
+
+
+def write(run_dir: Path, result: dict[str, Any], full_tasks: int | None = None) -> Path:
+    """Write ``result`` where ``eval_path`` says, through a temporary file and a rename (a
+    kill never leaves half a file); raises ``OSError`` where the run directory is read-only."""
+    path = eval_path(Path(run_dir), result["num_tasks"], full_tasks)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
     return path
 
 
@@ -98,21 +134,24 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     names = list(results)
     first = results[names[0]]
     scale = 100.0 if first["metric"] == "accuracy" else 1.0
-    unit = " (%)" if scale == 100.0 else ""
     steps = list(first["steps"])
     width = max(22, *(len(n) + 2 for n in names))
-    lines = [f"{first['metric']}{unit} on {first['num_tasks']} held-out tasks, mean ± 95% CI",
+    lines = [f"{metric_name(first['metric'])} on {first['num_tasks']} held-out tasks, "
+             "mean ± 95% CI",
              "steps".ljust(8) + "".join(n.rjust(width) for n in names)]
     for s in steps:
         cells = []
         for n in names:
             cell = results[n]["steps"].get(s)
-            text = f"{cell['mean'] * scale:.4g} ± {cell['ci95'] * scale:.2g}" if cell else "-"
+            text = mean_ci_text(cell["mean"] * scale, cell["ci95"] * scale) if cell else "-"
             cells.append(text.rjust(width))
         lines.append(s.ljust(8) + "".join(cells))
     lines.append("inner lr".ljust(8) + "".join(_lr_text(results[n]["inner_lr"]).rjust(width)
                                                 for n in names))
+    lines.append("iter.".ljust(8) + "".join(str(results[n].get("iteration", "?")).rjust(width)
+                                             for n in names))
     return "\n".join(lines)
 
 
-__all__ = ["EVAL_CHUNK", "RL_EVAL_CHUNK", "evaluate", "format_table", "mean_ci95", "write"]
+__all__ = ["EVAL_CHUNK", "RL_EVAL_CHUNK", "eval_path", "evaluate", "format_table", "mean_ci95",
+           "write"]

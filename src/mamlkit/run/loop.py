@@ -1,28 +1,34 @@
 """The one training loop: run directory, resume, metrics, progress, time limit, checkpoints,
-torchrun and the NaN stop, for every kind of task; the per-kind part is a step (``steps.py``)."""
+signals, torchrun and the NaN stop, for every kind of task; the per-kind part is a step
+(``steps.py``), and what a start may write and when is ``rundir.py``'s."""
 
 from __future__ import annotations
 
 import json
 import math
+import pickle
+import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from mamlkit.functional.schedules import cosine_lr
 from mamlkit.functional.seeding import generator_from
-from mamlkit.run import checkpoint, distributed
-from mamlkit.run import config as config_lib
+from mamlkit.run import checkpoint, distributed, rundir
 from mamlkit.run.config import Config
-from mamlkit.run.errors import RunDirectoryError, TrainingDiverged
+from mamlkit.run.errors import RunDirectoryError, TrainingDiverged, TrainingInterrupted
+from mamlkit.run.interrupts import Interrupts
 from mamlkit.run.memory import PeakMemory
-from mamlkit.run.metrics import trim_metrics
 from mamlkit.run.steps import make_step
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -55,22 +61,6 @@ def write_record(metrics: TextIO, writer: Any, iteration: int, began: float,
             writer.add_scalar(f"meta/{key}", value, iteration)
 
 
-def prepare_run_dir(run_dir: Path, config: Config, resume: bool) -> Config:
-    """Create the run directory (or check it for a resume) and return the config to use."""
-    config_path = run_dir / "config.yaml"
-    if resume:
-        if not config_path.is_file() or checkpoint.latest(run_dir) is None:
-            raise RunDirectoryError(f"Nothing to resume in {run_dir}: it holds no checkpoint.")
-        return config_lib.load(config_path)
-    if config_path.exists():
-        raise RunDirectoryError(
-            f"{run_dir} already holds a run; pass --resume to continue it or --out for a new one."
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.save(config, config_path)
-    return config
-
-
 class _Discard:
     """Stands in for the metrics file and TensorBoard writer on ranks other than 0."""
 
@@ -80,28 +70,50 @@ class _Discard:
     def close(self) -> None: ...
 
 
-def _prepare_shared(run_dir: Path, config: Config, resume: bool,
-                    context: distributed.Context) -> tuple[Config, Path | None]:
-    """Rank 0 prepares the run directory; every rank gets its config and checkpoint to resume.
-
-    Rank 0's outcome (or error) is broadcast, so all ranks go on or stop together and load the
-    very same checkpoint; ranks other than 0 write nothing.
-    """
+def _on_main(context: distributed.Context, fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 and its result (or its error) on every rank, so all go on or stop
+    together and ranks other than 0 never touch the run directory."""
     if not context.distributed:
-        config = prepare_run_dir(run_dir, config, resume)
-        return config, checkpoint.latest(run_dir) if resume else None
-    outcome: tuple | None = None
+        return fn()
+    value, shared = None, None
     if context.is_main:
         try:
-            config = prepare_run_dir(run_dir, config, resume)
-            path = checkpoint.latest(run_dir) if resume else None
-            outcome = (config.to_dict(), None if path is None else str(path), None)
-        except RunDirectoryError as error:
-            outcome = (None, None, str(error))
-    values, path, error = distributed.broadcast_object(outcome)
-    if error is not None:
-        raise RunDirectoryError(error)
-    return config_lib.from_dict(values), None if path is None else Path(path)
+            value = fn()
+        except Exception as error:
+            shared = error if _picklable(error) else RuntimeError(str(error))
+            distributed.broadcast_object((None, shared))
+            shared = None  # no frame <-> traceback cycle left for the interpreter's exit
+            raise
+    value, shared = distributed.broadcast_object((value, shared))
+    if shared is not None:
+        try:
+            raise shared
+        finally:
+            shared = None
+    return value
+
+
+def _on_all(context: distributed.Context, fn: Callable[[], T]) -> T:
+    """``fn()`` on every rank; if it fails on any rank, every rank stops (none waits forever
+    in a collective of the loop)."""
+    try:
+        value = fn()
+    except Exception:
+        if context.distributed:
+            distributed.agree(True)
+        raise
+    if context.distributed and distributed.agree(False):
+        raise RuntimeError("Another torchrun process failed to build the run (its error is "
+                           "printed above); nothing was written.")
+    return value
+
+
+def _picklable(error: BaseException) -> bool:
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return False
+    return True
 
 
 @dataclass
@@ -139,64 +151,115 @@ def _diverged(run_dir: Path, loss: float, iteration: int) -> TrainingDiverged:
 
 
 def train(config: Config | None, run_dir: str | Path, resume: bool = False,
-          progress: bool = True, stop_after: int | None = None) -> TrainResult:
+          progress: bool = True, stop_after: int | None = None,
+          overrides: dict[str, Any] | None = None) -> TrainResult:
     """Meta-train as ``config`` says (any kind of task), writing everything into ``run_dir``.
 
-    ``stop_after`` ends the loop early without a final checkpoint, as a kill would (for tests).
+    The model, data and environment are built before anything is written, so a failed build
+    leaves the directory as it was. ``resume`` continues from the newest readable checkpoint
+    with the saved config (``config`` is ignored); ``overrides`` may change the keys in
+    ``rundir.RESUMABLE`` (say ``iterations`` to extend a finished run). The directory is
+    locked while training. SIGINT/SIGTERM stop after the current iteration with a checkpoint
+    and raise TrainingInterrupted. ``stop_after`` ends the loop early without a final
+    checkpoint, as a kill would (for tests).
     """
     run_dir = Path(run_dir)
     context = distributed.setup()
-    config, resume_from = _prepare_shared(run_dir, config, resume, context)
-    torch.set_num_threads(config.threads)
-    step = make_step(config, context, run_dir)
-    generator = generator_from(config.seed + 1)
-    start = 0
-    if resume:
-        start = checkpoint.load(resume_from, step.learner, step.optimizer, generator)["iteration"]
-        if context.is_main:
-            trim_metrics(run_dir, start)
-    sinks = _Sinks.open(run_dir, config, start, progress, context.is_main)
-    began = time.perf_counter()
+    lock = rundir.RunLock(run_dir)
     try:
-        iteration = _iterate(step, config, run_dir, context, generator, sinks, start, began,
-                             stop_after)
+        plan = _on_main(context, lambda: rundir.plan(run_dir, config, resume, overrides, lock))
+        if context.is_main:
+            for note in plan.notes:
+                print(f"mamlkit: warning: {note}.", file=sys.stderr)
+        torch.set_num_threads(plan.config.threads)
+        step, generator = _on_all(context, lambda: _build(plan, context, run_dir))
+        plan = _on_main(context, lambda: rundir.begin(run_dir, plan, lock, context.world_size))
+        return _run(_Run(step, plan.config, run_dir, context, generator), plan.start, progress,
+                    stop_after)
+    except OSError as error:
+        if error.filename is None:  # a write to an open file (metrics, disk full): name the run
+            error.filename = str(run_dir)
+        raise
     finally:
-        sinks.close()
-    return TrainResult(run_dir, iteration, step.learner, time.perf_counter() - began)
+        lock.release()
 
 
-def _iterate(step, config: Config, run_dir: Path, context: distributed.Context,
-             generator: torch.Generator, sinks: _Sinks, start: int, began: float,
-             stop_after: int | None) -> int:
+def _build(plan: rundir.Plan, context: distributed.Context, run_dir: Path):
+    """The step (model, data, environment, learner, optimizer) and the task generator, from
+    the plan's checkpoint when it resumes from one."""
+    step = make_step(plan.config, context, run_dir)
+    generator = generator_from(plan.config.seed + 1)
+    if plan.checkpoint is not None:
+        try:
+            checkpoint.load(plan.checkpoint, step.learner, step.optimizer, generator)
+        except RunDirectoryError:
+            raise
+        except (RuntimeError, KeyError, ValueError) as error:  # a config.yaml edited by hand
+            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise RunDirectoryError(f"{plan.checkpoint} does not fit the model that "
+                                    f"config.yaml describes ({first.rstrip('.:')}); restore "
+                                    "config.yaml or train into a new --out.") from None
+    return step, generator
+
+
+@dataclass
+class _Run:
+    """What the iterations share: the step, where records go, the stop signals."""
+
+    step: Any
+    config: Config
+    run_dir: Path
+    context: distributed.Context
+    generator: torch.Generator
+    sinks: _Sinks | None = None
+    interrupts: Interrupts | None = None
+    began: float = 0.0
+    flags: torch.Tensor = field(default_factory=lambda: torch.zeros(2))  # _stop_flags' buffer
+
+
+def _run(run: _Run, start: int, progress: bool, stop_after: int | None) -> TrainResult:
+    """Open the records, install the signal handlers, iterate; close and restore either way."""
+    run.sinks = _Sinks.open(run.run_dir, run.config, start, progress, run.context.is_main)
+    run.began = time.perf_counter()
+    try:
+        with Interrupts() as run.interrupts:
+            iteration = _iterate(run, start, stop_after)
+    except TrainingInterrupted as interrupted:
+        if run.context.is_main:
+            run.sinks.bar.clear()
+            print(interrupted, file=sys.stderr)
+        raise
+    finally:
+        run.sinks.close()
+    return TrainResult(run.run_dir, iteration, run.step.learner,
+                       time.perf_counter() - run.began)
+
+
+def _iterate(run: _Run, start: int, stop_after: int | None) -> int:
     """The iterations from ``start + 1``; returns the last one completed."""
+    config, step = run.config, run.step
     peak = PeakMemory(getattr(step, "device", torch.device("cpu")))
     window: list[float] = []
     iteration = start
     for iteration in range(start + 1, config.iterations + 1):
         if stop_after is not None and iteration > stop_after:
             return iteration - 1
+        run.interrupts.iteration = iteration
         _schedule(step.learner, step.optimizer, config, iteration)
-        loss = step.update(generator)
+        loss = step.update(run.generator)
         if not math.isfinite(loss):
-            raise _diverged(run_dir, loss, iteration)
+            raise _diverged(run.run_dir, loss, iteration)
         window.append(loss)
-        sinks.bar.update(1)
-        out_of_time = config.time_limit is not None and distributed.agree(
-            time.perf_counter() - began > 60 * config.time_limit)
+        run.sinks.bar.update(1)
+        out_of_time, interrupted = _stop_flags(run)
         last = iteration == config.iterations or out_of_time
-        record: dict[str, float | int] = {}
-        if iteration % config.log_every == 0 or last:
-            record.update(loss=sum(window) / len(window), peak_mem_mb=round(peak.read(), 1))
-            record.update(step.log_record())
+        if _record(run, iteration, window, peak, last):
             window = []
-            sinks.bar.set_postfix(step.postfix(record), refresh=False)
-        if context.is_main and (iteration % config.val_every == 0 or last):
-            record.update(step.validation(run_dir, iteration))
-        if record:
-            write_record(sinks.metrics, sinks.writer, iteration, began, record)
-            peak.reset()  # the next window holds meta-steps only, not these evaluations
-        if context.is_main and (iteration % config.checkpoint_every == 0 or last):
-            checkpoint.save(run_dir, iteration, step.learner, step.optimizer, generator)
+        saved = iteration % config.checkpoint_every == 0 or last
+        if run.context.is_main and saved:
+            checkpoint.save(run.run_dir, iteration, step.learner, step.optimizer, run.generator)
+        if interrupted and iteration < config.iterations:
+            _stop_on_signal(run, iteration, saved)
         if out_of_time:
             print(f"time limit of {config.time_limit} minutes reached at iteration "
                   f"{iteration}; continue with --resume", file=sys.stderr)
@@ -204,5 +267,48 @@ def _iterate(step, config: Config, run_dir: Path, context: distributed.Context,
     return iteration
 
 
-__all__ = ["RunDirectoryError", "TrainResult", "TrainingDiverged", "prepare_run_dir", "train",
-           "write_record"]
+def _stop_flags(run: _Run) -> tuple[bool, bool]:
+    """Whether the time limit has passed and whether a signal asked to stop, agreed by all
+    ranks (every rank stops at the same iteration, or a collective would hang)."""
+    limit = run.config.time_limit
+    out_of_time = limit is not None and time.perf_counter() - run.began > 60 * limit
+    interrupted = run.interrupts.signum is not None
+    if run.context.distributed:
+        # one buffer for the whole run: a tensor that outlives each all-reduce leaves gloo's
+        # worker thread no Python object to free (which needs the GIL, racing the exit)
+        run.flags.copy_(torch.tensor([float(out_of_time), float(interrupted)]))
+        dist.all_reduce(run.flags, op=dist.ReduceOp.MAX)
+        out_of_time, interrupted = bool(run.flags[0] > 0), bool(run.flags[1] > 0)
+    return out_of_time, interrupted
+
+
+def _record(run: _Run, iteration: int, window: list[float], peak: PeakMemory,
+            last: bool) -> bool:
+    """The metrics record of ``iteration``, if one is due; True if it took the loss window."""
+    config, step = run.config, run.step
+    record: dict[str, float | int] = {}
+    logged = iteration % config.log_every == 0 or last
+    if logged:
+        record.update(loss=sum(window) / len(window), peak_mem_mb=round(peak.read(), 1))
+        record.update(step.log_record())
+        run.sinks.bar.set_postfix(step.postfix(record), refresh=False)
+    if run.context.is_main and (iteration % config.val_every == 0 or last):
+        record.update(step.validation(run.run_dir, iteration))
+    if record:
+        write_record(run.sinks.metrics, run.sinks.writer, iteration, run.began, record)
+        peak.reset()  # the next window holds meta-steps only, not these evaluations
+    return logged
+
+
+def _stop_on_signal(run: _Run, iteration: int, saved: bool) -> None:
+    """Checkpoint ``iteration`` (unless just done) and raise TrainingInterrupted."""
+    if run.context.is_main and not saved:
+        step = run.step
+        checkpoint.save(run.run_dir, iteration, step.learner, step.optimizer, run.generator)
+    signum = run.interrupts.signum or signal.SIGTERM  # a rank whose peer got the signal
+    raise TrainingInterrupted(f"interrupted at iteration {iteration}; checkpoint written; "
+                              "continue with --resume", signum, iteration)
+
+
+__all__ = ["RunDirectoryError", "TrainResult", "TrainingDiverged", "TrainingInterrupted",
+           "train", "write_record"]

@@ -1,13 +1,20 @@
-"""PNG figures of runs, for every kind of task; the task's metric decides what is drawn.
+"""Figures of runs, as PNG and PDF, for every kind of task; the task's metric decides what is
+drawn, and every axis names its quantity and unit (MSE; accuracy in %, as ``eval`` prints it;
+average return).
 
-Supervised runs: learning curves of the meta-loss and the query metric (MSE, accuracy) before
-and after adaptation, and adaptation to held-out tasks (sinusoid: Finn et al. Fig. 2; images:
-predicted labels). RL runs: the return before and after adaptation and the policy's std, and
-for 2D navigation trajectories before and after adaptation with the goals (Fig. 4).
+Supervised runs: learning curves of the meta-loss and the query metric before and after
+adaptation, and adaptation to held-out tasks (sinusoid: Finn et al. Fig. 2; images: predicted
+labels). RL runs: the return before and after adaptation and the policy's std, and for 2D
+navigation trajectories before and after adaptation with the goals (Fig. 4). Runs whose configs
+differ only in their seed are one curve: the mean over seeds with a 95% CI band across seeds;
+a single run's validation points carry their CI over the validation tasks.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -15,54 +22,189 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from mamlkit.algorithms import MAML  # noqa: E402
 from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval  # noqa: E402
-from mamlkit.run.build import EVAL_SEED, build_tasks  # noqa: E402
+from mamlkit.run.build import EVAL_SEED, build_tasks, is_rl  # noqa: E402
+from mamlkit.run.compare import Group, group_by_seed, mean_ci95_across, metric_name  # noqa: E402
+from mamlkit.run.config import Config, ConfigError  # noqa: E402
 from mamlkit.run.metrics import read_metrics  # noqa: E402
 from mamlkit.tasks import Sinusoid, generator_from  # noqa: E402
 
+LOSS_NAMES = {"mse": "MSE", "accuracy": "cross-entropy"}
+Series = tuple[list[float], list[float], list[float] | None]  # iterations, values, CI or None
 
-def supervised_learning_curve(runs: dict[str, Path], out: Path) -> Path:
-    """Training meta-loss and held-out pre/post-adaptation metric against iterations."""
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, (name, run_dir) in enumerate(runs.items()):
-        records = read_metrics(run_dir)
-        color = f"C{i}"
-        train = [(r["iteration"], r["loss"]) for r in records if "loss" in r]
-        if train:
-            ax_loss.plot(*zip(*train, strict=True), color=color, label=name)
-        labels = {"val_pre": "held-out, before adaptation", "val_post": "held-out, adapted",
-                  "train_post": "meta-training batch, adapted"}
-        for key, style in (("val_pre", ":"), ("val_post", "-"), ("train_post", "--")):
-            points = [(r["iteration"], r[key]) for r in records if key in r]
-            if points:
-                label = f"{name}: {labels[key]}"
-                ax_val.plot(*zip(*points, strict=True), style, color=color, label=label)
-    ax_loss.set(xlabel="iteration", ylabel="meta-training query loss", yscale="log",
-                title="meta-training loss")
-    ax_val.set(xlabel="iteration", ylabel="query metric", title="before and after adaptation")
-    for ax in (ax_loss, ax_val):
+
+def metric_of(config: Config) -> str:
+    """The metric a run reports: ``return`` (RL), ``mse`` (sinusoid) or ``accuracy``."""
+    if is_rl(config):
+        return "return"
+    return "mse" if config.task == "sinusoid" else "accuracy"
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if metric == "accuracy" else 1.0
+
+
+def _panel(index: int) -> str:
+    return f"({chr(ord('a') + index)})"
+
+
+def _series(records: list[dict], key: str, scale: float) -> Series:
+    """One run's ``key`` against iterations, with its ``key_ci95`` where recorded."""
+    rows = [r for r in records if key in r and r[key] is not None]
+    x = [r["iteration"] for r in rows]
+    y = [r[key] * scale for r in rows]
+    ci = ([r[f"{key}_ci95"] * scale for r in rows] if rows and all(f"{key}_ci95" in r
+                                                                   for r in rows) else None)
+    return x, y, ci
+
+
+def group_series(group: Group, key: str, scale: float = 1.0) -> Series:
+    """A group's ``key``: the run's own for one seed; for several, mean and 95% CI across
+    seeds at the iterations every seed logged."""
+    per_run = [_series(read_metrics(path), key, scale) for path in group.runs.values()]
+    if len(per_run) == 1:
+        return per_run[0]
+    tables = [dict(zip(x, y, strict=True)) for x, y, _ in per_run]
+    common = sorted(set.intersection(*(set(t) for t in tables)))
+    stats = [mean_ci95_across([t[i] for t in tables]) for i in common]
+    return common, [m for m, _ in stats], [c for _, c in stats]
+
+
+def _draw(ax: Axes, series: Series, color: str, style: str, marker: str | None = None,
+          thin: bool = False) -> None:
+    """A line (markers where validation points are, so one point shows) and its CI band."""
+    x, y, ci = series
+    if not x:
+        return
+    ax.plot(x, y, linestyle=style, marker=marker, markersize=4, color=color,
+            lw=1.0 if thin else 1.6, alpha=0.55 if thin else 1.0)
+    if thin or ci is None or not any(c > 0 for c in ci):  # no band on the noisy batch lines
+        return
+    if len(x) == 1:
+        ax.errorbar(x, y, yerr=ci, color=color, capsize=3, lw=1.0, fmt="none")
+    else:
+        ax.fill_between(x, [a - c for a, c in zip(y, ci, strict=True)],
+                        [a + c for a, c in zip(y, ci, strict=True)], color=color, alpha=0.18,
+                        lw=0)
+
+
+def _handles(groups: Sequence[Group], styles: Sequence[tuple]) -> list[list[Line2D]]:
+    """Line styles name the quantities, colours the runs: a legend row each (one entry per
+    style and per run, not per pair; no colour row for a lone run)."""
+    kinds = [Line2D([], [], color="0.3", linestyle=s, marker=m, markersize=4,
+                    lw=1.0 if thin else 1.6, label=label) for label, s, m, thin in styles]
+    runs = [Line2D([], [], color=f"C{i}", lw=4, label=g.label) for i, g in enumerate(groups)]
+    alone = len(groups) == 1 and groups[0].label == groups[0].name
+    return [kinds] if alone else [kinds, runs]
+
+
+def bottom_legend(fig: Figure, rows: Sequence[Sequence], per_row: int = 5) -> None:
+    """The figure's legend below its panels, where it hides no curve: each row of handles on
+    lines of at most ``per_row`` entries."""
+    lines = [list(row[i:i + per_row]) for row in rows for i in range(0, len(row), per_row)]
+    height = fig.get_figheight()
+    for n, handles in enumerate(reversed(lines)):
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
+                   frameon=False, bbox_to_anchor=(0.5, (0.02 + 0.28 * n) / height))
+    fig.tight_layout(rect=(0, (0.12 + 0.28 * len(lines)) / height, 1, 1))
+
+
+def plain_log_axis(ax: Axes) -> None:
+    """A log y axis labelled 0.5, 1, 2 (not 5×10⁻¹): ticks at 1-2-5 or finer for short ranges."""
+    shown = [y for line in ax.get_lines() for y in line.get_ydata() if y > 0]
+    low, high = (min(shown), max(shown)) if shown else ax.get_ylim()
+    decades = math.log10(high / low) if low > 0 else 3
+    subs = (1.0, 2.0, 3.0, 5.0, 7.0) if decades < 1.5 else (1.0, 2.0, 5.0) if decades < 4 \
+        else (1.0,)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _finish(fig: Figure, axes: Sequence[Axes], handles: Sequence) -> Figure:
+    for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    bottom_legend(fig, handles)
+    return fig
+
+
+def save(fig: Figure, out: Path) -> list[Path]:
+    """``out`` as PNG and beside it the same figure as PDF (vector, for papers)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pdf = out.with_suffix(".pdf")
+    fig.savefig(out, dpi=150)
+    fig.savefig(pdf)
     plt.close(fig)
-    return out
+    return [out, pdf]
+
+
+TRAIN_STYLES = {"val_pre": ("held-out, before adaptation", ":", "v", False),
+                "val_post": ("held-out, adapted", "-", "o", False),
+                "train_post": ("meta-training batch, adapted", "--", None, True)}
+
+
+def supervised_figure(groups: Sequence[Group], metric: str) -> Figure:
+    """(a) meta-training query loss, (b) query metric before and after adaptation."""
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
+    scale = _scale(metric)
+    for i, group in enumerate(groups):
+        _draw(ax_loss, group_series(group, "loss"), f"C{i}", "-")
+        for key, (_, style, marker, thin) in TRAIN_STYLES.items():
+            _draw(ax_val, group_series(group, key, scale), f"C{i}", style, marker, thin)
+    ax_loss.set(xlabel="iteration", ylabel=f"meta-training query loss ({LOSS_NAMES[metric]})",
+                title="(a) meta-training loss")
+    values = [y for line in ax_loss.get_lines() for y in line.get_ydata()]
+    if values and min(values) > 0 and max(values) / min(values) >= 10:  # else linear reads best
+        plain_log_axis(ax_loss)
+    ax_val.set(xlabel="iteration", ylabel=f"query {metric_name(metric)}",
+               title="(b) before and after adaptation")
+    handles = _handles(groups, list(TRAIN_STYLES.values()))
+    return _finish(fig, (ax_loss, ax_val), handles)
+
+
+RL_STYLES = {"pre_return": ("meta-training batch, before adaptation", ":", None, True),
+             "post_return": ("meta-training batch, adapted", "-", None, True),
+             "val_pre": ("held-out, before adaptation", ":", "v", False),
+             "val_post": ("held-out, adapted", "-", "o", False)}
+
+
+def rl_figure(groups: Sequence[Group]) -> Figure:
+    """(a) average return before and after adaptation, (b) the policy's standard deviation."""
+    fig, (ax_ret, ax_std) = plt.subplots(1, 2, figsize=(12, 4.2),
+                                         gridspec_kw={"width_ratios": [2, 1]})
+    for i, group in enumerate(groups):
+        for key, (_, style, marker, thin) in RL_STYLES.items():
+            _draw(ax_ret, group_series(group, key), f"C{i}", style, marker, thin)
+        _draw(ax_std, group_series(group, "std"), f"C{i}", "-")
+    ax_ret.set(xlabel="iteration", ylabel="average return", title="(a) return")
+    ax_std.set(xlabel="iteration", ylabel="policy std (mean over action dimensions)",
+               title="(b) policy standard deviation")
+    return _finish(fig, (ax_ret, ax_std), _handles(groups, list(RL_STYLES.values())))
+
+
+def learning_curve_figure(groups: Sequence[Group], metric: str) -> Figure:
+    """The learning curves of ``groups``, drawn for their metric."""
+    return rl_figure(groups) if metric == "return" else supervised_figure(groups, metric)
 
 
 @torch.no_grad()
-def sinusoid_adaptation(learners: dict[str, MAML], out: Path, num_tasks: int = 3,
-                        steps: tuple[int, ...] = (0, 1, 10)) -> Path:
+def sinusoid_figure(learners: dict[str, MAML], num_tasks: int = 3,
+                    steps: tuple[int, ...] = (0, 1, 10)) -> Figure:
     """True function, the K support points and predictions after 0, 1 and 10 steps per run."""
     config = next(iter(learners.values())).config
     tasks = build_tasks(config, "test")
     assert isinstance(tasks, Sinusoid)
     batch, amp, phase = tasks.sample_with_parameters(num_tasks, EVAL_SEED)
     grid = torch.linspace(*tasks.x_range, 200).unsqueeze(-1)
-    fig, axes = plt.subplots(len(learners), num_tasks, figsize=(4.2 * num_tasks,
-                                                              3.4 * len(learners)),
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(len(learners), num_tasks, squeeze=False, sharex=True,
+                             figsize=(4.2 * num_tasks, 3.4 * len(learners) + 0.4))
     for row, (name, learner) in enumerate(learners.items()):
         lr = learner.config.eval_inner_lr or learner.config.inner_lr
         for col in range(num_tasks):
@@ -74,26 +216,25 @@ def sinusoid_adaptation(learners: dict[str, MAML], out: Path, num_tasks: int = 3
                 with torch.enable_grad():
                     params = learner.adapt(sx, sy, steps=k, inner_lr=lr)
                 prediction = learner(grid, {n: p.detach() for n, p in params.items()})
-                style = ":" if k == 0 else "--"
-                ax.plot(grid, prediction, style, color=f"C{i}",
+                ax.plot(grid, prediction, ":" if k == 0 else "--", color=f"C{i}",
                         label="pre-update" if k == 0 else f"{k} grad step{'s' * (k > 1)}")
             ax.plot(sx, sy, "^", color="purple", ms=7, label=f"{len(sx)} support points")
-            ax.set_title(f"{name}: task {col + 1}", fontsize=10)
-            if col == 0:
-                ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+            ax.set_title(f"{_panel(row * num_tasks + col)} {name}: amplitude "
+                         f"{float(amp[col]):.2f}, phase {float(phase[col]):.2f}", fontsize=9)
+            ax.set_ylabel("y")
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("x")
+    bottom_legend(fig, [axes[0][0].get_legend_handles_labels()[0]])
+    return fig
 
 
 @torch.no_grad()
-def classification_adaptation(learner: MAML, out: Path, queries_per_class: int = 3) -> Path:
+def classification_figure(learner: MAML, name: str, queries_per_class: int = 3) -> Figure:
     """One held-out task: support images with labels, query images with the labels predicted
     before and after adaptation (green right, red wrong)."""
     config = learner.config
-    tasks = build_tasks(config, "test")
-    batch = tasks.sample(1, EVAL_SEED)
+    batch = build_tasks(config, "test").sample(1, EVAL_SEED)
     (sx, sy), (qx, qy) = (t[0] for t in batch.support), (t[0] for t in batch.query)
     keep = torch.cat([torch.nonzero(qy == c).flatten()[:queries_per_class]
                       for c in range(config.ways)])
@@ -105,122 +246,115 @@ def classification_adaptation(learner: MAML, out: Path, queries_per_class: int =
     after = learner(torch.cat([sx, qx]), {n: p.detach() for n, p in adapted.items()})
     after = after[len(sx):].argmax(-1)
     columns = max(len(sx), len(qx))
-    fig, axes = plt.subplots(3, columns, figsize=(0.9 * columns, 3.4), squeeze=False)
+    fig, axes = plt.subplots(3, columns, figsize=(0.9 * columns, 3.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    rows = [(sx, sy, None, "support"), (qx, qy, before, "before"), (qx, qy, after,
-                                                                    f"after {steps} steps")]
+    rows = [(sx, sy, None, "(a) support set, true labels"),
+            (qx, qy, before, "(b) query, predicted before adaptation"),
+            (qx, qy, after, f"(c) query, predicted after {steps} steps")]
     for r, (images, labels, predicted, title) in enumerate(rows):
+        if predicted is not None:
+            title += f": accuracy {100 * (predicted == labels).float().mean():.0f}%"
         axes[r][0].set_title(title, fontsize=8, loc="left")
         for i in range(len(images)):
-            ax = axes[r][i]
-            ax.imshow(images[i].squeeze(0), cmap="gray_r")
-            if predicted is None:
-                ax.text(0.5, -0.15, f"{labels[i].item()}", transform=ax.transAxes,
-                        ha="center", fontsize=7)
+            ax, label = axes[r][i], labels[i].item()
+            image = images[i]
+            if image.shape[0] == 3:  # RGB: channels last for imshow
+                ax.imshow(image.permute(1, 2, 0).clamp(0, 1))
             else:
-                right = predicted[i].item() == labels[i].item()
-                ax.text(0.5, -0.15, f"{predicted[i].item()}", transform=ax.transAxes,
-                        ha="center", fontsize=7, color="green" if right else "red")
-    fig.suptitle(f"held-out {config.ways}-way {config.shots}-shot task: predicted labels",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+                ax.imshow(image.squeeze(0), cmap="gray_r")
+            shown = label if predicted is None else predicted[i].item()
+            color = "black" if predicted is None else "green" if shown == label else "red"
+            ax.text(0.5, -0.15, f"{shown}", transform=ax.transAxes, ha="center", fontsize=7,
+                    color=color)
+    fig.suptitle(f"{name}: a held-out {config.ways}-way {config.shots}-shot task, iteration "
+                 f"{learner.iteration}", fontsize=9)
+    # no tight_layout: the row titles run over the images beside the first on purpose
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.82, bottom=0.06, hspace=0.75, wspace=0.1)
+    return fig
 
 
-def rl_learning_curve(runs: dict[str, Path], out: Path) -> Path:
-    """Average return of the meta-training batches before and after adaptation, the held-out
-    validation return, and the policy's standard deviation, against iterations."""
-    fig, (ax_ret, ax_std) = plt.subplots(1, 2, figsize=(12, 4.2),
-                                         gridspec_kw={"width_ratios": [2, 1]})
-    for i, (name, run_dir) in enumerate(runs.items()):
-        records, color = read_metrics(run_dir), f"C{i}"
-        for key, style, label in (("pre_return", ":", "before adaptation"),
-                                  ("post_return", "-", "after 1 step"),
-                                  ("val_post", "o", "held-out, after 1 step")):
-            points = [(r["iteration"], r[key]) for r in records if key in r]
-            if points:
-                ax_ret.plot(*zip(*points, strict=True), style, color=color, markersize=3,
-                            label=f"{name}: {label}")
-        points = [(r["iteration"], r["std"]) for r in records if "std" in r]
-        if points:
-            ax_std.plot(*zip(*points, strict=True), color=color, label=name)
-    ax_ret.set(xlabel="iteration", ylabel="average return", title="meta-training return")
-    ax_std.set(xlabel="iteration", ylabel="policy std (mean over action dims)",
-               title="policy standard deviation")
-    for ax in (ax_ret, ax_std):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+NAV_STYLES = {0: ("0.6", "before adaptation"), 1: ("C0", "after 1 step"),
+              3: ("C2", "after 3 steps")}
 
 
-def nav2d_trajectories(run_dir: Path, out: Path, num_tasks: int = 4,
-                       shown: int = 5) -> Path:
+def _checkpoint_text(learner: MAML) -> str:
+    kind = "best validation return" if str(learner.checkpoint).startswith("best") else "latest"
+    return f"checkpoint of iteration {learner.iteration} ({kind})"
+
+
+def nav2d_figure(learner: MAML, name: str, num_tasks: int = 4, shown: int = 5) -> Figure:
     """Sampled trajectories of held-out goals before adaptation and after 1 and 3 steps."""
-    from mamlkit.run.load import load
-
-    learner = load(run_dir)
-    config, which = learner.config, learner.checkpoint
-    torch.set_num_threads(config.threads)
+    config = learner.config
     rl_tasks = build_tasks(config, "test")
     tasks = rl_tasks.sample_tasks(num_tasks, generator_from(EVAL_SEED))
     inner_lr = inner_lr_at_eval(config)
-    steps = [0, 1, 3]
+    steps = list(NAV_STYLES)
     returns, kept = rl_tasks.returns_after_steps(
         tasks, generator_from(EVAL_SEED + 1), adapted_policy(learner, inner_lr), steps,
         keep_episodes=True)
-    fig, axes = plt.subplots(1, num_tasks, figsize=(4 * num_tasks, 4.2), squeeze=False)
-    styles = {0: ("0.6", "before adaptation"), 1: ("C0", "after 1 step"),
-              3: ("C2", "after 3 steps")}
+    fig, axes = plt.subplots(1, num_tasks, figsize=(4 * num_tasks, 4.7), squeeze=False)
     for t, ax in enumerate(axes[0]):
-        goal = tasks[t]["goal"]
         for k, episodes in zip(steps, kept, strict=True):
-            color, label = styles[k]
+            color, label = NAV_STYLES[k]
             for n in range(min(shown, episodes.num_trajectories)):
-                alive = episodes.mask[t, n] > 0
-                xy = episodes.observations[t, n][alive]
+                xy = episodes.observations[t, n][episodes.mask[t, n] > 0]
                 ax.plot(xy[:, 0], xy[:, 1], color=color, lw=0.9, alpha=0.8,
-                        label=f"{label} ({returns[steps.index(k), t]:.1f})" if n == 0 else None)
-        ax.plot(0, 0, "ks", markersize=5)
-        ax.plot(*goal, "r*", markersize=14, label="goal")
-        ax.set(xlim=(-0.7, 0.7), ylim=(-0.7, 0.7), aspect="equal", title=f"held-out goal {t + 1}")
+                        label=label if n == 0 else None)
+        ax.plot(0, 0, "ks", markersize=5, label="start")
+        ax.plot(*tasks[t]["goal"], "r*", markersize=14, label="goal")
+        shown_returns = ", ".join(f"{('before', '1 step', '3 steps')[i]} {returns[i, t]:.1f}"
+                                  for i in range(len(steps)))
+        ax.set(xlim=(-0.7, 0.7), ylim=(-0.7, 0.7), aspect="equal", xlabel="x", ylabel="y",
+               title=f"{_panel(t)} held-out goal {t + 1}, average return\n{shown_returns}")
+        ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"{Path(run_dir).name} ({which}): trajectories and average returns, "
-                 f"inner lr {inner_lr:g}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    fig.suptitle(f"{name}: {_checkpoint_text(learner)}, inner lr {inner_lr:g}", fontsize=10)
+    bottom_legend(fig, [axes[0][0].get_legend_handles_labels()[0]])
+    return fig
 
 
-def learning_curve(runs: dict[str, Path], out: Path) -> Path:
-    """The learning curves of ``runs``, drawn for their kind (return or a query metric)."""
-    rl = any(any("post_return" in r for r in read_metrics(path)) for path in runs.values())
-    return (rl_learning_curve if rl else supervised_learning_curve)(runs, out)
+def _one_metric(learners: dict[str, MAML]) -> str:
+    metrics = {metric_of(learner.config) for learner in learners.values()}
+    if len(metrics) > 1:
+        raise ConfigError(f"These runs report different metrics ({', '.join(sorted(metrics))});"
+                          " plot runs of one metric at a time.")
+    return metrics.pop()
+
+
+def _adaptation(learners: dict[str, MAML], out_dir: Path) -> list[Path]:
+    """The adaptation pictures: one for sinusoid runs together, one per image or nav2d run."""
+    tasks = {name: learner.config.task for name, learner in learners.items()}
+    if all(task == "sinusoid" for task in tasks.values()):
+        return save(sinusoid_figure(learners), out_dir / "adaptation.png")
+    written, single = [], len(learners) == 1
+    for name, learner in learners.items():
+        suffix = "" if single else "-" + re.sub(r"[^\w.-]+", "_", name).strip("_")
+        if tasks[name] in ("omniglot", "folder"):
+            written += save(classification_figure(learner, name),
+                            out_dir / f"adaptation{suffix}.png")
+        if tasks[name] == "nav2d":
+            written += save(nav2d_figure(learner, name), out_dir / f"trajectories{suffix}.png")
+    return written
 
 
 def plot_runs(runs: dict[str, Path], out_dir: Path) -> list[Path]:
-    """Every figure of ``runs`` into ``out_dir``: learning curves, then adaptation pictures."""
+    """Every figure of ``runs`` into ``out_dir`` (PNG and PDF): learning curves with seeds of
+    one experiment as one curve, then adaptation pictures of each experiment's first run."""
     from mamlkit.run.load import load
 
-    written = [learning_curve(runs, out_dir / "learning_curve.png")]
-    learners = {name: load(path) for name, path in runs.items()}
+    groups = group_by_seed(runs)
+    learners = {}  # loaded before anything is written: no half output for a run without weights
+    for group in groups:
+        learner = load(group.first)
+        several = len(group.runs) > 1
+        learners[f"{group.name}, seed {learner.config.seed}" if several else group.name] = learner
+    metric = _one_metric(learners)
+    written = save(learning_curve_figure(groups, metric), out_dir / "learning_curve.png")
     torch.set_num_threads(min(learner.config.threads for learner in learners.values()))
-    tasks = {name: learner.config.task for name, learner in learners.items()}
-    if all(task == "sinusoid" for task in tasks.values()):
-        return [*written, sinusoid_adaptation(learners, out_dir / "adaptation.png")]
-    single = len(runs) == 1
-    for name, learner in learners.items():
-        if tasks[name] == "omniglot":
-            out = out_dir / ("adaptation.png" if single else f"adaptation-{name}.png")
-            written.append(classification_adaptation(learner, out))
-        if tasks[name] == "nav2d":
-            out = out_dir / ("trajectories.png" if single else f"trajectories-{name}.png")
-            written.append(nav2d_trajectories(runs[name], out))
-    return written
+    return written + _adaptation(learners, out_dir)
+
+
+__all__ = ["bottom_legend", "classification_figure", "group_series", "learning_curve_figure",
+           "metric_of", "nav2d_figure", "plain_log_axis", "plot_runs", "rl_figure", "save",
+           "sinusoid_figure", "supervised_figure"]

@@ -9,6 +9,7 @@ tasks). Both own the learner and its optimizer; the loop in ``loop.py`` owns eve
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from mamlkit.run.build import (
     is_rl,
 )
 from mamlkit.run.config import Config
+from mamlkit.run.evaluate import mean_ci95
+from mamlkit.run.metrics import read_metrics
 from mamlkit.run.scale import meta_loss_fn, meta_step_backward
 from mamlkit.tasks import ImitationTasks, RLTasks, generator_from
 
@@ -38,10 +41,10 @@ class SupervisedStep:
     def __init__(self, config: Config, context: distributed.Context, run_dir: Path) -> None:
         self.config, self.context = config, context
         self.device = distributed.local_device(device_of(config), context)
-        torch.manual_seed(config.seed)
-        model = build_network(config, None).to(self.device)
-        self.tasks = build_tasks(config, "train")
+        self.tasks = build_tasks(config, "train")  # draws no random numbers
         self.val_tasks = build_tasks(config, "val")
+        torch.manual_seed(config.seed)
+        model = build_network(config, self.tasks).to(self.device)  # sized to the images
         self.learner = build_learner(config, model, self.tasks)
         # theta plus learned meta-parameters (Meta-SGD, MAML++ rates)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.meta_lr)
@@ -58,26 +61,26 @@ class SupervisedStep:
             self.optimizer.step()
         return loss
 
-    def curve(self, batch: TaskBatch) -> dict[str, float]:
+    def curve(self, batch: TaskBatch) -> torch.Tensor:
+        """The task metric per task ``[2, T]``, before and after adaptation."""
         with torch.random.fork_rng(devices=[]):
             steps = [0, max(self.config.inner_steps, 1)]
-            curve = self.learner.adaptation_curve(batch, steps, self.tasks.metric,
-                                                  inner_lr=inner_lr_at_eval(self.config))
-        return {"pre": curve[0].mean().item(), "post": curve[1].mean().item()}
+            return self.learner.adaptation_curve(batch, steps, self.tasks.metric,
+                                                 inner_lr=inner_lr_at_eval(self.config))
 
     def log_record(self) -> dict[str, float]:
         """The task metric of the last meta-batch before and after adaptation."""
         if not self.context.is_main or self.batch is None:
             return {}
         curve = self.curve(self.batch)
-        return {"train_pre": curve["pre"], "train_post": curve["post"]}
+        return {"train_pre": curve[0].mean().item(), "train_post": curve[1].mean().item()}
 
     def validation(self, run_dir: Path, iteration: int) -> dict[str, float]:
-        """Pre- and post-adaptation query metric on fixed held-out tasks."""
+        """Pre- and post-adaptation query metric on fixed held-out tasks, each with its 95%
+        CI (1.96 standard errors over the tasks) for the figures' bands."""
         with torch.random.fork_rng(devices=[]):
             batch = self.val_tasks.sample(self.config.val_tasks, generator_from(VAL_SEED))
-        curve = self.curve(batch.to(self.device))
-        return {"val_pre": curve["pre"], "val_post": curve["post"]}
+        return _with_ci(self.curve(batch.to(self.device)).cpu())
 
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
         return {"loss": f"{record['loss']:.4g}"} if "loss" in record else {}
@@ -104,6 +107,9 @@ class RLStep:
         self.reduce = distributed.all_sum if context.distributed else None
         self.best = checkpoint.best_value(run_dir)
         self.last: dict[str, float] = {}
+        self.run_dir = run_dir
+        self.env_steps: int | None = None  # so far, over all ranks; read at the first record
+        self.window_steps, self.window_seconds = 0, 0.0  # since the last record, this rank
 
     def steps(self, inner_lr: float | None = None) -> int:
         """Inner steps to sample for: none when the step size is zero (alpha = 0 runs)."""
@@ -112,11 +118,13 @@ class RLStep:
 
     def update(self, generator: torch.Generator) -> float:
         """Sample, adapt, sample again, outer step; every rank samples its tasks' share."""
-        config, learner = self.config, self.learner
+        config, learner, began = self.config, self.learner, time.perf_counter()
         tasks = self.tasks.sample_tasks(config.meta_batch_size, generator)
         share = (distributed.shard(len(tasks), self.context) if self.context.distributed
                  else None)
         rl = self.tasks.collect(tasks, generator, adapted_policy(learner), self.steps(), share)
+        self.window_steps += sum(int(e.mask.sum()) for e in [*rl.support_episodes,
+                                                              rl.query_episodes] if e is not None)
         extra, self.last = self._imitation(generator)
 
         def distribution(k: int | None):
@@ -130,6 +138,7 @@ class RLStep:
         self.last.update(pre_return=pre, post_return=post, std=mean_std(learner.model),
                          kl=stats.kl, step_fraction=stats.step_fraction)
         finite = all(torch.isfinite(p).all() for p in learner.parameters())
+        self.window_seconds += time.perf_counter() - began
         return stats.loss if finite else math.nan
 
     def _imitation(self, generator: torch.Generator) -> tuple[Any, dict[str, float]]:
@@ -154,15 +163,31 @@ class RLStep:
         return tuple((sums / num_tasks).tolist())
 
     def log_record(self) -> dict[str, float]:
-        return dict(self.last)
+        """The last meta-step's returns and statistics, and the sampling throughput: valid
+        environment steps (support and query sampling of all ranks) so far and per second of
+        meta-steps since the last record (validation and checkpoints not counted)."""
+        steps = self.window_steps
+        if self.context.distributed:  # every rank records at the same iterations
+            steps = int(distributed.all_sum(torch.tensor([steps], dtype=torch.float64)).item())
+        if self.env_steps is None:  # resumed runs go on from their last record
+            self.env_steps = next((int(r["env_steps"]) for r in reversed(
+                read_metrics(self.run_dir)) if "env_steps" in r), 0)
+        self.env_steps += steps
+        rate = steps / self.window_seconds if self.window_seconds > 0 else 0.0
+        self.window_steps, self.window_seconds = 0, 0.0
+        return {**self.last, "env_steps": self.env_steps, "env_steps_per_s": round(rate, 1)}
 
     def validation(self, run_dir: Path, iteration: int) -> dict[str, float]:
-        """Pre- and post-adaptation return on fixed validation tasks; keeps ``best/``."""
+        """Pre- and post-adaptation return on fixed validation tasks, each with its 95% CI
+        over the tasks' average returns; keeps ``best/``."""
         inner_lr = inner_lr_at_eval(self.config)
         tasks = self.tasks.sample_tasks(self.config.val_tasks, generator_from(VAL_SEED))
         rl = self.tasks.collect(tasks, generator_from(VAL_SEED + 1),
                                 adapted_policy(self.learner, inner_lr), self.steps(inner_lr))
-        record = {"val_pre": rl.pre_return, "val_post": rl.post_return}
+        post = rl.query_episodes.task_returns()
+        pre = rl.support_episodes[0].task_returns() if rl.support_episodes else post
+        record = {**_with_ci(torch.stack([pre, post])), "val_pre": rl.pre_return,
+                  "val_post": rl.post_return}
         if record["val_post"] > self.best:
             self.best = record["val_post"]
             checkpoint.save_best(run_dir, self.learner, iteration, self.best)
@@ -172,6 +197,15 @@ class RLStep:
         if "pre_return" not in record:
             return {}
         return {"pre": f"{record['pre_return']:.4g}", "post": f"{record['post_return']:.4g}"}
+
+
+def _with_ci(curve: torch.Tensor) -> dict[str, float]:
+    """``val_pre``/``val_post`` and their ``_ci95`` from the per-task metric ``[2, T]``."""
+    record = {}
+    for key, row in zip(("val_pre", "val_post"), curve, strict=True):
+        summary = mean_ci95(row)
+        record.update({key: summary["mean"], f"{key}_ci95": summary["ci95"]})
+    return record
 
 
 def make_step(config: Config, context: distributed.Context, run_dir: Path):

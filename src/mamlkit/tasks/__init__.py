@@ -4,10 +4,16 @@ returns ``TaskBatch`` stacks. H > 1: RL tasks of an environment, whose batches h
 from mamlkit.functional.seeding import generator_from
 from mamlkit.functional.task_batch import StepData, TaskBatch
 from mamlkit.tasks.base import TaskDistribution
-from mamlkit.tasks.classification import ClassificationTasks, omniglot_tasks
+from mamlkit.tasks.classification import (
+    ClassificationTasks,
+    folder_tasks,
+    omniglot_tasks,
+    split_classes,
+)
 from mamlkit.tasks.imitation import ImitationTasks
 from mamlkit.tasks.rl import RLBatch, RLTasks
 from mamlkit.tasks.sinusoid import Sinusoid
 
 __all__ = ["ClassificationTasks", "ImitationTasks", "RLBatch", "RLTasks", "Sinusoid", "StepData",
-           "TaskBatch", "TaskDistribution", "generator_from", "omniglot_tasks"]
+           "TaskBatch", "TaskDistribution", "folder_tasks", "generator_from", "omniglot_tasks",
+           "split_classes"]

@@ -11,14 +11,15 @@ with a few tensor operations (a loop over the ``ways``, none over tasks or image
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
 from torch import Tensor
 
-from mamlkit.data import ClassImages, load_omniglot
+from mamlkit.data import ClassImages, DataError, load_image_folder, load_omniglot
+from mamlkit.data.omniglot import seeded_permutation
 from mamlkit.functional.seeding import generator_from
 from mamlkit.functional.task_batch import TaskBatch
 
@@ -31,6 +32,9 @@ class ClassificationTasks:
     and ``query`` likewise with ``query_shots``; examples are grouped by label (label 0 first).
     ``classes`` restricts the base classes of ``data`` (default: all of them); ``rotations``
     lists the quarter turns that make classes, ``(0,)`` for none, ``(0, 1, 2, 3)`` for four.
+    ``augment(images [tasks, n, C, H, W] float in [0, 1], generator) -> images`` transforms the
+    sampled support and query images (draw any randomness from ``generator``, so that runs
+    reproduce); ``None`` leaves them as they are.
     """
 
     data: ClassImages
@@ -39,6 +43,7 @@ class ClassificationTasks:
     query_shots: int = 15
     classes: Sequence[int] | Tensor | None = None
     rotations: tuple[int, ...] = (0,)
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
     loss: str = "cross_entropy"
     metric: str = "accuracy"
     _base: Tensor = field(init=False, repr=False)
@@ -176,7 +181,8 @@ class ClassificationTasks:
 
         def images(r: Tensor) -> Tensor:
             x = table.index_select(0, r.reshape(-1)).view(num_tasks, -1, c, h, w)
-            return torch.div(x, 255.0)  # uint8 / float scalar: float32 in one pass
+            x = torch.div(x, 255.0)  # uint8 / float scalar: float32 in one pass
+            return x if self.augment is None else self.augment(x, g)
 
         labels = torch.arange(self.ways)
         support_y = labels.repeat_interleave(k).expand(num_tasks, -1).contiguous()
@@ -225,3 +231,64 @@ def omniglot_tasks(
         classes=characters,
         rotations=(0, 1, 2, 3) if rotate else (0,),
     )
+
+
+SPLITS = ("train", "val", "test")
+
+
+def split_classes(names: Sequence[str], class_split: Sequence[float] | Mapping[str, Sequence[str]],
+                  seed: int = 0) -> dict[str, list[int]]:
+    """Class ids of the train, val and test splits.
+
+    ``class_split`` is three fractions (train, val, test) of the classes, cut from a fixed
+    permutation of ``seed`` (the same on every machine), or a mapping from split name to class
+    names.
+    """
+    if isinstance(class_split, Mapping):
+        index = {name: i for i, name in enumerate(names)}
+        unknown = [n for part in class_split.values() for n in part if n not in index]
+        if unknown:
+            raise DataError(f"class_split names class {unknown[0]!r}, which the dataset does "
+                            f"not have; its classes are: {', '.join(list(names)[:10])} ...")
+        return {split: [index[n] for n in class_split.get(split, [])] for split in SPLITS}
+    fractions = [float(f) for f in class_split]
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise DataError(f"class_split needs three fractions (train, val, test) that add up to "
+                        f"1, got {list(class_split)}.")
+    order = seeded_permutation(len(names), seed)
+    cuts = [round(len(names) * sum(fractions[:i])) for i in range(4)]
+    return {split: sorted(order[cuts[i]:cuts[i + 1]]) for i, split in enumerate(SPLITS)}
+
+
+def folder_tasks(
+    root: str | os.PathLike[str],
+    ways: int = 5,
+    shots: int = 1,
+    query_shots: int = 15,
+    split: str = "train",
+    *,
+    class_split: Sequence[float] | Mapping[str, Sequence[str]] = (0.64, 0.16, 0.20),
+    image_size: int | None = None,
+    channels: int = 3,
+    invert: bool = False,
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+    cache: bool = True,
+) -> ClassificationTasks:
+    """N-way K-shot tasks of one split of a folder (or .zip) with one sub-folder per class.
+
+    Images are read once (``channels`` 1 or 3, resized to ``image_size`` if given; cached under
+    ``$MAMLKIT_CACHE``); the classes are split into train, val and test by ``class_split``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}.")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB); got {channels}.")
+    data = load_image_folder(root, image_size=image_size, mode="L" if channels == 1 else "RGB",
+                             invert=invert, cache=cache)
+    classes = split_classes(data.class_names, class_split)[split]
+    if len(classes) < ways:
+        raise DataError(f"The {split} split holds {len(classes)} of the folder's "
+                        f"{data.num_classes} classes, fewer than ways={ways}; lower ways or "
+                        "change class_split.")
+    return ClassificationTasks(data, ways=ways, shots=shots, query_shots=query_shots,
+                               classes=classes, augment=augment)
