@@ -7,19 +7,23 @@ functional core and looks at the query data with the adapted parameters.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils import _pytree as pytree
 
 from mamlkit import functional as MF
 from mamlkit.functional.adapt import InnerLR
 from mamlkit.functional.batching import Batching, TaskOps, choose_batching, resolve_batching
 from mamlkit.functional.checkpointed import checkpointed_task_losses
+from mamlkit.functional.chunked import chunked_meta_loss
 from mamlkit.functional.losses import LossFn
 from mamlkit.functional.meta import PerStep
 from mamlkit.functional.select import select_names
+from mamlkit.functional.stacked import supports_task_stacking
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss, as_task_loss
 from mamlkit.models.batch_norm import (
@@ -28,6 +32,57 @@ from mamlkit.models.batch_norm import (
     running_stat_layers,
     update_running_stats,
 )
+from mamlkit.models.stacking import (
+    stacked_forward,
+    stacking_problem,
+    update_running_stats_stacked,
+)
+
+log = logging.getLogger("mamlkit")
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
+def _derived_stacking(model: nn.Module, chunk_size: int | None) -> Batching:
+    """``stacked`` through ``models/stacking.py``, or one sentence naming what prevents it."""
+    problem = stacking_problem(model)
+    if problem is not None:
+        raise ValueError(f"{type(model).__name__} does not support batching='stacked': {problem}; "
+                         "choose auto, vmap or loop.")
+    return Batching("stacked", chunk_size, stacked_forward=stacked_forward)
+
+
+def model_batching(batching: str | Batching, model: nn.Module, chunk_size: int | None = None,
+                   announce: bool = True) -> Batching:
+    """The learner's batching: ``resolve_batching``, plus task stacking derived from the layers
+    (``models/stacking.py``) for models that do not stack tasks themselves.
+
+    ``auto`` on CPU stacks a model that would otherwise run in a Python loop over tasks (conv
+    nets, batch norm; benchmarks/any_model.py); if it cannot, one log line (``announce``) names
+    the layer, for models with convolutions, where it matters. ``stacked`` asked for explicitly
+    uses it too, or raises naming the layer. Models on a GPU keep ``choose_batching``'s choice.
+    """
+    native = supports_task_stacking(model)
+    if isinstance(batching, Batching):
+        if batching.kind == "stacked" and batching.stacked_forward is None and not native:
+            return _derived_stacking(model, batching.chunk_size)
+        return resolve_batching(batching, model, chunk_size)
+    if batching == "stacked" and not native:
+        return _derived_stacking(model, chunk_size)
+    if batching != "auto" or any(t.is_cuda for t in model.parameters()):
+        return resolve_batching(batching, model, chunk_size)
+    kind = choose_batching(model)
+    if kind != "loop":
+        return Batching(kind, chunk_size)
+    problem = stacking_problem(model)
+    if problem is None:
+        return Batching("stacked", chunk_size, stacked_forward=stacked_forward)
+    if announce and _has_conv(model):
+        log.warning("mamlkit: %s runs with batching='loop', not task-stacked: %s.",
+                    type(model).__name__, problem)
+    return Batching(kind, chunk_size)
 
 
 class MAML(nn.Module):
@@ -36,14 +91,17 @@ class MAML(nn.Module):
     ``inner_lr`` (alpha) may be one number or one per inner step; ``inner_lr=0`` is plain
     multi-task training (the "pretrained" baseline). ``first_order=True`` drops the second-order
     terms. ``batching`` is ``"auto"``, ``"vmap"``, ``"loop"``, ``"stacked"`` (models with
-    ``supports_task_stacking``) or a ``functional.Batching``; ``chunk_size`` bounds how many tasks
-    one call holds in memory. ``checkpoint_inner=True`` recomputes each inner step in the
+    ``supports_task_stacking``, or made of standard layers: ``models/stacking.py``) or a
+    ``functional.Batching`` (see ``model_batching``); ``chunk_size`` bounds how many tasks one
+    call holds in memory. ``checkpoint_inner=True`` recomputes each inner step in the
     backward pass (second order): memory of one step of one chunk, at the cost of one extra
-    first-order step per step (``functional/checkpointed.py``). ``adapt_names`` are glob patterns
-    (``["head.*"]``) of the parameters the inner loop adapts (default: all); the others are
-    meta-learned in the outer loop only. ``loss_fn`` is a (prediction, target) loss or its
-    name, or a ``functional.TaskLoss``; left out, integer targets get cross-entropy and
-    floating ones MSE. Tasks that carry their own loss use theirs.
+    first-order step per step (``functional/checkpointed.py``). Without it, stacked
+    second-order meta-losses back-propagate each chunk as soon as it is computed and free its
+    graph (``frees_chunks``, ``functional/chunked.py``): memory of one chunk, no extra work.
+    ``adapt_names`` are glob patterns (``["head.*"]``) of the parameters the inner loop adapts
+    (default: all); the others are meta-learned in the outer loop only. ``loss_fn`` is a
+    (prediction, target) loss or its name, or a ``functional.TaskLoss``; left out, integer
+    targets get cross-entropy and floating ones MSE. Tasks that carry their own loss use theirs.
 
     Stock ``nn.BatchNorm`` layers are replaced in place (one log line says so) by
     ``TaskBatchNorm``: per-task batch statistics in the inner loop and for the query set, as
@@ -79,7 +137,7 @@ class MAML(nn.Module):
         self.first_order = first_order
         self.loss_fn = as_task_loss(loss_fn)
         self.batching_choice = batching
-        self.batching = resolve_batching(batching, model, chunk_size)
+        self.batching = model_batching(batching, model, chunk_size)
         self.checkpoint_inner = checkpoint_inner
         self.adapt_names = (select_names(self.params(), adapt_names)
                             if adapt_names is not None else None)
@@ -91,7 +149,8 @@ class MAML(nn.Module):
     def rebatch(self) -> None:
         """Choose the batching again for where the model now is (``auto`` only)."""
         if self.batching_choice == "auto":
-            self.batching = Batching(choose_batching(self.model), self.batching.chunk_size)
+            self.batching = model_batching("auto", self.model, self.batching.chunk_size,
+                                           announce=False)
 
     def rates(self, inner_lr: InnerLR | None = None, steps: int | None = None) -> InnerLR:
         """The inner step sizes to use: ``inner_lr`` if given, else the learner's own."""
@@ -132,7 +191,12 @@ class MAML(nn.Module):
         if not self.model.training or not running_stat_layers(self.model):
             return
         query = batch.query
-        if type(query) is tuple and len(query) == 2 and isinstance(query[0], Tensor):
+        if type(query) is not tuple or len(query) != 2 or not isinstance(query[0], Tensor):
+            return
+        if self.batching.stacked_forward is stacked_forward:  # all tasks in a few calls
+            chunk = self.batching.slices(batch.num_tasks)[0]
+            update_running_stats_stacked(self.model, query[0], chunk.stop - chunk.start)
+        else:
             update_running_stats(self.model, list(query[0]))
 
     def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
@@ -144,7 +208,21 @@ class MAML(nn.Module):
                 self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
                 inner_lr=self.rates(), steps=steps, adapt_names=self.adapt_names,
                 batching=self.batching).mean()
+        if self.frees_chunks(steps):  # back-propagate chunk by chunk: memory of one chunk
+            return chunked_meta_loss(
+                self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
+                inner_lr=self.rates(), steps=steps, first_order=self.first_order,
+                adapt_names=self.adapt_names, batching=self.batching)
         return self.map_adapted(batch, MF.meta.query_value, steps).mean()
+
+    def frees_chunks(self, steps: int) -> bool:
+        """Whether ``meta_loss`` back-propagates each chunk of tasks at once and frees its
+        graph (``functional/chunked.py``): stacked batching, second order, grad mode on, step
+        sizes not learned (no per-step parameters). Same gradient, a chunk's memory."""
+        learned = any(isinstance(t, Tensor) and t.requires_grad
+                      for t in pytree.tree_leaves(self.rates()))
+        return (self.batching.kind == "stacked" and torch.is_grad_enabled() and steps > 0
+                and not self.first_order and not learned and not self.per_step())
 
     def adapted_params(self, support: Any, steps: int | None = None,
                        inner_lr: InnerLR | None = None) -> tuple[dict[str, Tensor], bool]:

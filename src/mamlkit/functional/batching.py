@@ -8,8 +8,9 @@ one task, where ``ops`` offers the task's loss, an inner step and the model's fo
 - ``vmap``: ``torch.func.vmap`` over tasks (``chunk_size`` tasks per call), with per-task ops;
 - ``loop``: a Python loop over tasks with the same per-task ops, exact for any module;
 - ``stacked``: chunks of tasks (``chunk_size``, default ``DEFAULT_CHUNK``) with *stacked* ops,
-  which call a task-stacking model (``Conv4``) once for the whole chunk; ``fn`` then sees
-  parameters and data with a leading task dimension and gets ``[T]``-shaped values back.
+  which call a task-stacking model (``Conv4``) once for the whole chunk, or the batching's
+  ``stacked_forward`` (``models/stacking.py`` derives one for models of standard layers); ``fn``
+  then sees parameters and data with a leading task dimension and gets ``[T]``-shaped values.
 
 ``choose_batching`` picks the strategy measured fastest and exact for a model.
 """
@@ -17,7 +18,7 @@ one task, where ``ops`` offers the task's loss, an inner step and the model's fo
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from mamlkit.functional.stacked import (
     supports_task_stacking,
 )
 from mamlkit.functional.task_batch import leaves, take
-from mamlkit.functional.task_loss import TaskLoss, forward
+from mamlkit.functional.task_loss import StackedForward, TaskLoss, forward
 
 BATCHINGS: tuple[str, ...] = ("vmap", "loop", "stacked")
 
@@ -67,15 +68,30 @@ class TaskOps:
         return dict(params)
 
 
+@dataclass(frozen=True)
 class StackedOps(TaskOps):
-    """The same operations on a chunk of ``tasks`` tasks with stacked parameters ``[T, ...]``."""
+    """The same operations on a chunk of ``tasks`` tasks with stacked parameters ``[T, ...]``.
+
+    The model runs through ``stacked_forward`` if given, else through ``functional_call`` (a
+    model that stacks tasks itself, ``Conv4``).
+    """
+
+    stacked_forward: StackedForward | None = None
+
+    def forward(self, params: Mapping[str, Tensor], x: Any) -> Any:
+        if self.stacked_forward is None:
+            return super().forward(params, x)
+        return self.stacked_forward(self.model, params, self.buffers, x)
 
     def value(self, params, data, loss=None) -> Tensor:
         loss = loss or self.loss
         if loss.stacked is None:
             raise ValueError(f"The task loss {loss!r} has no stacked form; choose "
                              "batching='vmap' or 'loop'.")
-        return loss.stacked(self.model, params, self.buffers, data)
+        if self.stacked_forward is None:  # keeps custom losses without the keyword working
+            return loss.stacked(self.model, params, self.buffers, data)
+        return loss.stacked(self.model, params, self.buffers, data,
+                            stacked_forward=self.stacked_forward)
 
     def step(self, params, data, lr, first_order=False, adapt_names=None) -> Params:
         return stacked_inner_step(self.bound(), params, data, lr, first_order, adapt_names)
@@ -93,10 +109,16 @@ def _stack(outputs: list[Any], dim_fn: Callable[[list[Tensor]], Tensor]) -> Any:
 
 @dataclass(frozen=True)
 class Batching:
-    """``vmap`` | ``loop`` | ``stacked``, with ``chunk_size`` tasks per call (None: default)."""
+    """``vmap`` | ``loop`` | ``stacked``, with ``chunk_size`` tasks per call (None: default).
+
+    ``stacked_forward`` (stacked only) runs the model for a chunk of tasks, for models that do
+    not stack tasks themselves; it is how, not what, so equality and hashing ignore it.
+    """
 
     kind: str = "vmap"
     chunk_size: int | None = None
+    stacked_forward: StackedForward | None = field(default=None, compare=False, hash=False,
+                                                   repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in BATCHINGS:
@@ -118,13 +140,14 @@ class Batching:
         outputs stacked over tasks. ``params`` are shared unless ``batched_params``."""
         params, buffers = dict(params), dict(buffers)
         if self.kind == "stacked":
-            if not supports_task_stacking(model):
+            if self.stacked_forward is None and not supports_task_stacking(model):
                 raise ValueError(f"{type(model).__name__} does not support batching='stacked'; "
                                  "choose auto, vmap or loop.")
             outputs = []
             for part in self.slices(leaves(data)[0].shape[0]):
                 chunk = take(data, part)
-                ops = StackedOps(model, buffers, loss, leaves(chunk)[0].shape[0])
+                ops = StackedOps(model, buffers, loss, leaves(chunk)[0].shape[0],
+                                 self.stacked_forward)
                 p = take(params, part) if batched_params else ops.shared(params)
                 outputs.append(fn(ops, p, chunk))
             return _stack(outputs, torch.cat)
@@ -152,9 +175,11 @@ def choose_batching(model: nn.Module) -> str:
     ``"stacked"``: 1.6-2.3x faster than a plain autograd loop on CPU at about 0.6x its peak
     memory (benchmarks/conv_batching.py). For other conv nets per-task weights make ``vmap`` turn
     each convolution into a grouped NCHW one, slower than a loop on CPU, and ``nn.BatchNorm`` under
-    ``vmap`` gives inexact second-order gradients: they get the loop. Everything else is batched
-    with ``vmap``. On a GPU, ``vmap`` over Conv4 was 18x faster than the plain loop on an H100
-    (grouped convolutions are fast there), so models on CUDA without ``nn.BatchNorm`` get it.
+    ``vmap`` gives inexact second-order gradients: they get the loop here, and the learners'
+    ``auto`` stacks them instead where ``models/stacking.py`` can derive their stacked forward
+    (``algorithms/maml.py::model_batching``). Everything else is batched with ``vmap``. On a
+    GPU, ``vmap`` over Conv4 was 18x faster than the plain loop on an H100 (grouped
+    convolutions are fast there), so models on CUDA without ``nn.BatchNorm`` get it.
     """
     on_gpu = any(p.is_cuda for p in model.parameters())
     if on_gpu and not has_torch_batch_norm(model):
@@ -175,7 +200,8 @@ def resolve_batching(batching: str | Batching, model: nn.Module,
     else:
         kind = choose_batching(model) if batching == "auto" else batching
         result = Batching(kind, chunk_size)
-    if result.kind == "stacked" and not supports_task_stacking(model):
+    if (result.kind == "stacked" and result.stacked_forward is None
+            and not supports_task_stacking(model)):
         raise ValueError(f"{type(model).__name__} does not support batching='stacked'; "
                          "choose auto, vmap or loop.")
     return result

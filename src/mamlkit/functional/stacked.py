@@ -20,8 +20,12 @@ from torch import Tensor, nn
 
 from mamlkit.functional.adapt import Params, StepSize, is_zero, sgd_update
 
-# Tasks per model call; measured fastest on CPU for Conv4 on Omniglot shapes (1 and 2 threads).
-DEFAULT_CHUNK = 4
+# Tasks per model call. Second-order meta-losses free each chunk's graph once back-propagated
+# (functional/chunked.py), so peak memory grows with the chunk: with 2 tasks a conv4 meta-step
+# took 0.55-0.7x the memory of 4 (within 1.7x of a loop that back-propagates task by task) for
+# 0-9% more time; 1 task was slower still (benchmarks/results/any_model.md, 1 thread). For
+# ResNet-12 a task's graph is gigabytes, which decides it.
+DEFAULT_CHUNK = 2
 
 # losses(params, data) -> [T]: every task's loss from stacked parameters and stacked data
 StackedLoss = Callable[[Mapping[str, Tensor], Any], Tensor]

@@ -7,7 +7,7 @@ is that function; ``SupervisedLoss`` turns a (prediction, target) loss such as M
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -15,6 +15,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mamlkit.functional.losses import LossFn, resolve_loss, resolve_metric
+
+# (model, params stacked [T, ...], buffers, x [T, N, ...]) -> [T, N, ...]: a model run for a
+# chunk of tasks at once (``models/stacking.py`` builds one for models of standard layers)
+StackedForward = Callable[[nn.Module, Mapping[str, Tensor], Mapping[str, Tensor], Any], Any]
 
 
 def forward(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
@@ -47,10 +51,12 @@ class SupervisedLoss(TaskLoss):
         x, y = data
         return self.fn(forward(model, params, buffers, x), y)
 
-    def stacked(self, model, params, buffers, data) -> Tensor:  # type: ignore[override]
-        """Each task's loss ``[T]`` from one call of a task-stacking model."""
+    def stacked(self, model, params, buffers, data,  # type: ignore[override]
+                stacked_forward: StackedForward | None = None) -> Tensor:
+        """Each task's loss ``[T]`` from one call of a task-stacking model, or of
+        ``stacked_forward`` for models that do not stack tasks themselves."""
         x, y = data
-        out = forward(model, params, buffers, x)
+        out = (stacked_forward or forward)(model, params, buffers, x)
         return torch.stack([self.fn(out[t], y[t]) for t in range(out.shape[0])])
 
     def __repr__(self) -> str:
@@ -71,4 +77,5 @@ def as_task_metric(metric: str | LossFn | TaskLoss) -> TaskLoss:
     return SupervisedLoss(resolve_metric(metric))
 
 
-__all__ = ["SupervisedLoss", "TaskLoss", "as_task_loss", "as_task_metric", "forward"]
+__all__ = ["StackedForward", "SupervisedLoss", "TaskLoss", "as_task_loss", "as_task_metric",
+           "forward"]

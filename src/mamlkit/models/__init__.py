@@ -8,6 +8,9 @@ from mamlkit.models.batch_norm import (
 )
 from mamlkit.models.conv4 import Conv4
 from mamlkit.models.mlp import mlp
+from mamlkit.models.resnet12 import ResNet12
+from mamlkit.models.stacking import Unstackable, compile_stacking, stacked_forward, stacking_problem
 
-__all__ = ["Conv4", "TaskBatchNorm", "exact_batch_norm", "has_torch_batch_norm", "mlp",
-           "update_running_stats"]
+__all__ = ["Conv4", "ResNet12", "TaskBatchNorm", "Unstackable", "compile_stacking",
+           "exact_batch_norm", "has_torch_batch_norm", "mlp", "stacked_forward",
+           "stacking_problem", "update_running_stats"]

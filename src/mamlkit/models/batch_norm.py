@@ -63,7 +63,11 @@ class TaskBatchNorm(nn.Module):
         unbiased variance, ``momentum`` or a cumulative average when it is None)."""
         dims = [d for d in range(x.dim()) if d != 1]
         n = x.numel() // x.shape[1]
-        mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=n > 1)
+        self.fold_in(x.mean(dim=dims), x.var(dim=dims, unbiased=n > 1))
+
+    @torch.no_grad()
+    def fold_in(self, mean: Tensor, var: Tensor) -> None:
+        """Fold one batch's mean and unbiased variance into the running statistics."""
         self.num_batches_tracked += 1
         rate = (1.0 / float(self.num_batches_tracked) if self.momentum is None
                 else self.momentum)

@@ -1,0 +1,379 @@
+"""Meta-step time and memory for models of standard layers: mamlkit, a plain loop, learn2learn.
+
+A meta-step adapts every task of the meta-batch (second order), takes the query loss, runs the
+backward pass and an Adam step. Workloads: (a) a user's conv4 written as ``nn.Sequential`` with
+stock ``nn.BatchNorm2d`` (mamlkit stacks it through ``models/stacking.py``), (c) mamlkit's
+``Conv4`` (its hand-written stacked path), (b) ResNet-12 (``models/resnet12.py``, stacked through
+``models/stacking.py``). Each runs with mamlkit's ``auto`` batching, the plain per-task loop
+that calls ``backward`` after every task (as the peers' examples write it) and learn2learn (the
+same, through ``MAML.clone``/``adapt``), side by side in one process, interleaved, medians; a
+float64 check of every meta-gradient against the plain loop's comes first. Peak memory is the
+resident-set growth of one step in a fresh process per implementation.
+
+The ceiling: a plain forward + backward of the same network on all the meta-batch's images at
+once, without meta-learning, in GFLOP/s of convolution (``torch.utils.flop_counter``). Each
+meta-step's convolution FLOPs (counted on the plain loop) over its time, as a fraction of that,
+says how close to what the CPU can do for these convolutions the step runs.
+
+    bash benchmarks/install_peers.sh          # learn2learn (and higher)
+    python benchmarks/any_model.py --workload conv4-seq-1 conv4-1 --memory
+    python benchmarks/any_model.py --workload resnet12-1 --repeats 3 --warmup 1 --memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402
+
+from mamlkit import MAML, TaskBatch  # noqa: E402
+from mamlkit.models import Conv4, ResNet12, TaskBatchNorm  # noqa: E402
+
+CHUNKS: list[int] = []  # --chunk-sizes: extra mamlkit rows
+
+
+def conv4_sequential(ways: int = 5, hidden: int = 64, running_stats: bool = True
+                     ) -> nn.Sequential:
+    """Conv4 as a user writes it: strided 3x3 convs (stride 2, padding 1), stock batch norm
+    (default: with running statistics; learn2learn's own Omniglot CNN has none)."""
+    layers: list[nn.Module] = []
+    channels = 1
+    for _ in range(4):
+        layers += [nn.Conv2d(channels, hidden, 3, stride=2, padding=1),
+                   nn.BatchNorm2d(hidden, track_running_stats=running_stats), nn.ReLU()]
+        channels = hidden
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(hidden * 2 * 2, ways))
+
+
+def image_batch(tasks: int, channels: int, size: int, seed: int, ways: int = 5, shots: int = 1,
+                queries: int = 15) -> TaskBatch:
+    """Random images with balanced labels: the shapes of 5-way 1-shot tasks, 75 queries."""
+    g = torch.Generator().manual_seed(seed)
+    support_y = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).clone()
+    query_y = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).clone()
+    return TaskBatch(
+        (torch.rand(tasks, ways * shots, channels, size, size, generator=g), support_y),
+        (torch.rand(tasks, ways * queries, channels, size, size, generator=g), query_y))
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    make_model: Callable[[], nn.Module]
+    make_batch: Callable[[int], TaskBatch]
+    inner_lr: float
+    steps: int
+    ceiling_images: int | None = None  # images in the ceiling's training step (None: all)
+
+
+def _omniglot(seed: int) -> TaskBatch:
+    return image_batch(32, 1, 28, seed)
+
+
+def _mini(seed: int) -> TaskBatch:
+    return image_batch(4, 3, 84, seed)
+
+
+WORKLOADS = {
+    "conv4-seq-1": Workload("(a) conv4 nn.Sequential + stock BN, 5w1s 32 tasks, 1 step",
+                            conv4_sequential, _omniglot, 0.4, 1),
+    "conv4-seq-5": Workload("(a) conv4 nn.Sequential + stock BN, 5w1s 32 tasks, 5 steps",
+                            conv4_sequential, _omniglot, 0.1, 5),
+    "conv4-seq-nostats-1": Workload(
+        "(a') the same, BatchNorm2d(track_running_stats=False), 1 step",
+        functools.partial(conv4_sequential, running_stats=False), _omniglot, 0.4, 1),
+    "conv4-1": Workload("(c) mamlkit Conv4, 5w1s 32 tasks, 1 step", lambda: Conv4(5),
+                        _omniglot, 0.4, 1),
+    "conv4-5": Workload("(c) mamlkit Conv4, 5w1s 32 tasks, 5 steps", lambda: Conv4(5),
+                        _omniglot, 0.1, 5),
+    "resnet12-1": Workload("(b) ResNet-12 84x84, 5w1s 4 tasks, 1 step", lambda: ResNet12(5),
+                           _mini, 0.01, 1, ceiling_images=80),
+}
+
+
+# --- implementations: each makes step(batch), leaving the meta-gradient in .grad ------------
+
+Step = Callable[[TaskBatch], None]
+Maker = Callable[[nn.Module, Workload], Step]
+
+
+def mamlkit_step(model: nn.Module, work: Workload, chunk_size: int | None = None) -> Step:
+    learner = MAML(model, work.inner_lr, work.steps, loss_fn="cross_entropy",
+                   chunk_size=chunk_size)
+
+    def step(batch: TaskBatch) -> None:
+        learner.meta_loss(batch).backward()
+
+    step.batching = learner.batching  # type: ignore[attr-defined]
+    return step
+
+
+def plain_loop_step(model: nn.Module, work: Workload) -> Step:
+    """Adapt one task, backward its share of the query loss, next task (graphs freed each)."""
+    params = dict(model.named_parameters())
+
+    def step(batch: TaskBatch) -> None:
+        (sx, sy), (qx, qy) = batch.support, batch.query
+        tasks = sx.shape[0]
+        for t in range(tasks):
+            fast = params
+            for _ in range(work.steps):
+                loss = F.cross_entropy(functional_call(model, fast, (sx[t],)), sy[t])
+                grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
+                fast = {n: p - work.inner_lr * g
+                        for (n, p), g in zip(fast.items(), grads, strict=True)}
+            (F.cross_entropy(functional_call(model, fast, (qx[t],)), qy[t]) / tasks).backward()
+
+    return step
+
+
+def learn2learn_step(model: nn.Module, work: Workload) -> Step:
+    """learn2learn's MAML wrapper as its examples use it: clone, adapt, backward per task."""
+    maml = peers._load_l2l_maml()(model, lr=work.inner_lr, first_order=False)
+
+    def step(batch: TaskBatch) -> None:
+        (sx, sy), (qx, qy) = batch.support, batch.query
+        tasks = sx.shape[0]
+        for t in range(tasks):
+            learner = maml.clone()
+            for _ in range(work.steps):
+                learner.adapt(F.cross_entropy(learner(sx[t]), sy[t]))
+            (F.cross_entropy(learner(qx[t]), qy[t]) / tasks).backward()
+
+    return step
+
+
+def implementations(chunk_sizes: Sequence[int] = ()) -> dict[str, Maker]:
+    """mamlkit (``auto``; also with each of ``chunk_sizes``), the plain loop, learn2learn."""
+    impls: dict[str, Maker] = {"mamlkit auto": mamlkit_step, "plain loop": plain_loop_step}
+    for size in chunk_sizes:
+        impls[f"mamlkit chunk_size={size}"] = functools.partial(mamlkit_step, chunk_size=size)
+    problem = peers.available_peers().get("learn2learn")
+    if problem is None:
+        impls["learn2learn"] = learn2learn_step
+    else:
+        print(f"# learn2learn skipped: {problem}")
+    return impls
+
+
+def _double(batch: TaskBatch) -> TaskBatch:
+    cast = lambda t: t.double() if t.is_floating_point() else t  # noqa: E731
+    return TaskBatch(tuple(map(cast, batch.support)), tuple(map(cast, batch.query)))
+
+
+def check_gradients(work: Workload, impls, tasks: int | None = None) -> None:
+    """Every meta-gradient must match the plain loop's in float64 (1e-9 relative) first."""
+    base = work.make_model().double()
+    batch = _double(work.make_batch(123))
+    batch = batch if tasks is None else batch[:tasks]
+    grads = {}
+    for name, make in impls.items():
+        model = copy.deepcopy(base)
+        make(model, work)(batch)
+        grads[name] = {n: p.grad for n, p in model.named_parameters()}
+    ref = grads["plain loop"]
+    scale = max(g.abs().max().item() for g in ref.values())
+    for name, g in grads.items():
+        error = max((g[n] - ref[n]).abs().max().item() for n in ref)
+        ok = error <= 1e-9 * max(scale, 1e-6)
+        print(f"# float64 gradient check {name:13s} max |diff| {error:.1e} (largest "
+              f"{scale:.1e}) {'ok' if ok else 'MISMATCH'}")
+        if not ok:
+            raise SystemExit(f"{name} disagrees with the plain loop; not timing it.")
+
+
+# --- timing, memory, the ceiling --------------------------------------------------------------
+
+def time_steps(work: Workload, impls, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per meta-step of every implementation, interleaved (A, B, C, A, B, C, ...)."""
+    base = work.make_model()
+    steps, optimizers = {}, {}
+    for name, make in impls.items():
+        model = copy.deepcopy(base)
+        steps[name] = make(model, work)  # before the optimiser: batch norm may be replaced
+        optimizers[name] = torch.optim.Adam(model.parameters(), lr=1e-3)
+    times: dict[str, list[float]] = {name: [] for name in impls}
+    for r in range(warmup + repeats):
+        batch = work.make_batch(r)
+        for name in impls:
+            start = time.perf_counter()
+            optimizers[name].zero_grad(set_to_none=True)
+            steps[name](batch)
+            optimizers[name].step()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def high_water_mb() -> float:
+    """Peak resident set since the last reset (VmHWM). Not ``ru_maxrss``: Linux carries that
+    over from the parent's image through fork and exec, so a big parent hides the child's."""
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    return int(kb) / 1024
+
+
+def reset_high_water() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_memory_child(key: str, impl: str) -> None:
+    """In a fresh process: the peak resident-set growth of one meta-step, in MB."""
+    work = WORKLOADS[key]
+    model, batch = work.make_model(), work.make_batch(0)
+    step = implementations(CHUNKS)[impl](model, work)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    reset_high_water()
+    before = rss_mb()
+    step(batch)
+    optimizer.step()
+    print(json.dumps({"peak_mb": high_water_mb() - before}))
+
+
+def peak_memory(key: str, impl: str) -> float:
+    chunks = [str(c) for c in CHUNKS]
+    out = subprocess.run([sys.executable, __file__, "--child-memory", key, impl,
+                          "--chunk-sizes", *chunks], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mb"]
+
+
+def conv_flops(fn: Callable[[], None]) -> float:
+    """Convolution FLOPs (forward and every backward) that ``fn`` runs."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    counts = counter.get_flop_counts()["Global"]
+    return float(sum(v for op, v in counts.items() if "convolution" in str(op)))
+
+
+def step_flops(work: Workload) -> float:
+    """Convolution FLOPs of one meta-step, counted on the plain loop (one task, times tasks)."""
+    batch = work.make_batch(0)
+    step = plain_loop_step(work.make_model(), work)
+    return conv_flops(lambda: step(batch[:1])) * batch.num_tasks
+
+
+def stock_batch_norm(model: nn.Module) -> nn.Module:
+    """``model`` with ``TaskBatchNorm`` swapped for stock ``nn.BatchNorm`` (fused kernels)."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, TaskBatchNorm):
+                bn = nn.BatchNorm2d(child.num_features, child.eps, track_running_stats=False)
+                setattr(module, name, bn)
+    return model
+
+
+def train_gflops(model: nn.Module, x: Tensor, y: Tensor, repeats: int) -> float:
+    """GFLOP/s of convolution of plain training steps (forward, backward) of ``model``."""
+    def once() -> None:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+
+    flops = conv_flops(once)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return flops / statistics.median(times) / 1e9
+
+
+def ceiling(work: Workload, repeats: int) -> float:
+    """GFLOP/s of convolution of a plain training step of the same network (stock batch norm)
+    on the meta-batch's images in one batch (all, or ``ceiling_images``), no meta-learning,
+    NCHW or channels-last, whichever is faster: what this CPU does at most for these convs."""
+    model, batch = stock_batch_norm(work.make_model()), work.make_batch(0)
+    x = torch.cat([batch.support[0].flatten(0, 1), batch.query[0].flatten(0, 1)])
+    y = torch.cat([batch.support[1].flatten(0, 1), batch.query[1].flatten(0, 1)])
+    x, y = x[:work.ceiling_images], y[:work.ceiling_images]
+    return max(train_gflops(model.to(memory_format=layout), x.contiguous(memory_format=layout),
+                            y, repeats)
+               for layout in (torch.contiguous_format, torch.channels_last))
+
+
+def run_workload(key: str, args: argparse.Namespace) -> list[dict]:
+    work = WORKLOADS[key]
+    print(f"\n## {work.name}, 2nd order, 1 thread, median of {args.repeats}")
+    impls = implementations(CHUNKS)
+    check_gradients(work, impls, args.check_tasks)
+    times = time_steps(work, impls, args.repeats, args.warmup)
+    peak = ceiling(work, max(3, args.repeats // 2))
+    flops = step_flops(work)
+    print(f"# ceiling: plain forward + backward {peak:.1f} GFLOP/s of convolution; "
+          f"meta-step {flops / 1e9:.1f} GFLOP of convolution")
+    medians = {n: statistics.median(t) * 1e3 for n, t in times.items()}
+    rows = []
+    for name, ms in medians.items():
+        rows.append({
+            "workload": work.name, "implementation": name, "ms": ms,
+            "vs_plain": medians["plain loop"] / ms,
+            "vs_l2l": medians["learn2learn"] / ms if "learn2learn" in medians else None,
+            "of_ceiling": flops / (ms / 1e3) / 1e9 / peak,
+            "peak_mb": peak_memory(key, name) if args.memory else None,
+            "times_ms": [t * 1e3 for t in times[name]]})
+        print(table([rows[-1]], header=False))
+    return rows
+
+
+def table(rows: list[dict], header: bool = True) -> str:
+    lines = ["| workload | implementation | ms / step (median) | vs plain loop | vs learn2learn "
+             "| of conv ceiling | peak MB |", "|---|---|---|---|---|---|---|"] if header else []
+    for r in rows:
+        l2l = f"{r['vs_l2l']:.2f}x" if r["vs_l2l"] else "-"
+        mem = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
+        lines.append(f"| {r['workload']} | {r['implementation']} | {r['ms']:.0f} | "
+                     f"{r['vs_plain']:.2f}x | {l2l} | {100 * r['of_ceiling']:.0f}% | {mem} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", nargs="+", choices=list(WORKLOADS),
+                        default=["conv4-seq-1", "conv4-seq-5", "conv4-1", "conv4-5"])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--check-tasks", type=int, help="tasks in the float64 check (all)")
+    parser.add_argument("--memory", action="store_true", help="peak memory, fresh processes")
+    parser.add_argument("--json", type=Path, help="append the rows to this JSON file")
+    parser.add_argument("--chunk-sizes", nargs="*", type=int, default=[],
+                        help="also mamlkit with these chunk sizes")
+    parser.add_argument("--child-memory", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    CHUNKS[:] = args.chunk_sizes
+    if args.child_memory:
+        peak_memory_child(*args.child_memory)
+        return
+    rows = [row for key in args.workload for row in run_workload(key, args)]
+    print("\n" + table(rows))
+    if args.json:
+        old = json.loads(args.json.read_text()) if args.json.is_file() else []
+        args.json.write_text(json.dumps(old + rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
