@@ -40,7 +40,12 @@ def build_model(config: Config, image_shape: tuple[int, int, int] | None = None)
                               "image_size to resize them.")
         return Conv4(ways=config.ways, in_channels=channels, hidden=hidden, image_size=height,
                      max_pool=True)
-    raise ConfigError(f"Unknown model {config.model!r}; choose mlp or conv4.")
+    if config.model == "resnet12":
+        from mamlkit.models import ResNet12
+
+        channels = image_shape[0] if image_shape is not None else 1
+        return ResNet12(config.ways, in_channels=channels)
+    raise ConfigError(f"Unknown model {config.model!r}; choose mlp, conv4 or resnet12.")
 
 
 def build_env(config: Config):

@@ -34,7 +34,8 @@ BATCHINGS = ("auto", "vmap", "loop", "stacked")  # what the learners accept (MAM
 SECTIONS = ("run", "task", "model", "inner", "outer", "family", "scale", "rl")
 _DATASET_TASKS = ("omniglot", "folder")  # tasks read from files: ways, data_root
 # The network each supervised task can feed: sinusoid points need the MLP, images the Conv4.
-MODEL_OF_TASK = {"sinusoid": "mlp", "omniglot": "conv4", "folder": "conv4"}
+MODEL_OF_TASK = {"sinusoid": ("mlp",), "omniglot": ("conv4", "resnet12"),
+                 "folder": ("conv4", "resnet12")}
 OMNIGLOT_DRAWINGS = 20  # drawings per character: a task's support plus query images per class
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes this; the task stream seeds with seed + 1
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -98,7 +99,8 @@ class Config:
     description: str = _key("run", "", "one line about the run, listed by 'mamlkit presets'")
     task: str = _key("task", "sinusoid", "sinusoid | omniglot | folder | custom (supervised) | "
                      "nav2d | cheetah-vel | cheetah-dir (meta-RL)", TASKS)
-    model: str = _key("model", "mlp", "network of supervised tasks: mlp | conv4", ("mlp", "conv4"))
+    model: str = _key("model", "mlp", "network of supervised tasks: mlp | conv4 | resnet12",
+                      ("mlp", "conv4", "resnet12"))
     hidden: list[int] = _key("model", [40, 40], "mlp: hidden layer widths; conv4: [filters per "
                              "layer]", bounds=_AT_LEAST_1)
     ways: int = _key("task", 5, "classes per task (N-way)", bounds=_AT_LEAST_1)
@@ -565,10 +567,10 @@ def _check_supervised(config: Config) -> None:
     """Model and task fit together: the network each task feeds, and Omniglot's class sizes."""
     if _rl(config) or config.task == "custom":  # a custom run brings its own model
         return
-    model = MODEL_OF_TASK.get(config.task)
-    if model is not None and config.model != model:
+    models = MODEL_OF_TASK.get(config.task)
+    if models is not None and config.model not in models:
         raise ConfigError(f"Config key 'model' is {config.model}, which does not fit task "
-                          f"{config.task}; use model={model}.")
+                          f"{config.task}; use model={' or model='.join(models)}.")
     if config.model == "mlp" and not config.hidden:
         raise ConfigError("Config key 'hidden' needs at least one layer width for model mlp, "
                           "e.g. hidden=[40, 40].")
