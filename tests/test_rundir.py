@@ -478,3 +478,41 @@ def test_run_json_records_the_start_and_appends_each_resume(tmp_path):
 
 def test_git_state_outside_a_checkout_is_none(tmp_path):
     assert provenance.git_state(tmp_path) is None
+
+
+def test_out_of_memory_is_one_sentence_and_the_directory_stays_usable(tmp_path, capsys,
+                                                                       monkeypatch):
+    from mamlkit.run import steps
+
+    original = steps.SupervisedStep.update
+
+    def no_memory(self, generator):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 99999999999 bytes.")
+
+    monkeypatch.setattr(steps.SupervisedStep, "update", no_memory)
+    run = tmp_path / "run"
+    args = ["train", "sinusoid", "--out", str(run), "--set", "iterations=4", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of memory" in err and "Traceback" not in err
+    monkeypatch.setattr(steps.SupervisedStep, "update", original)
+    assert main(args) == 0  # the same command, once memory is there
+
+
+def test_missing_simulators_are_one_sentence(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_mujoco(name, *args, **kwargs):
+        if name == "mujoco":
+            raise ImportError("No module named 'mujoco'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_mujoco)
+    out = tmp_path / "cheetah"
+    assert main(["train", "cheetah-vel-quick", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "needs gymnasium and MuJoCo" in err and "Traceback" not in err
+    assert not out.exists()

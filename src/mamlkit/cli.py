@@ -229,6 +229,13 @@ def known_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """torch's CPU and CUDA allocators and Python itself say it in these ways."""
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "out of memory" in text or (
+        "can't allocate memory" in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     from mamlkit.run.errors import TrainingInterrupted
 
@@ -243,6 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # --out a file, a folder without permission, a full disk
         where = f"cannot use {error.filename}: " if error.filename else ""
         print(f"mamlkit: error: {where}{error.strerror or error}.", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        print("mamlkit: error: out of memory; lower meta_batch_size or chunk_size, or set "
+              "checkpoint_inner=true (the run directory can be started again as typed).",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outside the training loop, which stops on its own
         print("mamlkit: interrupted", file=sys.stderr)

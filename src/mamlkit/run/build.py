@@ -49,8 +49,15 @@ def build_model(config: Config, image_shape: tuple[int, int, int] | None = None)
 
 
 def build_env(config: Config):
-    from mamlkit.envs import make_batch_env
+    """The batched environment of an RL task; missing simulators are one sentence."""
+    try:
+        from mamlkit.envs import make_batch_env
 
+        if config.task.startswith("cheetah"):
+            import mujoco  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(f"task {config.task} needs gymnasium and MuJoCo ({error}); install "
+                          "them with pip install 'gymnasium[mujoco]>=1.0' 'mujoco>=3.1'.") from None
     kwargs = {} if config.horizon is None else {"horizon": config.horizon}
     return make_batch_env(config.task, **kwargs)
 
