@@ -42,7 +42,7 @@ def test_conv4_gets_stacked_and_other_models_keep_their_batching():
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("steps", [1, 2])
 def test_conv4_meta_gradient_matches_plain_loop_in_float64(steps, first_order, max_pool):
-    """5 tasks in chunks of 2 (uneven on purpose), batch norm with each task's statistics;
+    """5 tasks in chunks of 4 (uneven on purpose), batch norm with each task's statistics;
     18 query images take the channels-last layout, 3 support images NCHW."""
     model = Conv4(ways=3, hidden=8, max_pool=max_pool).double()
     batch = omniglot_like()

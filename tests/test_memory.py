@@ -43,7 +43,7 @@ def assert_close(a, b, tol=1e-6):
 def test_checkpointing_gives_the_same_second_order_meta_gradient_conv4(steps, batching):
     torch.manual_seed(0)
     model = Conv4(ways=3, hidden=4).double()
-    batch = image_tasks(5)  # chunks of 2, 2 and 1 in the stacked path
+    batch = image_tasks(5)  # chunks of 4 and 1 in the stacked path
     plain = MAML(model, 0.1, steps, False, "cross_entropy", batching)
     checkpointed = MAML(model, 0.1, steps, False, "cross_entropy", batching,
                         checkpoint_inner=True)

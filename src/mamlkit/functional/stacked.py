@@ -21,11 +21,12 @@ from torch import Tensor, nn
 from mamlkit.functional.adapt import Params, StepSize, is_zero, sgd_update
 
 # Tasks per model call. Second-order meta-losses free each chunk's graph once back-propagated
-# (functional/chunked.py), so peak memory grows with the chunk: with 2 tasks a conv4 meta-step
-# took 0.55-0.7x the memory of 4 (within 1.7x of a loop that back-propagates task by task) for
-# 0-9% more time; 1 task was slower still (benchmarks/results/any_model.md, 1 thread). For
-# ResNet-12 a task's graph is gigabytes, which decides it.
-DEFAULT_CHUNK = 2
+# (functional/chunked.py), so peak memory grows with the chunk. 4 tasks: conv4 meta-steps 3-9%
+# faster than 2 (benchmarks/results/any_model.md) and whole omniglot-5w1s-quick iterations 16%
+# faster (200 iterations alone: 24.8 s against 29.5 s), at 1.6-1.7x the memory of a loop that
+# back-propagates task by task; chunk_size=2 takes 0.55-0.7x of that memory, and a model whose
+# task graphs are gigabytes (ResNet-12 at 84x84) wants chunk_size=1 or 2.
+DEFAULT_CHUNK = 4
 
 # losses(params, data) -> [T]: every task's loss from stacked parameters and stacked data
 StackedLoss = Callable[[Mapping[str, Tensor], Any], Tensor]
