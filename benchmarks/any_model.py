@@ -174,30 +174,17 @@ def implementations(chunk_sizes: Sequence[int] = ()) -> dict[str, Maker]:
     return impls
 
 
-def _double(batch: TaskBatch) -> TaskBatch:
-    cast = lambda t: t.double() if t.is_floating_point() else t  # noqa: E731
-    return TaskBatch(tuple(map(cast, batch.support)), tuple(map(cast, batch.query)))
-
-
 def check_gradients(work: Workload, impls, tasks: int | None = None) -> None:
     """Every meta-gradient must match the plain loop's in float64 (1e-9 relative) first."""
     base = work.make_model().double()
-    batch = _double(work.make_batch(123))
+    batch = peers.double_batch(work.make_batch(123))
     batch = batch if tasks is None else batch[:tasks]
     grads = {}
     for name, make in impls.items():
         model = copy.deepcopy(base)
         make(model, work)(batch)
-        grads[name] = {n: p.grad for n, p in model.named_parameters()}
-    ref = grads["plain loop"]
-    scale = max(g.abs().max().item() for g in ref.values())
-    for name, g in grads.items():
-        error = max((g[n] - ref[n]).abs().max().item() for n in ref)
-        ok = error <= 1e-9 * max(scale, 1e-6)
-        print(f"# float64 gradient check {name:13s} max |diff| {error:.1e} (largest "
-              f"{scale:.1e}) {'ok' if ok else 'MISMATCH'}")
-        if not ok:
-            raise SystemExit(f"{name} disagrees with the plain loop; not timing it.")
+        grads[name] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    peers.check_against_plain_loop(grads)
 
 
 # --- timing, memory, the ceiling --------------------------------------------------------------

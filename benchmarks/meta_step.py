@@ -131,11 +131,6 @@ def implementations(work: Workload) -> dict[str, Callable[[nn.Module, TaskBatch]
     return impls
 
 
-def _double(batch: TaskBatch) -> TaskBatch:
-    cast = lambda t: t.double() if t.is_floating_point() else t  # noqa: E731
-    return TaskBatch(tuple(map(cast, batch.support)), tuple(map(cast, batch.query)))
-
-
 def check_gradients(work: Workload, impls) -> None:
     """Every implementation's meta-gradient must match the plain loop's before we time it.
 
@@ -144,21 +139,13 @@ def check_gradients(work: Workload, impls) -> None:
     by float32 rounding amplified through the inner steps.
     """
     base = work.make_model().to(DEVICE).double()
-    batch = _double(work.make_batch(123).to(DEVICE))
+    batch = peers.double_batch(work.make_batch(123).to(DEVICE))
     grads = {}
     for name, fn in impls.items():
         model = _copy(base)
         fn(model, batch).backward()
         grads[name] = torch.cat([p.grad.flatten() for p in model.parameters()])
-    reference = grads["plain loop"]
-    scale = reference.abs().max().item()
-    for name, g in grads.items():
-        error = (g - reference).abs().max().item()
-        status = "ok" if error <= 1e-9 * max(scale, 1e-6) else "MISMATCH"
-        print(f"# float64 gradient check {name:13s} max |diff| {error:.1e} "
-              f"(largest {scale:.1e}) {status}")
-        if status != "ok":
-            raise SystemExit(f"{name} disagrees with the plain loop; not timing it.")
+    peers.check_against_plain_loop(grads)
 
 
 def _copy(model: nn.Module) -> nn.Module:

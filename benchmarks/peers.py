@@ -74,6 +74,28 @@ def _load_l2l_maml() -> type:
     return _L2L_MAML_CLASS
 
 
+def double_batch(batch):
+    """The batch in float64 (integer labels stay as they are), for the gradient checks."""
+    from mamlkit import TaskBatch
+
+    cast = lambda t: t.double() if t.is_floating_point() else t  # noqa: E731
+    return TaskBatch(tuple(map(cast, batch.support)), tuple(map(cast, batch.query)))
+
+
+def check_against_plain_loop(grads: dict) -> None:
+    """Every implementation's flat float64 meta-gradient must equal the plain loop's to 1e-9
+    relative before it is timed; a mismatch stops the benchmark."""
+    reference = grads["plain loop"]
+    scale = reference.abs().max().item()
+    for name, g in grads.items():
+        error = (g - reference).abs().max().item()
+        status = "ok" if error <= 1e-9 * max(scale, 1e-6) else "MISMATCH"
+        print(f"# float64 gradient check {name:13s} max |diff| {error:.1e} "
+              f"(largest {scale:.1e}) {status}")
+        if status != "ok":
+            raise SystemExit(f"{name} disagrees with the plain loop; not timing it.")
+
+
 def available_peers() -> dict[str, str | None]:
     """Map each peer library to None if it can run here, else the reason it cannot."""
     status: dict[str, str | None] = {}

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from mamlkit import functional as MF
-from mamlkit.functional.adapt import InnerLR
+from mamlkit.functional.adapt import InnerLR, is_zero
 from mamlkit.functional.batching import Batching, TaskOps, choose_batching, resolve_batching
 from mamlkit.functional.checkpointed import checkpointed_task_losses
 from mamlkit.functional.chunked import chunked_meta_loss
@@ -233,8 +233,7 @@ class MAML(nn.Module):
         theta itself. RL uses them to sample the next trajectories.
         """
         steps = self.inner_steps if steps is None else steps
-        if steps == 0 or (isinstance(self.rates(inner_lr), int | float)
-                          and self.rates(inner_lr) == 0):
+        if steps == 0 or is_zero(self.rates(inner_lr)):
             return {n: p.detach() for n, p in self.params().items()}, False
         with torch.no_grad():
             batch = TaskBatch(support, support)  # the query side is not looked at

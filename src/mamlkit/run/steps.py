@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mamlkit.functional.adapt import is_zero
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.rl.outer import OuterSettings, outer_step
 from mamlkit.rl.policy import mean_std
@@ -113,8 +114,7 @@ class RLStep:
 
     def steps(self, inner_lr: float | None = None) -> int:
         """Inner steps to sample for: none when the step size is zero (alpha = 0 runs)."""
-        rates = self.learner.rates(inner_lr)
-        return 0 if isinstance(rates, int | float) and rates == 0 else self.learner.inner_steps
+        return 0 if is_zero(self.learner.rates(inner_lr)) else self.learner.inner_steps
 
     def update(self, generator: torch.Generator) -> float:
         """Sample, adapt, sample again, outer step; every rank samples its tasks' share."""
