@@ -26,7 +26,6 @@ import argparse
 import copy
 import functools
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import peers  # noqa: E402
 
 from mamlkit import MAML, TaskBatch  # noqa: E402
 from mamlkit.models import Conv4, ResNet12, TaskBatchNorm  # noqa: E402
+from mamlkit.run.memory import rss_mb  # noqa: E402
 
 CHUNKS: list[int] = []  # --chunk-sizes: extra mamlkit rows
 
@@ -208,11 +208,6 @@ def time_steps(work: Workload, impls, repeats: int, warmup: int) -> dict[str, li
             if r >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def high_water_mb() -> float:

@@ -34,6 +34,7 @@ import peers  # noqa: E402
 from mamlkit import MAML, Sinusoid, TaskBatch  # noqa: E402
 from mamlkit import functional as MF  # noqa: E402
 from mamlkit.models import Conv4, mlp  # noqa: E402
+from mamlkit.run.memory import rss_mb  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -182,11 +183,6 @@ def time_steps(work: Workload, impls, repeats: int, warmup: int = 2) -> dict[str
             if r >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def peak_memory_child(workload: str, impl: str) -> None:
