@@ -69,11 +69,11 @@ def test_stock_batch_norm_is_announced_and_keeps_meaningful_running_statistics(c
     batch = image_batch()
     learner.meta_loss(batch).backward()  # no "mutate a captured Tensor" inside the transform
     assert layer.num_batches_tracked.item() == batch.num_tasks  # once per task, outside
-    # the running statistics are theta's on the query inputs, as stock batch norm would keep
+    # the running statistics are theta's on the support inputs, as stock batch norm would keep
     stock = stock_net()
     stock.train()
     with torch.no_grad():
-        for x in batch.query[0]:
+        for x in batch.support[0]:
             stock(x)
     torch.testing.assert_close(layer.running_mean, stock[1].running_mean)
     torch.testing.assert_close(layer.running_var, stock[1].running_var)

@@ -107,7 +107,9 @@ class MAML(nn.Module):
     ``TaskBatchNorm``: per-task batch statistics in the inner loop and for the query set, as
     in the paper's network, exact at second order on every batching path. Their running
     statistics are never written inside a gradient transform; ``meta_loss`` refreshes them once
-    per call from theta on the query inputs, so ``model.eval()`` still means something.
+    per call from theta on the support inputs (the batches the inner loop normalises at theta;
+    the query sets would cost a forward pass as large as the query pass itself), so
+    ``model.eval()`` still means something.
     """
 
     # True for learners whose inner step sizes are meta-parameters (Meta-SGD, MAML++ LSLR): they
@@ -186,18 +188,18 @@ class MAML(nn.Module):
             adapt_names=self.adapt_names, per_step=self.per_step(), batching=self.batching)
 
     def observe(self, batch: TaskBatch) -> None:
-        """Running statistics of converted batch-norm layers: theta on each task's query
+        """Running statistics of converted batch-norm layers: theta on each task's support
         inputs, outside any transform (once per meta-step; nothing for other models)."""
         if not self.model.training or not running_stat_layers(self.model):
             return
-        query = batch.query
-        if type(query) is not tuple or len(query) != 2 or not isinstance(query[0], Tensor):
+        support = batch.support
+        if type(support) is not tuple or len(support) != 2 or not isinstance(support[0], Tensor):
             return
         if self.batching.stacked_forward is stacked_forward:  # all tasks in a few calls
             chunk = self.batching.slices(batch.num_tasks)[0]
-            update_running_stats_stacked(self.model, query[0], chunk.stop - chunk.start)
+            update_running_stats_stacked(self.model, support[0], chunk.stop - chunk.start)
         else:
-            update_running_stats(self.model, list(query[0]))
+            update_running_stats(self.model, list(support[0]))
 
     def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         """Mean query loss after adaptation; ``.backward()`` fills the model's grads."""
