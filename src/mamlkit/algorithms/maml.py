@@ -33,6 +33,7 @@ from mamlkit.models.batch_norm import (
     update_running_stats,
 )
 from mamlkit.models.stacking import (
+    DERIVED_CHUNK,
     stacked_forward,
     stacking_problem,
     update_running_stats_stacked,
@@ -51,7 +52,8 @@ def _derived_stacking(model: nn.Module, chunk_size: int | None) -> Batching:
     if problem is not None:
         raise ValueError(f"{type(model).__name__} does not support batching='stacked': {problem}; "
                          "choose auto, vmap or loop.")
-    return Batching("stacked", chunk_size, stacked_forward=stacked_forward)
+    return Batching("stacked", DERIVED_CHUNK if chunk_size is None else chunk_size,
+                    stacked_forward=stacked_forward)
 
 
 def model_batching(batching: str | Batching, model: nn.Module, chunk_size: int | None = None,
@@ -78,7 +80,7 @@ def model_batching(batching: str | Batching, model: nn.Module, chunk_size: int |
         return Batching(kind, chunk_size)
     problem = stacking_problem(model)
     if problem is None:
-        return Batching("stacked", chunk_size, stacked_forward=stacked_forward)
+        return _derived_stacking(model, chunk_size)
     if announce and _has_conv(model):
         log.warning("mamlkit: %s runs with batching='loop', not task-stacked: %s.",
                     type(model).__name__, problem)
