@@ -1,16 +1,27 @@
-"""The MAML family on equal terms: same tasks, same iteration budget, same evaluation protocol.
+"""The MAML family at the presets' budgets, three seeds each: is meta-learning worth it here?
 
-Trains MAML, first-order MAML, Meta-SGD, ANIL, MAML++, Reptile and iMAML (each from its preset,
-``sinusoid-<variant>`` / ``omniglot-5w1s-<variant>``, so the numbers describe what a user gets)
-on sinusoid regression (K = 5, 10, 20) and on the quick Omniglot 5-way and 20-way 1-shot set-ups,
-then evaluates every run with ``mamlkit.evaluate`` on the same held-out tasks (mean ± 95% CI).
-Budgets are reduced to fit two shared CPU cores; they are written into the results.
+Every learner (MAML, FO-MAML, Meta-SGD, ANIL, MAML++, Reptile, iMAML) and the pretrained
+baselines train on the same task distributions with the same budget and are evaluated with
+``mamlkit.run.evaluate`` on the same held-out tasks:
 
-    python benchmarks/family.py                       # everything (about 30 min on 2 cores)
-    python benchmarks/family.py --only sinusoid --sinusoid-iterations 500   # a quick look
+- sinusoid at the ``sinusoid`` preset's budget (K = 10, 20000 iterations, meta-batch 25); each
+  learner takes its ``sinusoid-<variant>`` preset's own keys; the pretrained baseline is joint
+  training (``inner_lr=0``) fine-tuned at the evaluation step size.
+- Omniglot 5-way 1-shot at ``omniglot-5w1s-quick``'s budget (conv4 with 32 filters, 5 queries
+  per class, meta-batch 16, 5000 iterations); each learner takes its ``omniglot-5w1s-<variant>``
+  preset's keys; the pretrained baseline is ``algorithm=pretrained`` (a classifier over all
+  training characters, then a linear head, a fine-tune and nearest class mean per task).
+- Omniglot 20-way 1-shot at a quick budget (the same network and queries, meta-batch 8,
+  1500 iterations, 5 inner steps of 0.1 as in the paper's 20-way set-up).
 
-Results go to ``benchmarks/results/family.json`` and ``family.md`` (written after every run, so
-an interrupted benchmark keeps what it measured).
+Each (set-up, learner, seed) is one record under ``--out``/records, written when it finishes:
+the benchmark resumes where it stopped and may run in several processes on disjoint set-ups.
+Cells are the mean over seeds ± the 95% interval across seeds (Student's t, 2 degrees of freedom
+for 3 seeds), after 1 inner step and after the learner's trained number of steps.
+
+    python benchmarks/family.py --setup sinusoid               # 21 runs, ~1 h on one core
+    python benchmarks/family.py --setup omniglot-5w1s --seeds 0 # one seed of every learner
+    python benchmarks/family.py --render                        # the table from the records
 """
 
 from __future__ import annotations
@@ -23,211 +34,202 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mamlkit.run import evaluate
+from mamlkit.run.compare import mean_ci95_across
 from mamlkit.run.config import resolve
 from mamlkit.run.load import load
 from mamlkit.run.loop import TrainingDiverged, train
 
-VARIANTS = ["MAML", "FO-MAML", "Meta-SGD", "ANIL", "MAML++", "Reptile", "iMAML"]
-SUFFIX = {"MAML": "", "FO-MAML": "", "Meta-SGD": "-metasgd", "ANIL": "-anil",
-          "MAML++": "-mamlpp", "Reptile": "-reptile", "iMAML": "-imaml"}
-# Omniglot variant settings from the omniglot-5w1s-<variant> presets that are not MAML's
+ROOT = Path(__file__).resolve().parent
+VARIANTS = ["MAML", "FO-MAML", "Meta-SGD", "ANIL", "MAML++", "Reptile", "iMAML", "pretrained"]
+SUFFIX = {"Meta-SGD": "-metasgd", "ANIL": "-anil", "MAML++": "-mamlpp", "Reptile": "-reptile",
+          "iMAML": "-imaml"}
+# keys a variant's preset sets on top of MAML's (copied onto the set-up's base)
 FAMILY_KEYS = ("algorithm", "adapt", "inner_steps", "inner_lr", "msl", "msl_iterations", "lslr",
                "bnwb", "fo_iterations", "cosine_meta_lr", "min_meta_lr", "reptile_data",
-               "imaml_lambda", "cg_steps")
+               "imaml_lambda", "cg_steps", "imaml_max_grad_norm")
 QUIET = {"log_every": 10_000_000, "val_every": 10_000_000}
-ROOT = Path(__file__).resolve().parent
+SETUPS: dict[str, dict[str, Any]] = {
+    "sinusoid": {"base": "sinusoid", "family": "sinusoid", "metric": "mse",
+                 "overrides": {"checkpoint_every": 20000}},
+    "omniglot-5w1s": {"base": "omniglot-5w1s-quick", "family": "omniglot-5w1s",
+                      "metric": "accuracy", "overrides": {"checkpoint_every": 5000}},
+    "omniglot-20w1s": {"base": "omniglot-20w1s", "family": "omniglot-5w1s", "metric": "accuracy",
+                       "overrides": {"hidden": [32], "query_shots": 5, "meta_batch_size": 8,
+                                     "iterations": 1500, "checkpoint_every": 1500}},
+}
 
 
-def sinusoid_setups(iterations: int) -> list[dict]:
-    return [{"name": f"sinusoid K={k}", "metric": "mse", "steps": [1, 10],
-             "preset": lambda v: "sinusoid" + SUFFIX[v],
-             "overrides": {"shots": k, "iterations": iterations,
-                           "checkpoint_every": iterations, **QUIET}}
-            for k in (5, 10, 20)]
-
-
-def omniglot_setups(data_root: str, iterations: int, iterations_20w: int, meta_batch: int,
-                    hidden: int) -> list[dict]:
-    common = {"data_root": data_root, "hidden": [hidden], "query_shots": 5,
-              "meta_batch_size": meta_batch, **QUIET}
-    return [
-        {"name": "Omniglot 5w1s", "metric": "accuracy", "steps": [1, 5],
-         "base": "omniglot-5w1s-quick",
-         "overrides": {**common, "iterations": iterations, "checkpoint_every": iterations}},
-        {"name": "Omniglot 20w1s", "metric": "accuracy", "steps": [1, 5],
-         "base": "omniglot-20w1s",
-         "overrides": {**common, "iterations": iterations_20w,
-                       "checkpoint_every": iterations_20w}},
-    ]
-
-
-def omniglot_variant(variant: str, setup: dict) -> dict:
-    """The variant's keys from its 5w1s preset on top of the set-up (20-way keeps 5 steps)."""
-    overrides = dict(setup["overrides"])
+def variant_overrides(variant: str, setup: dict[str, Any]) -> dict[str, Any]:
+    """The set-up's keys plus what the variant's preset changes relative to MAML's."""
+    overrides = {**QUIET, **setup["overrides"]}
     if variant == "FO-MAML":
         overrides["first_order"] = True
-    elif SUFFIX[variant]:
-        preset = resolve("omniglot-5w1s" + SUFFIX[variant], {"data_root": "unused"})
-        base = resolve("omniglot-5w1s", {"data_root": "unused"})
-        for key in FAMILY_KEYS:
-            if getattr(preset, key) != getattr(base, key):
-                overrides[key] = getattr(preset, key)
-        if setup["base"] == "omniglot-20w1s":  # 20-way already takes 5 steps of 0.1
+    elif variant == "pretrained":
+        if setup["metric"] == "mse":
+            overrides["inner_lr"] = 0.0  # joint training; evaluation fine-tunes at eval_inner_lr
+        else:
+            overrides["algorithm"] = "pretrained"
+    elif variant in SUFFIX:
+        family, unused = setup["family"], {"data_root": "unused"}
+        preset, base = resolve(family + SUFFIX[variant], unused), resolve(family, unused)
+        overrides.update({k: getattr(preset, k) for k in FAMILY_KEYS
+                          if getattr(preset, k) != getattr(base, k)})
+        if setup["base"] == "omniglot-20w1s":  # the 20-way set-up keeps its 5 steps of 0.1
             overrides.pop("inner_lr", None)
             overrides["inner_steps"] = max(overrides.get("inner_steps", 5), 5)
-    # annealing lengths scale with the (reduced) budget: 10% for MSL and first order
-    if overrides.get("algorithm") == "mamlpp":
-        overrides["msl_iterations"] = overrides["fo_iterations"] = overrides["iterations"] // 10
+    if overrides.get("algorithm") == "mamlpp":  # annealing over 10% of the budget, as presets do
+        iterations = overrides.get("iterations") or resolve(setup["base"], {
+            "data_root": "unused"}).iterations
+        overrides["msl_iterations"] = overrides["fo_iterations"] = iterations // 10
     return overrides
 
 
-def run_one(variant: str, setup: dict, workdir: Path, eval_tasks: int) -> dict:
-    if "preset" in setup:
-        preset, overrides = setup["preset"](variant), dict(setup["overrides"])
-        if variant == "FO-MAML":
-            overrides["first_order"] = True
-        if variant == "MAML++":  # annealing over 10% of the reduced budget
-            overrides["msl_iterations"] = overrides["fo_iterations"] = overrides["iterations"] // 10
-    else:
-        preset, overrides = setup["base"], omniglot_variant(variant, setup)
-    config = resolve(preset, overrides)
-    run_dir = workdir / f"{setup['name']}-{variant}".replace(" ", "_").replace("=", "")
+def record_path(out: Path, setup: str, variant: str, seed: int) -> Path:
+    return out / "records" / f"{setup}--{variant}--seed{seed}.json"
+
+
+def run_one(setup_name: str, variant: str, seed: int, data_root: str, workdir: Path,
+            eval_tasks: int, iterations: int | None = None) -> dict[str, Any]:
+    """Train one (set-up, learner, seed) and evaluate it after 0, 1, trained and 10 steps."""
+    setup = SETUPS[setup_name]
+    if iterations:  # a quick look at a smaller budget (recorded with the result)
+        setup = {**setup, "overrides": {**setup["overrides"], "iterations": iterations,
+                                        "checkpoint_every": iterations}}
+    overrides = {**variant_overrides(variant, setup), "seed": seed}
+    if setup["metric"] == "accuracy":
+        overrides["data_root"] = data_root
+    config = resolve(setup["base"], overrides)
+    trained = max(config.inner_steps, 1)
+    steps = sorted({0, 1, trained, 10 if setup["metric"] == "mse" else trained})
+    record = {"setup": setup_name, "variant": variant, "seed": seed, "base": setup["base"],
+              "overrides": {k: v for k, v in overrides.items() if k != "data_root"},
+              "trained_steps": trained, "metric": setup["metric"], "threads": 1,
+              "torch": torch.__version__}
+    run_dir = workdir / f"{setup_name}-{variant}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     began = time.perf_counter()
     try:
         result = train(config, run_dir, progress=False)
-    except TrainingDiverged as error:  # reported as a result: it is one
-        return {"variant": variant, "setup": setup["name"], "preset": preset,
-                "overrides": {k: v for k, v in overrides.items() if k != "data_root"},
-                "diverged": str(error), "train_seconds": round(time.perf_counter() - began, 1),
-                "metric": setup["metric"], "steps": {}}
-    learner = load(run_dir)
+    except TrainingDiverged as error:  # a result of its own: the cell says so
+        return {**record, "diverged": str(error),
+                "train_seconds": round(time.perf_counter() - began, 1)}
     began = time.perf_counter()
-    scores = evaluate.evaluate(learner, num_tasks=eval_tasks, steps=[0, *setup["steps"]])
-    return {"variant": variant, "setup": setup["name"], "preset": preset,
-            "overrides": {k: v for k, v in overrides.items() if k != "data_root"},
-            "iterations": result.iteration, "train_seconds": round(result.seconds, 1),
-            "eval_seconds": round(time.perf_counter() - began, 1),
-            "inner_lr": scores["inner_lr"], "metric": scores["metric"],
-            "num_tasks": scores["num_tasks"],
-            "steps": {k: {m: x if math.isfinite(x) else None for m, x in v.items()}
-                      for k, v in scores["steps"].items()}}
+    scores = evaluate.evaluate(load(run_dir), num_tasks=eval_tasks, steps=steps)
+    return {**record, "iterations": result.iteration, "train_seconds": round(result.seconds, 1),
+            "eval_seconds": round(time.perf_counter() - began, 1), "scores": scores}
 
 
-def cell(result: dict, step: int) -> str:
-    if result.get("diverged"):
-        return "training diverged"
-    scale = 100.0 if result["metric"] == "accuracy" else 1.0
-    s = result["steps"][str(step)]
-    if s["mean"] is None or not math.isfinite(s["mean"]) or s["mean"] > 1e3:
-        return "diverged"
+def rows_of(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Table rows of one record: the learner, or the pretrained baseline's three evaluations."""
+    scores = record.get("scores")
+    if scores is None:
+        return {record["variant"]: {}}
+    if not scores.get("baselines"):
+        return {record["variant"]: scores["steps"]}
+    return {"pretrained: fine-tune": scores["steps"],
+            **{f"pretrained: {name}": row["steps"] for name, row in scores["baselines"].items()}}
+
+
+def cell(records: list[dict[str, Any]], row: str, step: str, scale: float) -> str:
+    """Mean ± 95% t-interval across seeds; why not, when a seed diverged or is missing."""
+    if any(r.get("diverged") for r in records):
+        return f"training diverged ({sum(bool(r.get('diverged')) for r in records)} seeds)"
+    found = [rows_of(r).get(row, {}).get(step) for r in records]
+    values = [f["mean"] for f in found if f is not None and f.get("mean") is not None]
+    if not values:
+        return ""
+    if not all(math.isfinite(v) for v in values) or len(values) < len(found):
+        return "non-finite in a seed"
+    mean, ci = mean_ci95_across(values)
     digits = 1 if scale == 100.0 else 3
-    return f"{s['mean'] * scale:.{digits}f} ± {s['ci95'] * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {ci * scale:.{digits}f}"
 
 
-def _table(results: list[dict], setups: list[str]) -> list[str]:
-    variants = [v for v in VARIANTS if any(r["variant"] == v for r in results)]
-    by = {(r["setup"], r["variant"]): r for r in results}
-    steps_of = {s: next((r["steps"] for r in results if r["setup"] == s and r["steps"]), {})
-                for s in setups}
-    header = ["variant"]
-    for s in setups:
-        header += [f"{s}, {k} step{'s' if k != '1' else ''}" for k in steps_of[s] if k != "0"]
-        header.append("time")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for v in variants:
-        row = [v]
-        for s in setups:
-            r = by.get((s, v))
-            row += [cell(r, int(k)) if r else "" for k in steps_of[s] if k != "0"]
-            row.append(f"{r['train_seconds']:.0f} s" if r else "")
-        lines.append("| " + " | ".join(row) + " |")
+def table(records: list[dict[str, Any]], setup: str) -> list[str]:
+    mine = [r for r in records if r["setup"] == setup]
+    if not mine:
+        return []
+    scale = 100.0 if SETUPS[setup]["metric"] == "accuracy" else 1.0
+    extra = "10" if SETUPS[setup]["metric"] == "mse" else None
+    lines = [f"### {setup} ({'MSE' if scale == 1.0 else 'accuracy, %'})", "",
+             "| learner | seeds | before | 1 step | trained steps (k) | "
+             + ("10 steps | " if extra else "") + "train time |",
+             "|---|---|---|---|---|" + ("---|" if extra else "") + "---|"]
+    for variant in VARIANTS:
+        group = sorted((r for r in mine if r["variant"] == variant), key=lambda r: r["seed"])
+        if not group:
+            continue
+        k = str(group[0]["trained_steps"])
+        for row in rows_of(group[0]):
+            before = "" if "head" in row or "nearest" in row else cell(group, row, "0", scale)
+            cells = [row, str(len(group)), before, cell(group, row, "1", scale),
+                     f"{cell(group, row, k, scale)} ({k})"]
+            if extra:
+                cells.append(cell(group, row, extra, scale))
+            minutes = sum(r["train_seconds"] for r in group) / len(group) / 60
+            cells.append(f"{minutes:.1f} min")
+            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def markdown(results: list[dict], meta: dict) -> str:
-    """One table for regression (MSE), one for classification (accuracy)."""
-    setups = list(dict.fromkeys(r["setup"] for r in results))
-    parts = []
-    for metric in ("mse", "accuracy"):
-        chosen = [s for s in setups if any(r["setup"] == s and r["metric"] == metric
-                                           for r in results)]
-        if chosen:
-            parts.append("\n".join(_table(results, chosen)))
-    note = (f"\nSinusoid: MSE, {meta['sinusoid_iterations']} iterations per run. Omniglot: "
-            f"accuracy (%), {meta['omniglot_iterations']} (5-way) and "
-            f"{meta['omniglot_20w_iterations']} (20-way) iterations, conv4 with "
-            f"{meta['hidden']} filters, meta-batch {meta['meta_batch']}, 5 queries per class. "
-            f"{meta['eval_tasks']} held-out tasks per cell, mean ± 95% CI; time = training "
-            "wall time on a shared 2-core CPU, one torch thread.\n")
-    return "\n\n".join(parts) + "\n" + note
+def markdown(records: list[dict[str, Any]]) -> str:
+    parts = ["# The MAML family at the presets' budgets", "",
+             "Written by `python benchmarks/family.py`; set-ups and budgets in its docstring. "
+             "Mean over seeds ± 95% interval across seeds (Student's t); each seed is evaluated "
+             "on the same held-out tasks (600 for Omniglot, 600 for sinusoid). Train time: "
+             "mean per seed on a shared 2-core CPU, one torch thread.", ""]
+    for setup in SETUPS:
+        lines = table(records, setup)
+        if lines:
+            parts += [*lines, ""]
+    return "\n".join(parts)
+
+
+def load_records(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", choices=["sinusoid", "omniglot"], default=None)
-    p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
-    p.add_argument("--sinusoid-iterations", type=int, default=3000)
-    p.add_argument("--omniglot-iterations", type=int, default=300)
-    p.add_argument("--omniglot-20w-iterations", type=int, default=100)
-    p.add_argument("--meta-batch", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=16)
+    p.add_argument("--setup", nargs="+", choices=list(SETUPS), default=list(SETUPS))
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--eval-tasks", type=int, default=600)
-    p.add_argument("--data-root", default=os.environ.get("MAMLKIT_OMNIGLOT_ROOT",
-                                                         str(ROOT.parent.parent / "shared"
-                                                             / "data" / "omniglot")))
-    p.add_argument("--out", default=str(ROOT / "results" / "family"))
-    p.add_argument("--render", action="store_true",
-                   help="only rewrite the markdown table from the output JSON")
-    p.add_argument("--keep", action="store_true",
-                   help="reuse results already in the output JSON for the same set-up and variant")
-    p.add_argument("--workdir", default=None, help="run directories (default: a temp folder)")
+    p.add_argument("--data-root", default=os.environ.get(
+        "MAMLKIT_OMNIGLOT_ROOT", str(ROOT.parent.parent / "shared" / "data" / "omniglot")))
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "family")
+    p.add_argument("--workdir", type=Path, default=None, help="run directories (a temp folder)")
+    p.add_argument("--render", action="store_true", help="only rewrite the table")
+    p.add_argument("--iterations", type=int, help="a smaller budget, for a quick look only")
     args = p.parse_args()
-    out = Path(args.out)
-    if args.render:
-        saved = json.loads(out.with_suffix(".json").read_text())
-        out.with_suffix(".md").write_text(markdown(saved["results"], saved["meta"]))
-        print(out.with_suffix(".md").read_text())
-        return
     torch.set_num_threads(1)
-    meta = {"sinusoid_iterations": args.sinusoid_iterations,
-            "omniglot_iterations": args.omniglot_iterations,
-            "omniglot_20w_iterations": args.omniglot_20w_iterations,
-            "meta_batch": args.meta_batch, "hidden": args.hidden, "eval_tasks": args.eval_tasks,
-            "torch": torch.__version__, "threads": 1}
-    setups = [] if args.only == "omniglot" else sinusoid_setups(args.sinusoid_iterations)
-    if args.only != "sinusoid":
-        if (Path(args.data_root) / "images_background.zip").is_file():
-            setups += omniglot_setups(args.data_root, args.omniglot_iterations,
-                                      args.omniglot_20w_iterations, args.meta_batch,
-                                      args.hidden)
-        else:
-            print(f"skipping Omniglot: no images_background.zip in {args.data_root}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="mamlkit-family-"))
-    results: list[dict] = []
-    done = {}
-    if args.keep and out.with_suffix(".json").is_file():  # reuse finished runs of an earlier call
-        done = {(r["setup"], r["variant"]): r
-                for r in json.loads(out.with_suffix(".json").read_text())["results"]}
-    for setup in setups:
-        for variant in args.variants:
-            record = done.get((setup["name"], variant)) or run_one(variant, setup, workdir,
-                                                                   args.eval_tasks)
-            results.append(record)
-            print(f"{setup['name']:>16} {variant:>9}: "
-                  + "  ".join(f"{k}: {cell(record, int(k))}" for k in record["steps"])
-                  + f"  ({record['train_seconds']} s train, {record.get('eval_seconds')} s eval)"
-                  + (f"  {record['diverged']}" if record.get("diverged") else ""),
-                  flush=True)
-            out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results},
-                                                           indent=1) + "\n")
-            out.with_suffix(".md").write_text(markdown(results, meta))
-    print(markdown(results, meta))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mamlkit-family-"))
+    for setup in [] if args.render else args.setup:
+        if SETUPS[setup]["metric"] == "accuracy" and not (
+                Path(args.data_root) / "images_background.zip").is_file():
+            print(f"skipping {setup}: no images_background.zip in {args.data_root}")
+            continue
+        for seed in args.seeds:
+            for variant in args.variants:
+                path = record_path(args.out, setup, variant, seed)
+                if path.is_file():
+                    continue
+                record = run_one(setup, variant, seed, args.data_root, workdir, args.eval_tasks,
+                                 args.iterations)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(record, indent=1) + "\n")
+                print(f"{setup} {variant} seed {seed}: {record.get('train_seconds')} s",
+                      flush=True)
+                (args.out / "README.md").write_text(markdown(load_records(args.out)))
+    text = markdown(load_records(args.out))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "README.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
