@@ -11,8 +11,8 @@ baselines train on the same task distributions with the same budget and are eval
   per class, meta-batch 16, 5000 iterations); each learner takes its ``omniglot-5w1s-<variant>``
   preset's keys; the pretrained baseline is ``algorithm=pretrained`` (a classifier over all
   training characters, then a linear head, a fine-tune and nearest class mean per task).
-- Omniglot 20-way 1-shot at a quick budget (the same network and queries, meta-batch 8,
-  1500 iterations, 5 inner steps of 0.1 as in the paper's 20-way set-up).
+- Omniglot 20-way 1-shot at a quick budget (the same network and queries, meta-batch 16,
+  500 iterations, 5 inner steps of 0.1 as in the paper's 20-way set-up).
 
 Each (set-up, learner, seed) is one record under ``--out``/records, written when it finishes:
 the benchmark resumes where it stopped and may run in several processes on disjoint set-ups.
@@ -59,8 +59,8 @@ SETUPS: dict[str, dict[str, Any]] = {
     "omniglot-5w1s": {"base": "omniglot-5w1s-quick", "family": "omniglot-5w1s",
                       "metric": "accuracy", "overrides": {"checkpoint_every": 5000}},
     "omniglot-20w1s": {"base": "omniglot-20w1s", "family": "omniglot-5w1s", "metric": "accuracy",
-                       "overrides": {"hidden": [32], "query_shots": 5, "meta_batch_size": 8,
-                                     "iterations": 1500, "checkpoint_every": 1500}},
+                       "overrides": {"hidden": [32], "query_shots": 5, "iterations": 500,
+                                     "checkpoint_every": 500}},
 }
 
 

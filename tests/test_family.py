@@ -441,17 +441,21 @@ def test_imaml_clipped_inner_loop_reaches_the_same_fixed_point():
 
 
 def test_imaml_evaluates_with_its_proximal_inner_loop():
-    """One proximal step from theta is a plain step; with lambda -> 0 every step is plain."""
+    """With gd, one proximal step from theta is a plain step, and with lambda -> 0 every step
+    is; ``adapt`` and the curve take the same solver steps."""
     torch.manual_seed(4)
     model = mlp([1, 16, 1])
     batch = mamlkit.Sinusoid(shots=10).sample(6, torch.Generator().manual_seed(2))
     plain = MAML(model, inner_lr=0.01).adaptation_curve(batch, [0, 1, 3], "mse")
-    tiny = IMAML(model, inner_lr=0.01, lam=1e-9).adaptation_curve(batch, [0, 1, 3], "mse")
+    tiny = IMAML(model, inner_lr=0.01, lam=1e-9, solver="gd").adaptation_curve(batch, [0, 1, 3],
+                                                                              "mse")
     torch.testing.assert_close(tiny, plain, rtol=1e-5, atol=1e-6)
-    strong = IMAML(model, inner_lr=0.01, lam=5.0).adaptation_curve(batch, [0, 1, 3], "mse")
+    strong = IMAML(model, inner_lr=0.01, lam=5.0, solver="gd").adaptation_curve(
+        batch, [0, 1, 3], "mse")
     torch.testing.assert_close(strong[:2], plain[:2], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(strong[2], plain[2])
-    learner = IMAML(model, inner_lr=0.01, lam=5.0)
+    learner = IMAML(model, inner_lr=0.01, lam=5.0)  # the default solver, L-BFGS
+    strong = learner.adaptation_curve(batch, [0, 1, 3], "mse")
     (sx, sy), (qx, qy) = batch[0:1].support, batch[0:1].query
     adapted = learner.adapt(sx[0], sy[0], steps=3)
     torch.testing.assert_close(mse(learner(qx[0], adapted), qy[0]), strong[2, 0])

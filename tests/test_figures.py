@@ -13,6 +13,7 @@ import pytest
 
 from mamlkit.cli import main
 from mamlkit.run import compare, plots
+from mamlkit.run.config import ConfigError
 from mamlkit.run.load import load
 from mamlkit.run.metrics import read_metrics
 
@@ -200,3 +201,43 @@ def test_rl_runs_log_environment_steps_and_validation_intervals(tmp_path, capsys
     assert plots.rl_figure(group).axes[0].get_ylabel() == "average return"
     assert main(["plot", str(run)]) == 0
     assert (run / "trajectories.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_plot_with_a_baseline_draws_it_beside_the_run_on_the_same_tasks(seeds, tmp_path,
+                                                                         monkeypatch):
+    """Finn et al. Fig. 2: each held-out task a row, the run and the alpha = 0 baseline side by
+    side on the same support points; the baseline is fine-tuned with the preset's alpha."""
+    pretrained = tmp_path / "pretrained"
+    assert main(["train", "sinusoid", "--out", str(pretrained), *TINY, "--set",
+                 "inner_lr=0"]) == 0
+    out, curves = tmp_path / "figures", []
+    draw = plots.learning_curve_figure
+
+    def recorded(groups, metric):
+        curves.append([g.label for g in groups])
+        return draw(groups, metric)
+
+    monkeypatch.setattr(plots, "learning_curve_figure", recorded)
+    assert main(["plot", str(seeds[0]), "--baseline", str(pretrained), "--out", str(out)]) == 0
+    assert (out / "adaptation.png").stat().st_size > 10_000
+    assert curves == [["a-seed0", "pretrained (α = 0)"]]  # its learning curve joins the run's
+    run, baseline = load(seeds[0]), load(pretrained)
+    fig = plots.sinusoid_figure({"MAML": run, "pretrained (α = 0)": baseline}, num_tasks=2,
+                                by_task=True)
+    axes = [fig.axes[:2], fig.axes[2:]]  # rows: tasks; columns: MAML, pretrained
+    for row in axes:
+        left, right = ([line for line in ax.get_lines() if line.get_marker() == "^"][0]
+                       for ax in row)
+        assert (left.get_ydata() == right.get_ydata()).all()  # the same support points
+        assert "MAML" in row[0].get_title() and "pretrained" in row[1].get_title()
+        assert row[0].get_shared_y_axes().joined(row[0], row[1])
+        pre, one = (line.get_ydata() for line in row[1].get_lines()[1:3])
+        assert abs(pre - one).max() > 0  # the baseline was fine-tuned (alpha 0.01, not 0)
+
+
+def test_a_baseline_that_is_not_a_sinusoid_run_is_one_sentence(seeds):
+    from types import SimpleNamespace
+
+    nav = SimpleNamespace(config=SimpleNamespace(task="nav2d"))
+    with pytest.raises(ConfigError, match="--baseline draws a sinusoid run beside sinusoid"):
+        plots._check_baseline({"a": load(seeds[0])}, nav, "runs/nav")

@@ -236,3 +236,55 @@ def test_pool_reports_a_dead_worker():
         with pytest.raises((RuntimeError, BrokenPipeError)):
             pool.sample(GaussianMLP(2, 2), [{"goal": [0.1, 0.1]}] * 2, 2, torch.Generator())
         assert pool.processes == []
+
+
+def test_sampler_workers_train_and_evaluate_as_in_process(tmp_path, monkeypatch):
+    """``sampler_workers=2`` (one spawned worker) gives the run of in-process sampling, bit for
+    bit: every task keeps its own generator and the workers get their tasks' slice of the
+    adapted parameters. The workers are gone once the run's objects are."""
+    import gc
+    import json
+    import multiprocessing
+
+    from safetensors.torch import load_file
+
+    from mamlkit.cli import main
+
+    tiny = ["--no-progress", "--set", "iterations=2", "--set", "meta_batch_size=3",
+            "--set", "trajectories=2", "--set", "horizon=15", "--set", "policy_hidden=[8]",
+            "--set", "val_tasks=2", "--set", "val_every=2", "--set", "cg_iters=2",
+            "--set", "eval_tasks=3"]
+    started = []
+    start = SamplerPool.start
+    monkeypatch.setattr(SamplerPool, "start", lambda pool: (started.append(pool.workers),
+                                                            start(pool)))
+    runs = {}
+    for workers in (1, 2):
+        run = tmp_path / f"w{workers}"
+        args = [*tiny, "--set", f"sampler_workers={workers}"]
+        assert main(["train", "cheetah-vel", "--out", str(run), *args]) == 0
+        assert main(["eval", str(run), "--tasks", "3"]) == 0
+        pointer = (run / "checkpoints" / "latest").read_text().strip()
+        runs[workers] = (load_file(run / "checkpoints" / pointer / "model.safetensors"),
+                         [json.loads(line) for line in (run / "metrics.jsonl").read_text()
+                          .splitlines()], json.loads((run / "eval.json").read_text())["steps"])
+    (w1, m1, e1), (w2, m2, e2) = runs[1], runs[2]
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    drop = ("seconds", "env_steps_per_s", "peak_mem_mb")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in m1] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in m2]
+    assert e1 == e2 and started and set(started) == {1}  # only the second run used workers
+    gc.collect()
+    assert multiprocessing.active_children() == []
+
+
+def test_sampler_workers_key_is_checked():
+    from mamlkit.run.build import build_sampler_pool
+    from mamlkit.run.config import ConfigError, resolve
+
+    assert build_sampler_pool(resolve("nav2d", {"sampler_workers": 0})) is None
+    assert build_sampler_pool(resolve("nav2d", {"sampler_workers": 1})) is None
+    pool = build_sampler_pool(resolve("nav2d", {"sampler_workers": 3}))
+    assert pool.workers == 2 and pool.processes == []  # workers start at the first sample
+    with pytest.raises(ConfigError, match="sampler_workers"):
+        resolve("nav2d", {"sampler_workers": -1})

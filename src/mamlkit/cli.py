@@ -126,8 +126,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from mamlkit.run.compare import check_runs, unique_names
 
     runs = unique_names(check_runs(args.runs))  # before anything is created
+    baseline = check_runs([args.baseline])[0] if args.baseline else None
     out_dir = Path(args.out) if args.out else Path(args.runs[0])
-    for path in plots.plot_runs(runs, out_dir):
+    for path in plots.plot_runs(runs, out_dir, baseline):
         print(f"wrote {path}")
     return 0
 
@@ -204,6 +205,9 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("runs", nargs="+",
                     help="run directories; runs differing only in seed become one curve")
     pl.add_argument("--out", help="folder for the figures (default: the first run directory)")
+    pl.add_argument("--baseline", metavar="RUN",
+                    help="a sinusoid run (e.g. trained with --set inner_lr=0) drawn beside the "
+                         "runs on the same tasks, as in Finn et al. 2017, Fig. 2")
     pl.set_defaults(func=cmd_plot)
     c = sub.add_parser("compare", help="one table over the runs' eval.json (seeds grouped)")
     c.add_argument("runs", nargs="+", help="evaluated run directories (mamlkit eval first)")

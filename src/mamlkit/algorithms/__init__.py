@@ -6,7 +6,8 @@ from mamlkit.algorithms.imaml import IMAML
 from mamlkit.algorithms.maml import MAML
 from mamlkit.algorithms.mamlpp import MAMLpp
 from mamlkit.algorithms.metasgd import MetaSGD
+from mamlkit.algorithms.pretrained import Pretrained
 from mamlkit.algorithms.reptile import Reptile
 from mamlkit.functional.batching import choose_batching
 
-__all__ = ["ANIL", "IMAML", "MAML", "MAMLpp", "MetaSGD", "Reptile", "choose_batching"]
+__all__ = ["ANIL", "IMAML", "MAML", "MAMLpp", "MetaSGD", "Pretrained", "Reptile", "choose_batching"]

@@ -11,12 +11,9 @@ from torch import Tensor, nn
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional.adapt import InnerLR
 from mamlkit.functional.batching import TaskOps
-from mamlkit.functional.implicit import (
-    implicit_meta_grad,
-    proximal_adapt,
-    proximal_adaptation_curve,
-)
+from mamlkit.functional.implicit import implicit_meta_grad, proximal_adaptation_curve
 from mamlkit.functional.losses import LossFn
+from mamlkit.functional.proximal import ProximalSolver
 from mamlkit.functional.reptile import surrogate
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss
@@ -25,28 +22,39 @@ from mamlkit.functional.task_loss import TaskLoss
 class IMAML(MAML):
     """Implicit MAML as a learner.
 
-    Each task solves ``min_phi L_s(phi) + lam/2 ||phi - theta||^2`` approximately with
-    ``inner_steps`` gradient steps of ``inner_lr`` (no graph kept), then ``cg_steps`` of
-    conjugate gradient give ``(I + H_s/lam)^-1 grad L_q(phi)``, the meta-gradient at the fixed
-    point. ``meta_loss(batch).backward()`` puts its task mean into ``.grad``; the value is the
-    mean query loss. All parameters adapt. Batching: ``vmap`` or ``loop``; for ``stacked``
-    models (Conv4) the meta-gradient runs in a loop over tasks, because conjugate gradient needs
-    per-task Hessian-vector products that the stacked strategy does not provide (evaluation
-    uses the loop too). ``adapt`` and ``adaptation_curve`` (evaluation) take the same proximal
-    steps as meta-training, with the eval step size: theta was trained for that fixed point, and
-    plain steps from it can diverge where the proximal, clipped ones do not.
+    Each task solves ``min_phi L_s(phi) + lam/2 ||phi - theta||^2`` with ``inner_steps`` steps
+    of ``solver`` (``functional/proximal.py``; no graph kept): ``lbfgs`` (default), L-BFGS with
+    a backtracking line search whose first direction is the plain step ``inner_lr``, or ``gd``,
+    fixed gradient steps of ``inner_lr``; either stops moving once the proximal gradient norm is
+    at most ``tol``. Then ``cg_steps`` of conjugate gradient give ``(I + H_s/lam)^-1 grad
+    L_q(phi)``, the meta-gradient at the optimum. ``meta_loss(batch).backward()`` puts its task
+    mean into ``.grad``; the value is the mean query loss. All parameters adapt. Batching:
+    ``vmap`` or ``loop``; for ``stacked`` models (Conv4) the meta-gradient runs in a loop over
+    tasks, because conjugate gradient needs per-task Hessian-vector products that the stacked
+    strategy does not provide (evaluation uses the loop too). ``adapt`` and
+    ``adaptation_curve`` (evaluation) take the same solver's steps as meta-training, with the
+    eval step size: theta was trained for that optimum.
     """
 
     def __init__(self, model: nn.Module, inner_lr: InnerLR, inner_steps: int = 10,
                  loss_fn: str | LossFn | TaskLoss = "auto", batching: str = "auto",
                  chunk_size: int | None = None, lam: float = 1.0, cg_steps: int = 5,
-                 max_grad_norm: float | None = None) -> None:
+                 max_grad_norm: float | None = None, solver: str = "lbfgs",
+                 tol: float = 0.0) -> None:
         if lam <= 0 or cg_steps < 1:
             raise ValueError(f"iMAML needs lam > 0 and cg_steps >= 1; got {lam}, {cg_steps}.")
         super().__init__(model, inner_lr, inner_steps, True, loss_fn, batching, chunk_size)
         self.lam = lam
         self.cg_steps = cg_steps
         self.max_grad_norm = max_grad_norm
+        self.solver_kind = solver
+        self.tol = tol
+        self.solver()  # an unknown solver or a bad tolerance stops here, with one sentence
+
+    def solver(self, inner_lr: InnerLR | None = None) -> ProximalSolver:
+        """The inner solver with this learner's settings (``inner_lr``: the step size to use)."""
+        return ProximalSolver(self.solver_kind, self.rates(inner_lr), self.lam, self.tol,
+                              self.max_grad_norm)
 
     def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         """Mean query loss at the inner solutions; its gradient is the implicit meta-gradient."""
@@ -54,25 +62,22 @@ class IMAML(MAML):
         params = self.params()
         grads, losses = implicit_meta_grad(
             self.model, params, self.buffers_dict(), batch, loss=self.loss_fn,
-            inner_lr=self.rates(), steps=self.inner_steps if steps is None else steps,
-            lam=self.lam, cg_steps=self.cg_steps, max_grad_norm=self.max_grad_norm,
-            batching=self.batching)
+            solver=self.solver(), steps=self.inner_steps if steps is None else steps,
+            cg_steps=self.cg_steps, batching=self.batching)
         return surrogate(losses.mean(), params, grads)
 
     def adapt(self, x: Any, y: Any = None, steps: int | None = None,
               inner_lr: InnerLR | None = None) -> dict[str, Tensor]:
-        """Proximal inner steps on one task's support set, as in meta-training."""
+        """The solver's steps on one task's support set, as in meta-training."""
         ops = TaskOps(self.model, self.buffers_dict(), self.loss_fn)
-        return proximal_adapt(ops.bound(), self.params(), x if y is None else (x, y),
-                              self.rates(inner_lr), self.inner_steps if steps is None else steps,
-                              self.lam, self.max_grad_norm)
+        return self.solver(inner_lr).solve(ops.bound(), self.params(), x if y is None else (x, y),
+                                           self.inner_steps if steps is None else steps)
 
     @torch.no_grad()
     def adaptation_curve(self, batch: TaskBatch, steps: Sequence[int],
                          metric: str | LossFn | TaskLoss,
                          inner_lr: InnerLR | None = None) -> Tensor:
-        """Query metric after each number of proximal steps (how iMAML adapts at test time)."""
+        """Query metric after each number of solver steps (how iMAML adapts at test time)."""
         return proximal_adaptation_curve(
             self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
-            metric=metric, inner_lr=self.rates(inner_lr), steps=steps, lam=self.lam,
-            max_grad_norm=self.max_grad_norm, batching=self.batching)
+            metric=metric, solver=self.solver(inner_lr), steps=steps, batching=self.batching)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mamlkit.algorithms.learned_rates import SafeguardedExtraSteps
 from mamlkit.algorithms.maml import MAML
 from mamlkit.algorithms.metasgd import rate_key
 from mamlkit.functional.adapt import InnerLR, step_size
@@ -39,15 +40,17 @@ def batch_norm_names(model: nn.Module) -> list[str]:
     return names
 
 
-class MAMLpp(MAML):
+class MAMLpp(SafeguardedExtraSteps, MAML):
     """MAML++: MAML plus the switches ``msl``, ``lslr``, ``bnwb`` and ``fo_iterations``.
 
     ``msl_iterations`` is how long the multi-step loss weights take to anneal onto the last step
     (the paper's epochs, counted in meta-iterations here). The training loop reports the current
     iteration through ``set_iteration``; without it the learner is at iteration 0 (start of the
     annealing). With ``lslr`` the learned rates are used at evaluation too (a given scalar
-    ``inner_lr`` is ignored); steps beyond ``inner_steps`` reuse the last step's rates and
-    batch-norm parameters. Works with every batching strategy, ``stacked`` included.
+    ``inner_lr`` is ignored); at evaluation, steps beyond ``inner_steps`` reuse the last step's
+    rates and batch-norm parameters, safeguarded: a step is taken only where it lowers the
+    support loss, else halved until it does (``algorithms/learned_rates.py``). Works with every
+    batching strategy, ``stacked`` included.
     """
 
     def __init__(self, model: nn.Module, inner_lr: InnerLR, inner_steps: int = 5,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mamlkit.algorithms.learned_rates import SafeguardedExtraSteps
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional.adapt import InnerLR
 from mamlkit.functional.losses import LossFn
@@ -18,13 +19,15 @@ def rate_key(name: str) -> str:
     return name.replace(".", "__")
 
 
-class MetaSGD(MAML):
+class MetaSGD(SafeguardedExtraSteps, MAML):
     """MAML whose step size alpha is a tensor shaped like theta, meta-trained with it.
 
     theta' = theta - alpha * grad (element-wise). The rates start at ``inner_lr`` and are
     ``nn.Parameter``s of the learner, so the outer optimiser must be built over
     ``learner.parameters()``. The learned rates are used for adaptation everywhere, also at
-    evaluation: an ``inner_lr`` passed to ``adapt`` or ``adaptation_curve`` is ignored.
+    evaluation: an ``inner_lr`` passed to ``adapt`` or ``adaptation_curve`` is ignored. Steps
+    beyond ``inner_steps`` reuse the rates, safeguarded: a step is taken only where it lowers
+    the support loss, else halved until it does (``algorithms/learned_rates.py``).
     """
 
     learned_rates = True
@@ -48,5 +51,5 @@ class MetaSGD(MAML):
     def rates(self, inner_lr: InnerLR | None = None,
               steps: int | None = None) -> dict[str, Tensor]:
         """The learned per-element rates by parameter name (``inner_lr`` is ignored); the same
-        rates serve every step, also steps beyond the trained ``inner_steps``."""
+        rates serve every step (beyond ``inner_steps``, safeguarded at evaluation)."""
         return {n: self.lrs[rate_key(n)] for n in self._rate_names}

@@ -1,16 +1,17 @@
 """Multi-task environments for meta-RL: gymnasium ids under ``mamlkit/`` and batched versions.
 
 ``gymnasium.make("mamlkit/Navigation2D-v0")`` (horizon 100), ``"mamlkit/HalfCheetahVel-v0"`` and
-``"mamlkit/HalfCheetahDir-v0"`` (horizon 200, the paper's) give single environments with
-``sample_tasks(n, seed)`` and ``reset_task(task)`` once ``mamlkit.envs`` is imported (or with
+``"mamlkit/HalfCheetahDir-v0"``, ``"mamlkit/AntVel-v0"`` and ``"mamlkit/AntDir-v0"`` (horizon
+200, the paper's) give single environments with ``sample_tasks(n, seed)`` and
+``reset_task(task)`` once ``mamlkit.envs`` is imported (or with
 ``gymnasium.make("mamlkit.envs:mamlkit/Navigation2D-v0")``, which imports it);
-``make_batch_env("nav2d" | "cheetah-vel" | "cheetah-dir")`` gives the ``BatchEnv`` that the
-samplers in ``mamlkit.rl`` step for a whole meta-batch at once.
+``make_batch_env("nav2d" | "cheetah-vel" | "cheetah-dir" | "ant-vel" | "ant-dir")`` gives the
+``BatchEnv`` that the samplers in ``mamlkit.rl`` step for a whole meta-batch at once.
 
 Speeds on the 2-core shared CPU, 1 torch thread, environment alone (random actions):
-``Navigation2DBatch`` 3.5M-10M steps/s, ``HalfCheetahBatch`` 10k-19k steps/s; with a policy in the
-loop and with worker processes see ``mamlkit.rl.sampling`` and ``mamlkit.rl.workers``
-(``benchmarks/rl_sampling.py``).
+``Navigation2DBatch`` 3.5M-10M steps/s, ``HalfCheetahBatch`` 10k-19k steps/s, ``AntBatch``
+~5k steps/s; with a policy in the loop and with worker processes see ``mamlkit.rl.sampling``
+and ``mamlkit.rl.workers`` (``benchmarks/rl_sampling.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import gymnasium as gym
 from mamlkit.envs.base import BatchEnv
 from mamlkit.envs.navigation import Navigation2D, Navigation2DBatch, expert_action
 
-BATCH_ENVS = ("nav2d", "cheetah-vel", "cheetah-dir")
+BATCH_ENVS = ("nav2d", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir")
 
 
 def _register() -> None:
@@ -30,6 +31,8 @@ def _register() -> None:
         "mamlkit/Navigation2D-v0": ("mamlkit.envs.navigation:Navigation2D", 100),
         "mamlkit/HalfCheetahVel-v0": ("mamlkit.envs.half_cheetah:HalfCheetahVel", 200),
         "mamlkit/HalfCheetahDir-v0": ("mamlkit.envs.half_cheetah:HalfCheetahDir", 200),
+        "mamlkit/AntVel-v0": ("mamlkit.envs.ant:AntVel", 200),
+        "mamlkit/AntDir-v0": ("mamlkit.envs.ant:AntDir", 200),
     }
     for env_id, (entry_point, steps) in specs.items():
         if env_id not in gym.registry:
@@ -41,7 +44,8 @@ _register()
 
 def make_batch_env(name: str, **kwargs: Any) -> BatchEnv:
     """The batched environment ``name`` (one of ``BATCH_ENVS``); ``kwargs`` go to its class
-    (``horizon``, nav2d's ``reward`` and ``done_threshold``, the cheetah's ``clip_actions``)."""
+    (``horizon``, nav2d's ``reward`` and ``done_threshold``, the MuJoCo tasks'
+    ``clip_actions``)."""
     if name == "nav2d":
         return Navigation2DBatch(**kwargs)
     if name in ("cheetah-vel", "cheetah-dir"):
@@ -49,6 +53,10 @@ def make_batch_env(name: str, **kwargs: Any) -> BatchEnv:
 
         kind = "velocity" if name == "cheetah-vel" else "direction"
         return HalfCheetahBatch(kind, **kwargs)
+    if name in ("ant-vel", "ant-dir"):
+        from mamlkit.envs.ant import AntBatch
+
+        return AntBatch("velocity" if name == "ant-vel" else "direction", **kwargs)
     raise ValueError(f"Unknown environment {name!r}; choose one of {', '.join(BATCH_ENVS)}.")
 
 

@@ -51,25 +51,41 @@ class GaussianPolicy(nn.Module):
         return mean, std.expand_as(mean)
 
 
-def sampling_fn(policy: nn.Module, params: Mapping[str, Tensor] | None = None,
-                batched: bool = False):
+class SamplingPolicy:
     """The ``obs [T, N, obs] -> (mean, std)`` callable that sampling needs, without gradients.
 
     ``params`` (adapted ones) carry a leading task dimension when ``batched``; the policy is
-    then called once for all tasks through the functional core's ``vmap`` batching.
+    then called once for all tasks through the functional core's ``vmap`` batching. A plain
+    object, not a closure, so that ``rl.workers.SamplerPool`` can pickle it to its workers;
+    ``task_slice`` gives the policy of some tasks (the share a worker samples).
     """
-    detached = None if params is None else {n: p.detach() for n, p in params.items()}
+
+    def __init__(self, policy: nn.Module, params: Mapping[str, Tensor] | None = None,
+                 batched: bool = False) -> None:
+        self.policy = policy
+        self.params = None if params is None else {n: p.detach() for n, p in params.items()}
+        self.batched = batched
 
     @torch.no_grad()
-    def act(obs: Tensor) -> tuple[Tensor, Tensor]:
-        if detached is None:
-            return policy(obs)
-        if not batched:
-            return forward(policy, detached, {}, obs)
-        return Batching("vmap").map(lambda ops, p, o: ops.forward(p, o), policy, {}, VPGLoss(),
-                                    detached, obs, batched_params=True)
+    def __call__(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        if self.params is None:
+            return self.policy(obs)
+        if not self.batched:
+            return forward(self.policy, self.params, {}, obs)
+        return Batching("vmap").map(lambda ops, p, o: ops.forward(p, o), self.policy, {},
+                                    VPGLoss(), self.params, obs, batched_params=True)
 
-    return act
+    def task_slice(self, start: int, stop: int) -> SamplingPolicy:
+        if not self.batched or self.params is None:
+            return self
+        return SamplingPolicy(self.policy, {n: p[start:stop] for n, p in self.params.items()},
+                              True)
+
+
+def sampling_fn(policy: nn.Module, params: Mapping[str, Tensor] | None = None,
+                batched: bool = False) -> SamplingPolicy:
+    """The sampling callable of ``policy`` with ``params`` (see ``SamplingPolicy``)."""
+    return SamplingPolicy(policy, params, batched)
 
 
 def mean_std(policy: nn.Module) -> float:

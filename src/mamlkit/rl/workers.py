@@ -11,6 +11,11 @@ class instance, not a lambda or closure). A policy with per-task parameters prov
 ``task_slice(start, stop)`` returning the policy of tasks ``start:stop``; any other policy is
 shared by all tasks.
 
+Runs reach it through the config key ``sampler_workers`` (k: this process plus k - 1 workers;
+``run.build.build_sampler_pool``), once per torchrun rank: each rank spreads its share of the
+meta-batch over its own workers, and ``rollout`` takes the tasks' generators as in-process
+``rl.sampling.rollout`` does (their states travel to the workers).
+
 Never hangs, always cleans up: workers start with ``spawn`` (no forked locks or thread pools),
 the parent polls with a timeout and checks that workers are alive, a failure in a worker is raised
 in the parent with the worker's traceback, and on any error (or ``close``, leaving the ``with``
@@ -25,6 +30,10 @@ other jobs (``benchmarks/rl_sampling.py``, 64-64 MLP policy, 1 thread per proces
     nav2d 20x20xH100             418k-1.2M     333k-1.0M            246k-829k
     cheetah-vel 20x10xH100       11k-26k       11k-34k              11k-21k
     cheetah-vel 40x20xH200       13.6k         11.8k
+
+    at load 8-9 (both cores busy with other jobs; benchmarks/results/rl/sampling.md):
+    cheetah-vel 20x10xH100       8.1k          8.3k                 8.2k
+    ant-vel 20x10xH100           1.54k         1.38k                1.43k
 
 Workers pay only for MuJoCo with a free second core (once 1.3x); on a busy machine they tie or
 lose, and for 2D navigation the pickling costs more than the sampling. Starting a worker (spawn,
@@ -58,6 +67,12 @@ def _pack(episodes: Episodes) -> tuple[np.ndarray, ...]:
             episodes.mask.numpy())
 
 
+def _generator(state: torch.Tensor) -> torch.Generator:
+    generator = torch.Generator()
+    generator.set_state(state)
+    return generator
+
+
 def _worker(conn: Any, env_name: str, env_kwargs: dict, threads: int) -> None:
     """Sample chunks until told to stop (``None``) or the parent goes away."""
     torch.set_num_threads(threads)
@@ -70,8 +85,8 @@ def _worker(conn: Any, env_name: str, env_kwargs: dict, threads: int) -> None:
         if message is None:
             break
         try:
-            policy, tasks, num_trajectories, seeds, horizon = message
-            generators = [torch.Generator().manual_seed(s) for s in seeds]
+            policy, tasks, num_trajectories, states, horizon = message
+            generators = [_generator(state) for state in states]
             episodes = rollout(env, policy, tasks, num_trajectories, generators, horizon)
             conn.send(("ok", _pack(episodes)))
         except BaseException:  # report everything to the parent
@@ -148,27 +163,30 @@ class SamplerPool:
     def sample(self, policy: PolicyFn, tasks: list[dict], num_trajectories: int,
                generator: torch.Generator, horizon: int | None = None) -> Episodes:
         """The episodes ``sample_episodes(env, policy, tasks, ...)`` would give, in parallel."""
-        seeds = task_seeds(generator, len(tasks))
+        generators = [torch.Generator().manual_seed(s) for s in task_seeds(generator, len(tasks))]
+        return self.rollout(policy, tasks, num_trajectories, generators, horizon)
+
+    def rollout(self, policy: PolicyFn, tasks: list[dict], num_trajectories: int,
+                generators: list[torch.Generator], horizon: int | None = None) -> Episodes:
+        """The episodes ``rollout(env, policy, tasks, ...)`` would give, in parallel: each
+        worker gets its tasks' generators (their states) and its share of the policy."""
+        if len(generators) != len(tasks):
+            raise ValueError(f"rollout needs one generator per task: {len(tasks)} tasks, "
+                             f"{len(generators)} generators.")
         chunks = [c for c in np.array_split(np.arange(len(tasks)), self.workers + 1) if len(c)]
         if len(chunks) == 1 or self.workers == 0:
-            return self._local(policy, tasks, num_trajectories, seeds, horizon)
+            return rollout(self.env, policy, tasks, num_trajectories, generators, horizon)
         try:
             self.start()
             remote = chunks[:-1]
             for conn, chunk in zip(self._connections, remote, strict=False):
                 start, stop = int(chunk[0]), int(chunk[-1]) + 1
-                message = (_policy_for(policy, start, stop), tasks[start:stop], num_trajectories,
-                           seeds[start:stop], horizon)
-                try:
-                    conn.send(message)
-                except (pickle.PicklingError, AttributeError, TypeError) as error:
-                    raise ValueError(
-                        "SamplerPool sends the policy to its workers by pickling: pass a picklable"
-                        " policy (an nn.Module or class instance, not a lambda or closure), or use"
-                        f" workers=0 ({error}).") from error
+                states = [g.get_state() for g in generators[start:stop]]
+                self._send(conn, (_policy_for(policy, start, stop), tasks[start:stop],
+                                  num_trajectories, states, horizon))
             start, stop = int(chunks[-1][0]), int(chunks[-1][-1]) + 1
-            local = self._local(_policy_for(policy, start, stop), tasks[start:stop],
-                                num_trajectories, seeds[start:stop], horizon)
+            local = rollout(self.env, _policy_for(policy, start, stop), tasks[start:stop],
+                            num_trajectories, generators[start:stop], horizon)
             parts = [self._receive(i) for i in range(len(remote))]
         except BaseException:
             self.close()
@@ -177,10 +195,15 @@ class SamplerPool:
                  for p, c in zip(parts, remote, strict=True)]
         return Episodes.cat([*parts, local])
 
-    def _local(self, policy: PolicyFn, tasks: list[dict], num_trajectories: int,
-               seeds: list[int], horizon: int | None) -> Episodes:
-        generators = [torch.Generator().manual_seed(s) for s in seeds]
-        return rollout(self.env, policy, tasks, num_trajectories, generators, horizon)
+    @staticmethod
+    def _send(conn: Any, message: tuple) -> None:
+        try:
+            conn.send(message)
+        except (pickle.PicklingError, AttributeError, TypeError) as error:
+            raise ValueError(
+                "SamplerPool sends the policy to its workers by pickling: pass a picklable"
+                " policy (an nn.Module or class instance, not a lambda or closure), or use"
+                f" workers=0 ({error}).") from error
 
     def _receive(self, index: int) -> tuple[np.ndarray, ...]:
         conn, process = self._connections[index], self.processes[index]

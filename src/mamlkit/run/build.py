@@ -53,13 +53,26 @@ def build_env(config: Config):
     try:
         from mamlkit.envs import make_batch_env
 
-        if config.task.startswith("cheetah"):
+        if config.task.startswith(("cheetah", "ant")):
             import mujoco  # noqa: F401
     except ImportError as error:
         raise ConfigError(f"task {config.task} needs gymnasium and MuJoCo ({error}); install "
                           "them with pip install 'gymnasium[mujoco]>=1.0' 'mujoco>=3.1'.") from None
     kwargs = {} if config.horizon is None else {"horizon": config.horizon}
     return make_batch_env(config.task, **kwargs)
+
+
+def build_sampler_pool(config: Config):
+    """``sampler_workers - 1`` worker processes for an RL run's sampling (None: in-process).
+
+    They start at the first sample and stop when the tasks that hold them are released (or
+    at exit); the episodes are those of in-process sampling (``rl.workers``)."""
+    if config.sampler_workers <= 1:
+        return None
+    from mamlkit.rl.workers import SamplerPool
+
+    kwargs = {} if config.horizon is None else {"horizon": config.horizon}
+    return SamplerPool(config.task, kwargs, workers=config.sampler_workers - 1)
 
 
 def build_policy(config: Config, env) -> nn.Module:
@@ -74,8 +87,11 @@ def build_policy(config: Config, env) -> nn.Module:
 def build_tasks(config: Config, split: str = "train") -> TaskDistribution | RLTasks:
     """The task distribution of ``split`` (train, val or test) for this run."""
     if is_rl(config):
+        from mamlkit.rl.estimators import inner_loss
+
         return RLTasks(build_env(config), config.trajectories, config.horizon, config.discount,
-                       config.gae_lambda)
+                       config.gae_lambda, loss=inner_loss(config.estimator),
+                       pool=build_sampler_pool(config))
     if config.task == "sinusoid":
         return Sinusoid(shots=config.shots, query_shots=config.query_shots)
     if config.task == "omniglot":
@@ -179,13 +195,27 @@ def build_learner(config: Config, model: nn.Module, tasks: TaskDistribution | RL
         if config.algorithm == "reptile":
             return Reptile(model, lr, steps, adapt_names=config.adapt,
                            data=config.reptile_data, **common)
+        if config.algorithm == "pretrained":
+            return _pretrained(config, model, common)
         if config.algorithm == "imaml":
             return IMAML(model, lr, steps, lam=config.imaml_lambda, cg_steps=config.cg_steps,
-                         max_grad_norm=config.imaml_max_grad_norm, **common)
+                         max_grad_norm=config.imaml_max_grad_norm, solver=config.imaml_solver,
+                         tol=config.imaml_tol, **common)
         return MAML(model, inner_lr=lr, inner_steps=steps, first_order=fo,
                     adapt_names=config.adapt, **common)
     except ValueError as error:  # e.g. an adapt pattern that matches no parameter
         raise ConfigError(str(error)) from None
+
+
+def _pretrained(config: Config, model: nn.Module, common: dict) -> MAML:
+    """The pretrained baseline: its global head has a row per meta-training class (those of
+    the train split, whichever split the caller built)."""
+    from mamlkit.algorithms.pretrained import Pretrained
+
+    classes = build_tasks(config, "train").num_classes
+    return Pretrained(model, classes, config.inner_lr, config.inner_steps, adapt_names=config.adapt,
+                      head_steps=config.head_steps, head_weight_decay=config.head_weight_decay,
+                      **common)
 
 
 def device_of(config: Config) -> torch.device:

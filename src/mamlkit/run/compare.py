@@ -188,6 +188,24 @@ def _row(label: str, results: list[dict[str, Any]], scale: float) -> Row:
                _span(r.get("iteration", "?") for r in results), cells)
 
 
+def baseline_rows(name: str, result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The table rows of one evaluation: the run itself, or for a pretrained-baseline run
+    (its ``baselines``) its fine-tune row and a row per frozen-feature baseline."""
+    baselines = result.get("baselines")
+    if not baselines:
+        return {name: result}
+    return {f"{name}: fine-tune": result,
+            **{f"{name}: {baseline}": row for baseline, row in baselines.items()}}
+
+
+def _rows(label: str, results: list[dict[str, Any]], scale: float) -> list[Row]:
+    """The row of an experiment, or its baseline rows where every seed has them."""
+    if not all(r.get("baselines") for r in results):
+        return [_row(label, results, scale)]
+    per_seed = [baseline_rows(label, r) for r in results]
+    return [_row(key, [rows[key] for rows in per_seed], scale) for key in per_seed[0]]
+
+
 def compare_rows(runs: list[Path]) -> tuple[str, list[Row]]:
     """The metric and one row per experiment (plus the untrained policy for RL runs)."""
     groups = group_by_seed(unique_names(check_runs(runs)))
@@ -198,7 +216,7 @@ def compare_rows(runs: list[Path]) -> tuple[str, list[Row]]:
                           " compare runs of one metric at a time.")
     metric = metrics.pop()
     scale = 100.0 if metric == "accuracy" else 1.0
-    rows = [_row(label, rs, scale) for label, rs in results]
+    rows = [row for label, rs in results for row in _rows(label, rs, scale)]
     # RL: the untrained initial policies of the first experiment's seeds, as ``eval`` shows them
     random = [r["random_policy"] for r in results[0][1] if "random_policy" in r]
     if random:
@@ -280,6 +298,6 @@ def compare(runs: list[str | Path], fmt: str = "md", steps: list[str] | None = N
     return render(metric, rows, _steps_of(rows, steps))
 
 
-__all__ = ["FORMATS", "METRIC_NAMES", "Group", "check_runs", "compare", "group_by_seed",
-           "mean_ci95_across", "mean_ci_text", "metric_name", "parse_steps", "read_eval",
-           "unique_names"]
+__all__ = ["FORMATS", "METRIC_NAMES", "Group", "baseline_rows", "check_runs", "compare",
+           "group_by_seed", "mean_ci95_across", "mean_ci_text", "metric_name", "parse_steps",
+           "read_eval", "unique_names"]

@@ -26,9 +26,9 @@ class ConfigError(ValueError):
     """A bad preset name, config key or value; the message says what to change."""
 
 
-RL_TASKS = ("nav2d", "cheetah-vel", "cheetah-dir")
+RL_TASKS = ("nav2d", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir")
 TASKS = ("sinusoid", "omniglot", "folder", "custom", *RL_TASKS)
-ALGORITHMS = ("maml", "metasgd", "anil", "mamlpp", "reptile", "imaml")
+ALGORITHMS = ("maml", "metasgd", "anil", "mamlpp", "reptile", "imaml", "pretrained")
 BATCHINGS = ("auto", "vmap", "loop", "stacked")  # what the learners accept (MAML.__init__)
 # The order of the groups in config.yaml and in 'mamlkit presets --show'.
 SECTIONS = ("run", "task", "model", "inner", "outer", "family", "scale", "rl")
@@ -98,7 +98,7 @@ class Config:
 
     description: str = _key("run", "", "one line about the run, listed by 'mamlkit presets'")
     task: str = _key("task", "sinusoid", "sinusoid | omniglot | folder | custom (supervised) | "
-                     "nav2d | cheetah-vel | cheetah-dir (meta-RL)", TASKS)
+                     "nav2d | cheetah-vel|dir | ant-vel|dir (meta-RL)", TASKS)
     model: str = _key("model", "mlp", "network of supervised tasks: mlp | conv4 | resnet12",
                       ("mlp", "conv4", "resnet12"))
     hidden: list[int] = _key("model", [40, 40], "mlp: hidden layer widths; conv4: [filters per "
@@ -160,8 +160,8 @@ class Config:
                                  bounds=_AT_LEAST_1)
     time_limit: float | None = _key("run", None, "minutes; stop (with a checkpoint) once "
                                     "exceeded; null: no limit", bounds=_ABOVE_0)
-    algorithm: str = _key("family", "maml", "maml | metasgd | anil | mamlpp | reptile | imaml",
-                          ALGORITHMS)
+    algorithm: str = _key("family", "maml", "maml | metasgd | anil | mamlpp | reptile | imaml | "
+                          "pretrained (classification baseline)", ALGORITHMS)
     adapt: list[str] | None = _key("inner", None, "glob patterns of inner-loop parameters; null: "
                                    "all (anil: last layer)", nonempty=True)
     msl: bool = _key("family", True, "mamlpp: multi-step loss with annealed weights")
@@ -178,8 +178,17 @@ class Config:
                              "support set only", ("all", "support"))
     imaml_lambda: float = _key("family", 1.0, "imaml: proximal strength lambda", bounds=_ABOVE_0)
     cg_steps: int = _key("family", 5, "imaml: conjugate-gradient steps", bounds=_AT_LEAST_1)
-    imaml_max_grad_norm: float | None = _key("family", None, "imaml: clip each inner step's "
-                                             "gradient norm; null: no clipping", bounds=_ABOVE_0)
+    head_steps: int = _key("family", 100, "pretrained: L-BFGS iterations of the linear head fit "
+                           "at evaluation", bounds=_AT_LEAST_1)
+    head_weight_decay: float = _key("family", 1e-3, "pretrained: L2 penalty of the linear head "
+                                    "fit (lambda/2 |W|^2)", bounds=_AT_LEAST_0)
+    imaml_max_grad_norm: float | None = _key("family", None, "imaml: clip inner gradient norms "
+                                             "(gd), step lengths at inner_lr times it (lbfgs)",
+                                             bounds=_ABOVE_0)
+    imaml_solver: str = _key("family", "lbfgs", "imaml: proximal inner solver: lbfgs (L-BFGS, "
+                             "line search) | gd (steps of inner_lr)", ("lbfgs", "gd"))
+    imaml_tol: float = _key("family", 1e-5, "imaml: inner solver stops at this proximal gradient "
+                            "norm (0: never early)", bounds=_AT_LEAST_0)
     checkpoint_inner: bool = _key("scale", False, "recompute inner steps in the backward pass "
                                   "(less memory)")
     compile: bool = _key("scale", False, "torch.compile the meta-step; falls back to eager where "
@@ -209,6 +218,8 @@ class Config:
                            bounds=Bounds(0, 1, low_open=True, high_open=True))
     ppo_epochs: int = _key("rl", 5, "PPO optimisation epochs per meta-batch (Adam, meta_lr)",
                            bounds=_AT_LEAST_1)
+    estimator: str = _key("rl", "maml", "meta-gradient estimator: maml (paper) | dice | lvc "
+                          "(ProMP) add the pre-update sampling term", ("maml", "dice", "lvc"))
     discount: float = _key("rl", 0.99, "reward discount gamma", bounds=_FRACTION)
     gae_lambda: float = _key("rl", 1.0, "GAE lambda (1: discounted return minus the linear "
                              "baseline)", bounds=_UNIT)
@@ -218,6 +229,9 @@ class Config:
                                    bounds=_AT_LEAST_0)
     demonstrations: int = _key("rl", 20, "(state, expert action) pairs per imitation "
                                "support/query set", bounds=_AT_LEAST_1)
+    sampler_workers: int = _key("rl", 1, "processes that sample episodes per torchrun rank (0 or "
+                                "1: this one; k: k - 1 spawned workers)",
+                                bounds=Bounds(0, 256))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -264,17 +278,21 @@ _KEY_RULES: dict[str, Callable[[Config], bool]] = {
     **dict.fromkeys(("protocol", "download"), lambda config: config.task == "omniglot"),
     **dict.fromkeys(("image_size", "channels", "invert", "class_split", "class_split_file"),
                     lambda config: config.task == "folder"),
-    "first_order": lambda config: _rl(config) or config.algorithm not in ("reptile", "imaml"),
+    "first_order": lambda config: _rl(config) or config.algorithm not in ("reptile", "imaml",
+                                                                          "pretrained"),
     "adapt": lambda config: config.algorithm != "imaml",
     "meta_lr": lambda config: _supervised(config) or config.outer != "trpo",
     "cosine_meta_lr": lambda config: _supervised(config) or config.outer != "trpo",
     "min_meta_lr": lambda config: config.cosine_meta_lr and (_supervised(config)
                                                              or config.outer != "trpo"),
-    **dict.fromkeys(("checkpoint_inner", "compile"), _supervised),
+    **dict.fromkeys(("checkpoint_inner", "compile"),
+                    lambda config: _supervised(config) and config.algorithm != "pretrained"),
     **dict.fromkeys(("msl", "msl_iterations", "lslr", "bnwb", "fo_iterations"),
                     _algorithm("mamlpp")),
     "reptile_data": _algorithm("reptile"),
-    **dict.fromkeys(("imaml_lambda", "cg_steps", "imaml_max_grad_norm"), _algorithm("imaml")),
+    **dict.fromkeys(("head_steps", "head_weight_decay"), _algorithm("pretrained")),
+    **dict.fromkeys(("imaml_lambda", "cg_steps", "imaml_max_grad_norm", "imaml_solver",
+                     "imaml_tol"), _algorithm("imaml")),
     **dict.fromkeys(("max_kl", "cg_iters", "cg_damping", "cg_subsample"), _outer_step("trpo")),
     **dict.fromkeys(("ppo_clip", "ppo_epochs"), _outer_step("ppo")),
     "imitation_tasks": lambda config: config.task == "nav2d",
@@ -291,14 +309,17 @@ def applicable_keys(config: Config) -> list[str]:
 
     - ``rl`` only for RL_TASKS; ``model`` and the keys ``device``, ``shots``, ``query_shots``,
       ``checkpoint_inner``, ``compile`` only for the supervised tasks (meta-RL trains its own
-      policy, on the CPU); ``cosine_meta_lr`` wherever ``meta_lr`` applies, ``min_meta_lr``
+      policy, on the CPU; the last two not for algorithm pretrained, which has no inner loop
+      in training); ``cosine_meta_lr`` wherever ``meta_lr`` applies, ``min_meta_lr``
       only with ``cosine_meta_lr``. The family and ``batching``/``chunk_size`` apply to both.
     - ``ways``, ``data_root``, ``protocol``, ``download`` only for tasks read from files
       (omniglot), not for sinusoid.
     - Family keys only for their algorithm: msl, msl_iterations, lslr, bnwb, fo_iterations for
-      mamlpp; reptile_data for reptile; imaml_lambda, cg_steps, imaml_max_grad_norm for imaml.
-      ``adapt`` for every algorithm but imaml; ``first_order`` for all but reptile and imaml
-      (always first order / implicit).
+      mamlpp; reptile_data for reptile; imaml_lambda, cg_steps, imaml_max_grad_norm,
+      imaml_solver, imaml_tol for imaml;
+      head_steps, head_weight_decay for pretrained. ``adapt`` for every algorithm but imaml;
+      ``first_order`` for all but reptile, imaml and pretrained (always first order / implicit
+      / fine-tuned at evaluation only).
     - RL: ``max_kl`` and ``cg_*`` only with outer=trpo, ``ppo_*`` only with outer=ppo,
       ``meta_lr`` not with outer=trpo; ``imitation_tasks`` only for nav2d, its weight and
       ``demonstrations`` only when it is > 0.
@@ -619,6 +640,10 @@ def _check_family(config: Config) -> None:
     if config.algorithm in ("mamlpp", "reptile", "imaml") and config.inner_steps < 1:
         raise ConfigError(f"Config key 'inner_steps' must be at least 1 for algorithm "
                           f"{config.algorithm}, got {config.inner_steps}.")
+    if config.algorithm == "pretrained" and config.task not in _DATASET_TASKS:
+        raise ConfigError(f"algorithm pretrained is the baseline of image classification "
+                          f"(task omniglot or folder), not of task {config.task}; for "
+                          "regression and RL the pretrained baseline is inner_lr=0.")
     if config.algorithm == "metasgd" and config.inner_lr == 0:
         raise ConfigError("Config key 'inner_lr' must be > 0 for algorithm metasgd, which "
                           "learns its inner rates starting from it.")

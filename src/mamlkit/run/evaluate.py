@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval
 from mamlkit.run.build import EVAL_SEED, build_tasks, device_of, is_rl
-from mamlkit.run.compare import mean_ci_text, metric_name
+from mamlkit.run.compare import baseline_rows, mean_ci_text, metric_name
 from mamlkit.tasks import RLTasks, generator_from
 
 EVAL_CHUNK = 100  # supervised tasks per sampling call; fixed so every run sees the same tasks
@@ -37,7 +37,8 @@ def mean_ci95(values: torch.Tensor) -> dict[str, float]:
 
 
 def _supervised_curve(learner, tasks, num_tasks: int, steps: list[int],
-                      inner_lr: float | None, bar: tqdm) -> torch.Tensor:
+                      inner_lr: float | None, bar: tqdm, curve_of=None) -> torch.Tensor:
+    """``curve_of(part)`` (default: the adaptation curve) of every held-out task, ``[rows, T]``."""
     config = learner.config
     device = device_of(config)
     learner.to(device)
@@ -49,7 +50,8 @@ def _supervised_curve(learner, tasks, num_tasks: int, steps: list[int],
         # evaluate a meta-batch at a time: memory as in training, same tasks for every run
         for piece in range(0, batch.num_tasks, config.meta_batch_size):
             part = batch[piece:piece + config.meta_batch_size].to(device)
-            curves.append(learner.adaptation_curve(part, steps, tasks.metric, inner_lr=inner_lr))
+            curves.append(curve_of(part) if curve_of else learner.adaptation_curve(
+                part, steps, tasks.metric, inner_lr=inner_lr))
             bar.update(part.num_tasks)
     return torch.cat(curves, dim=1).cpu()
 
@@ -76,7 +78,9 @@ def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = No
     {"mean", "ci95"}}}``; ``checkpoint`` and ``iteration`` say which weights were evaluated
     (a loaded learner's, else None). Learners with learned inner rates (Meta-SGD, MAML++ with
     LSLR) adapt with those: the scalar ``inner_lr``/``eval_inner_lr`` is ignored and
-    ``"inner_lr"`` reads ``"learned"``. ``progress`` shows a bar of tasks on stderr.
+    ``"inner_lr"`` reads ``"learned"``. ``progress`` shows a bar of tasks on stderr. The
+    pretrained baseline (``algorithm: pretrained``) reports its fine-tuning as ``"steps"`` and
+    adds ``"baselines"``: the linear head and nearest mean, each an evaluation of this form.
     """
     config = learner.config
     num_tasks = num_tasks or config.eval_tasks
@@ -88,7 +92,7 @@ def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = No
     with tqdm(total=num_tasks, desc=desc, unit="task", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
         curve = curve_of(learner, tasks, num_tasks, steps, None if learned else inner_lr, bar)
-    return {
+    result = {
         "metric": tasks.metric,
         "num_tasks": num_tasks,
         "inner_lr": "learned" if learned else inner_lr,
@@ -96,6 +100,28 @@ def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = No
         "iteration": getattr(learner, "iteration", None),
         "steps": {str(s): mean_ci95(curve[i]) for i, s in enumerate(steps)},
     }
+    if hasattr(learner, "frozen_names"):  # the pretrained baseline: its fine-tune is above
+        result["baselines"] = _frozen_baselines(learner, tasks, result, progress, desc)
+    return result
+
+
+def _frozen_baselines(learner, tasks, result: dict[str, Any], progress: bool,
+                      desc: str | None) -> dict[str, dict[str, Any]]:
+    """The linear head and nearest mean on the same held-out tasks, as evaluations of their
+    own; they use the support set once, so each step k >= 1 reports the same value."""
+    num_tasks, steps = result["num_tasks"], [int(s) for s in result["steps"]]
+    names = learner.frozen_names
+
+    def accuracy(part) -> torch.Tensor:
+        values = learner.frozen_accuracy(part)
+        return torch.stack([values[name] for name in names])
+
+    with tqdm(total=num_tasks, desc=desc and f"{desc} frozen", unit="task", file=sys.stderr,
+              disable=not progress, dynamic_ncols=True) as bar:
+        curve = _supervised_curve(learner, tasks, num_tasks, steps, None, bar, accuracy)
+    return {name: {**result, "inner_lr": "frozen",
+                   "steps": {str(s): mean_ci95(curve[i]) for s in steps if s > 0}}
+            for i, name in enumerate(names)}
 
 
 def _holds_full(path: Path, full_tasks: int) -> bool:
@@ -131,6 +157,8 @@ def _lr_text(inner_lr: float | str) -> str:
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """One row per number of inner steps, one column per run: ``mean ± ci95``."""
+    results = {row: r for name, result in results.items()
+               for row, r in baseline_rows(name, result).items()}
     names = list(results)
     first = results[names[0]]
     scale = 100.0 if first["metric"] == "accuracy" else 1.0

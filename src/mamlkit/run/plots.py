@@ -194,35 +194,48 @@ def learning_curve_figure(groups: Sequence[Group], metric: str) -> Figure:
     return rl_figure(groups) if metric == "return" else supervised_figure(groups, metric)
 
 
+def _sinusoid_panel(ax: Axes, learner: MAML, support: tuple, truth: tuple, grid: torch.Tensor,
+                    steps: tuple[int, ...]) -> None:
+    """Ground truth, the support points and ``learner``'s fit after each number of ``steps``."""
+    sx, sy = support
+    lr = learner.config.eval_inner_lr or learner.config.inner_lr  # an alpha = 0 run: the preset's
+    ax.plot(grid, Sinusoid.function(grid, *truth), "r", lw=2, label="ground truth")
+    for i, k in enumerate(steps):
+        with torch.enable_grad():
+            params = learner.adapt(sx, sy, steps=k, inner_lr=lr)
+        prediction = learner(grid, {n: p.detach() for n, p in params.items()})
+        ax.plot(grid, prediction, ":" if k == 0 else "--", color=f"C{i}",
+                label="pre-update" if k == 0 else f"{k} grad step{'s' * (k > 1)}")
+    ax.plot(sx, sy, "^", color="purple", ms=7, label=f"{len(sx)} support points")
+    ax.set_ylabel("y")
+    ax.grid(alpha=0.3)
+
+
 @torch.no_grad()
 def sinusoid_figure(learners: dict[str, MAML], num_tasks: int = 3,
-                    steps: tuple[int, ...] = (0, 1, 10)) -> Figure:
-    """True function, the K support points and predictions after 0, 1 and 10 steps per run."""
+                    steps: tuple[int, ...] = (0, 1, 10), by_task: bool = False) -> Figure:
+    """True function, the K support points and predictions after 0, 1 and 10 steps per run,
+    on the same held-out tasks for every run (drawn with the first run's config).
+
+    One row per run and a column per task; ``by_task``: one row per task and the runs side by
+    side with a shared y axis (Finn et al. 2017, Fig. 2: MAML beside the pretrained model).
+    """
     config = next(iter(learners.values())).config
     tasks = build_tasks(config, "test")
     assert isinstance(tasks, Sinusoid)
     batch, amp, phase = tasks.sample_with_parameters(num_tasks, EVAL_SEED)
     grid = torch.linspace(*tasks.x_range, 200).unsqueeze(-1)
-    fig, axes = plt.subplots(len(learners), num_tasks, squeeze=False, sharex=True,
-                             figsize=(4.2 * num_tasks, 3.4 * len(learners) + 0.4))
-    for row, (name, learner) in enumerate(learners.items()):
-        lr = learner.config.eval_inner_lr or learner.config.inner_lr
-        for col in range(num_tasks):
+    rows, cols = (num_tasks, len(learners)) if by_task else (len(learners), num_tasks)
+    fig, axes = plt.subplots(rows, cols, squeeze=False, sharex=True, sharey="row" if by_task
+                             else False, figsize=(4.2 * cols, 3.4 * rows + 0.4))
+    for r, (name, learner) in enumerate(learners.items()):
+        for t in range(num_tasks):
+            row, col = (t, r) if by_task else (r, t)
             ax = axes[row][col]
-            sx, sy = batch.support[0][col], batch.support[1][col]
-            ax.plot(grid, Sinusoid.function(grid, amp[col], phase[col]), "r", lw=2,
-                    label="ground truth")
-            for i, k in enumerate(steps):
-                with torch.enable_grad():
-                    params = learner.adapt(sx, sy, steps=k, inner_lr=lr)
-                prediction = learner(grid, {n: p.detach() for n, p in params.items()})
-                ax.plot(grid, prediction, ":" if k == 0 else "--", color=f"C{i}",
-                        label="pre-update" if k == 0 else f"{k} grad step{'s' * (k > 1)}")
-            ax.plot(sx, sy, "^", color="purple", ms=7, label=f"{len(sx)} support points")
-            ax.set_title(f"{_panel(row * num_tasks + col)} {name}: amplitude "
-                         f"{float(amp[col]):.2f}, phase {float(phase[col]):.2f}", fontsize=9)
-            ax.set_ylabel("y")
-            ax.grid(alpha=0.3)
+            _sinusoid_panel(ax, learner, (batch.support[0][t], batch.support[1][t]),
+                            (amp[t], phase[t]), grid, steps)
+            ax.set_title(f"{_panel(row * cols + col)} {name}: amplitude {float(amp[t]):.2f}, "
+                         f"phase {float(phase[t]):.2f}", fontsize=9)
     for ax in axes[-1]:
         ax.set_xlabel("x")
     bottom_legend(fig, [axes[0][0].get_legend_handles_labels()[0]])
@@ -322,11 +335,14 @@ def _one_metric(learners: dict[str, MAML]) -> str:
     return metrics.pop()
 
 
-def _adaptation(learners: dict[str, MAML], out_dir: Path) -> list[Path]:
-    """The adaptation pictures: one for sinusoid runs together, one per image or nav2d run."""
+def _adaptation(learners: dict[str, MAML], out_dir: Path, baseline: bool = False) -> list[Path]:
+    """The adaptation pictures: one for sinusoid runs together (with a ``baseline``, the last
+    learner, the runs side by side on each task), one per image or nav2d run."""
     tasks = {name: learner.config.task for name, learner in learners.items()}
     if all(task == "sinusoid" for task in tasks.values()):
-        return save(sinusoid_figure(learners), out_dir / "adaptation.png")
+        figure = sinusoid_figure(learners, num_tasks=2, by_task=True) if baseline \
+            else sinusoid_figure(learners)
+        return save(figure, out_dir / "adaptation.png")
     written, single = [], len(learners) == 1
     for name, learner in learners.items():
         suffix = "" if single else "-" + re.sub(r"[^\w.-]+", "_", name).strip("_")
@@ -338,9 +354,26 @@ def _adaptation(learners: dict[str, MAML], out_dir: Path) -> list[Path]:
     return written
 
 
-def plot_runs(runs: dict[str, Path], out_dir: Path) -> list[Path]:
+def _baseline_name(baseline: MAML) -> str:
+    config = baseline.config
+    return "pretrained (α = 0)" if config.inner_lr == 0 else "baseline"
+
+
+def _check_baseline(learners: dict[str, MAML], baseline: MAML, path: Path) -> None:
+    """A baseline goes beside sinusoid runs only, as a sinusoid run itself (one sentence)."""
+    first = next(iter(learners.values())).config
+    if first.task != "sinusoid" or baseline.config.task != "sinusoid":
+        raise ConfigError(f"--baseline draws a sinusoid run beside sinusoid runs; {path} is a "
+                          f"{baseline.config.task} run and the runs are {first.task} runs.")
+
+
+def plot_runs(runs: dict[str, Path], out_dir: Path, baseline: Path | None = None) -> list[Path]:
     """Every figure of ``runs`` into ``out_dir`` (PNG and PDF): learning curves with seeds of
-    one experiment as one curve, then adaptation pictures of each experiment's first run."""
+    one experiment as one curve, then adaptation pictures of each experiment's first run.
+
+    ``baseline`` (a sinusoid run, e.g. the alpha = 0 "pretrained" one) joins the learning curves
+    and is drawn beside the runs on the same held-out tasks (Finn et al. 2017, Fig. 2).
+    """
     from mamlkit.run.load import load
 
     groups = group_by_seed(runs)
@@ -349,10 +382,16 @@ def plot_runs(runs: dict[str, Path], out_dir: Path) -> list[Path]:
         learner = load(group.first)
         several = len(group.runs) > 1
         learners[f"{group.name}, seed {learner.config.seed}" if several else group.name] = learner
+    if baseline is not None:
+        extra = load(baseline)
+        _check_baseline(learners, extra, baseline)
+        name = _baseline_name(extra)
+        learners[name] = extra
+        groups = [*groups, Group(name, {name: Path(baseline)})]
     metric = _one_metric(learners)
     written = save(learning_curve_figure(groups, metric), out_dir / "learning_curve.png")
     torch.set_num_threads(min(learner.config.threads for learner in learners.values()))
-    return written + _adaptation(learners, out_dir)
+    return written + _adaptation(learners, out_dir, baseline is not None)
 
 
 __all__ = ["bottom_legend", "classification_figure", "group_series", "learning_curve_figure",

@@ -209,7 +209,11 @@ def _with_ci(curve: torch.Tensor) -> dict[str, float]:
 
 
 def make_step(config: Config, context: distributed.Context, run_dir: Path):
-    """The per-kind step of ``config``'s task."""
+    """The per-kind step of ``config``'s task (the pretrained baseline's own for it)."""
+    if config.algorithm == "pretrained" and not is_rl(config):
+        from mamlkit.run.pretrain_step import PretrainStep  # it builds on SupervisedStep
+
+        return PretrainStep(config, context, run_dir)
     return (RLStep if is_rl(config) else SupervisedStep)(config, context, run_dir)
 
 

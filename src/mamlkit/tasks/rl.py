@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from mamlkit.functional.task_batch import StepData, TaskBatch
+from mamlkit.functional.task_loss import TaskLoss
 from mamlkit.rl.advantages import rl_data
 from mamlkit.rl.episodes import Episodes
 from mamlkit.rl.losses import RLData, VPGLoss
@@ -42,15 +43,18 @@ class RLBatch:
 class RLTasks:
     """p(T) of an RL environment: ``env.sample_tasks`` gives the task parameters (goals,
     velocities); every task samples ``trajectories`` episodes of ``horizon`` steps per set,
-    with advantages from the linear baseline and GAE (``discount``, ``gae_lambda``)."""
+    with advantages from the linear baseline and GAE (``discount``, ``gae_lambda``). ``loss`` is
+    the inner loss: VPG, or an estimator of ``rl/estimators.py`` that also differentiates the
+    support trajectories' dependence on theta (``estimator``: maml | dice | lvc)."""
 
     env: Any
     trajectories: int = 20
     horizon: int | None = None
     discount: float = 0.99
     gae_lambda: float = 1.0
-    loss: VPGLoss = field(default_factory=VPGLoss)
+    loss: TaskLoss = field(default_factory=VPGLoss)
     metric: str = "return"
+    pool: Any = None  # an rl.workers.SamplerPool of env's kind: sampling spread over processes
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> list[dict]:
         return self.env.sample_tasks(num_tasks, generator)
@@ -60,6 +64,9 @@ class RLTasks:
         """Episodes of ``tasks[share]``; the generator advances as for all tasks and every
         task keeps its own seed, so a share's episodes are those of one process."""
         generators = task_generators(generator, len(tasks))
+        if self.pool is not None:
+            return self.pool.rollout(policy, tasks[share], self.trajectories, generators[share],
+                                     self.horizon)
         return rollout(self.env, policy, tasks[share], self.trajectories, generators[share],
                        self.horizon)
 
