@@ -146,6 +146,8 @@ def cell(records: list[dict[str, Any]], row: str, step: str, scale: float) -> st
     if not all(math.isfinite(v) for v in values) or len(values) < len(found):
         return "non-finite in a seed"
     mean, ci = mean_ci95_across(values)
+    if len(values) == 1:  # one seed: the evaluation's own interval, over tasks
+        ci = found[0].get("ci95") or 0.0
     digits = 1 if scale == 100.0 else 3
     return f"{mean * scale:.{digits}f} ± {ci * scale:.{digits}f}"
 
@@ -180,7 +182,8 @@ def table(records: list[dict[str, Any]], setup: str) -> list[str]:
 def markdown(records: list[dict[str, Any]]) -> str:
     parts = ["# The MAML family at the presets' budgets", "",
              "Written by `python benchmarks/family.py`; set-ups and budgets in its docstring. "
-             "Mean over seeds ± 95% interval across seeds (Student's t); each seed is evaluated "
+             "Mean over seeds ± 95% interval across seeds (Student's t; with one seed, the "
+             "interval over its tasks); each seed is evaluated "
              "on the same held-out tasks (600 for Omniglot, 600 for sinusoid). Train time: "
              "mean per seed on a shared 2-core CPU, one torch thread.", ""]
     for setup in SETUPS:
