@@ -9,15 +9,12 @@ on the fixed held-out tasks.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
-from mamlkit.run import distributed
-from mamlkit.run.build import VAL_SEED, build_learner, build_network, build_tasks, device_of
-from mamlkit.run.config import Config
-from mamlkit.run.scale import meta_step_backward
+from mamlkit.functional.task_batch import TaskBatch
+from mamlkit.run.build import VAL_SEED
 from mamlkit.run.steps import SupervisedStep
 from mamlkit.tasks import generator_from
 from mamlkit.tasks.global_labels import sample_global
@@ -26,28 +23,15 @@ from mamlkit.tasks.global_labels import sample_global
 class PretrainStep(SupervisedStep):
     """One Adam step on the global-label cross-entropy of a meta-batch's images."""
 
-    def __init__(self, config: Config, context: distributed.Context, run_dir: Path) -> None:
-        self.config, self.context = config, context
-        self.device = distributed.local_device(device_of(config), context)
-        self.tasks = build_tasks(config, "train")  # draws no random numbers
-        self.val_tasks = build_tasks(config, "val")
-        torch.manual_seed(config.seed)
-        model = build_network(config, self.tasks).to(self.device)
-        self.learner = build_learner(config, model, self.tasks)
-        self.optimizer = torch.optim.Adam(self.learner.training_parameters(), lr=config.meta_lr)
-        self.batch = None
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.learner.training_parameters())
 
-    def update(self, generator: torch.Generator) -> float:
-        """One step on the meta-batch's images; every rank samples it and takes its share of
-        the tasks, as ``SupervisedStep`` does."""
-        self.batch = sample_global(self.tasks, self.config.meta_batch_size,
-                                   generator).to(self.device)
-        self.optimizer.zero_grad(set_to_none=True)
-        params = self.learner.training_parameters()
-        loss = meta_step_backward(self.learner.pretrain_loss, self.batch, params, self.context)
-        if math.isfinite(loss):
-            self.optimizer.step()
-        return loss
+    def objective(self):
+        return self.learner.pretrain_loss
+
+    def sample(self, generator: torch.Generator) -> TaskBatch:
+        """The meta-batch MAML would draw, relabelled with global class ids."""
+        return sample_global(self.tasks, self.config.meta_batch_size, generator)
 
     def log_record(self) -> dict[str, float]:
         """The global-label accuracy of the last batch's images (a training curve)."""

@@ -47,14 +47,25 @@ class SupervisedStep:
         torch.manual_seed(config.seed)
         model = build_network(config, self.tasks).to(self.device)  # sized to the images
         self.learner = build_learner(config, model, self.tasks)
-        # theta plus learned meta-parameters (Meta-SGD, MAML++ rates)
-        self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.meta_lr)
-        self.meta_loss = meta_loss_fn(self.learner, config.compile, config.checkpoint_inner)
+        self.optimizer = torch.optim.Adam(self.trained_parameters(), lr=config.meta_lr)
+        self.meta_loss = self.objective()
         self.batch: TaskBatch | None = None
+
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """What the outer Adam step updates: theta plus learned meta-parameters (Meta-SGD,
+        MAML++ rates)."""
+        return list(self.learner.parameters())
+
+    def objective(self):
+        """The batch -> loss function whose gradient the step follows."""
+        return meta_loss_fn(self.learner, self.config.compile, self.config.checkpoint_inner)
+
+    def sample(self, generator: torch.Generator) -> TaskBatch:
+        return self.tasks.sample(self.config.meta_batch_size, generator)
 
     def update(self, generator: torch.Generator) -> float:
         """One meta-step; every rank samples the whole meta-batch and takes its share."""
-        self.batch = self.tasks.sample(self.config.meta_batch_size, generator).to(self.device)
+        self.batch = self.sample(generator).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         loss = meta_step_backward(self.meta_loss, self.batch, params, self.context)
