@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mamlkit.functional.task_loss import TaskLoss, forward
-from mamlkit.rl.losses import RLData, VPGLoss, gaussian_log_prob, masked_mean
+from mamlkit.functional.task_loss import TaskLoss
+from mamlkit.rl.losses import VPGLoss, masked_mean
 
 ESTIMATORS = ("maml", "dice", "lvc")
 
@@ -59,26 +59,16 @@ def lvc_loss(log_probs: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
     return -masked_mean(magic_box(log_probs) * advantages.detach(), mask)
 
 
-class DiCELoss(TaskLoss):
+class DiCELoss(VPGLoss):
     """The inner loss of an RL task under the ``dice`` estimator (Gaussian policy module)."""
 
-    def __call__(self, model, params, buffers, data: RLData) -> Tensor:
-        mean, std = forward(model, params, buffers, data.observations)
-        return dice_loss(gaussian_log_prob(mean, std, data.actions), data.advantages, data.mask)
-
-    def __repr__(self) -> str:
-        return "DiCELoss()"
+    objective = staticmethod(dice_loss)
 
 
-class LVCLoss(TaskLoss):
+class LVCLoss(VPGLoss):
     """The inner loss of an RL task under the ``lvc`` estimator (Gaussian policy module)."""
 
-    def __call__(self, model, params, buffers, data: RLData) -> Tensor:
-        mean, std = forward(model, params, buffers, data.observations)
-        return lvc_loss(gaussian_log_prob(mean, std, data.actions), data.advantages, data.mask)
-
-    def __repr__(self) -> str:
-        return "LVCLoss()"
+    objective = staticmethod(lvc_loss)
 
 
 def inner_loss(estimator: str) -> TaskLoss:

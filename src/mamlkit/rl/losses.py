@@ -75,14 +75,19 @@ class VPGLoss(TaskLoss):
     """The inner loss of an RL task: REINFORCE with a baseline on its support trajectories.
 
     For a Gaussian policy module ``obs -> (mean, std)``; one task's ``RLData``, no task dim.
+    ``objective(log_probs, advantages, mask)`` is the estimator (``rl/estimators.py`` holds
+    ones with the same value and gradient and other second derivatives).
     """
+
+    objective = staticmethod(vpg_loss)
 
     def __call__(self, model, params, buffers, data: RLData) -> Tensor:
         mean, std = forward(model, params, buffers, data.observations)
-        return vpg_loss(gaussian_log_prob(mean, std, data.actions), data.advantages, data.mask)
+        log_probs = gaussian_log_prob(mean, std, data.actions)
+        return self.objective(log_probs, data.advantages, data.mask)
 
     def __repr__(self) -> str:
-        return "VPGLoss()"
+        return f"{type(self).__name__}()"
 
 
 class ImitationLoss(TaskLoss):
