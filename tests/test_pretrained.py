@@ -3,13 +3,12 @@ the three evaluations (linear head, fine-tune, nearest mean), the run end to end
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import load_file
+from test_own_data import colour_folder
 
 from mamlkit.algorithms import Pretrained
 from mamlkit.cli import main
@@ -32,19 +31,6 @@ FAST = {"iterations": 6, "meta_batch_size": 2, "log_every": 3, "val_every": 6, "
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MAMLKIT_CACHE", str(tmp_path / "cache"))
-
-
-def colour_folder(root: Path, classes: int = 30, per_class: int = 4, size: int = 8) -> Path:
-    """Classes of noisy coloured squares in the folder layout: a tiny RGB dataset."""
-    g = torch.Generator().manual_seed(0)
-    for c in range(classes):
-        colour = torch.rand(3, generator=g) * 255
-        (root / f"class_{c:02d}").mkdir(parents=True)
-        for i in range(per_class):
-            noise = torch.randn(size, size, 3, generator=g) * 20
-            pixels = (colour + noise).clamp(0, 255).to(torch.uint8).numpy()
-            Image.fromarray(pixels).save(root / f"class_{c:02d}" / f"{i}.png")
-    return root
 
 
 def separable_features(tasks=3, ways=4, per_class=2, dim=6, seed=0):
@@ -189,7 +175,7 @@ def test_config_switch_and_applicable_keys(tmp_path):
 
 
 def test_train_and_eval_write_the_three_baseline_rows(tmp_path, capsys):
-    data = colour_folder(tmp_path / "images")
+    data = colour_folder(tmp_path / "images", classes=30, per_class=4, size=8)
     run = tmp_path / "run"
     sets = [f"{k}={json.dumps(v)}" for k, v in FAST.items()]
     args = [arg for pair in sets for arg in ("--set", pair)]
@@ -214,7 +200,7 @@ def test_train_and_eval_write_the_three_baseline_rows(tmp_path, capsys):
 
 
 def test_resume_after_a_kill_is_bit_exact(tmp_path):
-    data = colour_folder(tmp_path / "images")
+    data = colour_folder(tmp_path / "images", classes=30, per_class=4, size=8)
     config = resolve("folder-5w1s", {**FAST, "data_root": str(data), "iterations": 8,
                                      "checkpoint_every": 4, "log_every": 2, "val_every": 4})
     train(config, tmp_path / "whole", progress=False)

@@ -27,7 +27,9 @@ def _weights(run):
 
 
 @pytest.mark.parametrize("extra", [[], ["--set", "first_order=true", "--set", "outer=adam",
-                                          "--set", "inner_steps=2"]])
+                                          "--set", "inner_steps=2"],
+                                   ["--set", "estimator=dice"],
+                                   ["--set", "estimator=lvc", "--set", "outer=ppo"]])
 def test_nav2d_train_resume_is_bit_exact_and_eval_writes_returns(tmp_path, capsys, extra):
     whole, split = tmp_path / "whole", tmp_path / "split"
     args = ["--no-progress", *TINY, *extra]
