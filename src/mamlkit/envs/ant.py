@@ -38,35 +38,33 @@ import mujoco
 import numpy as np
 import torch
 from gymnasium.envs.mujoco import ant_v5
-from torch import Tensor
 
-from mamlkit.envs.base import Generators, per_task
-from mamlkit.envs.half_cheetah import _quiet_deprecation, load_model
-from mamlkit.functional.seeding import generator_from
+from mamlkit.envs.mujoco_tasks import (
+    FRAME_SKIP,
+    KINDS,
+    RESET_NOISE,
+    LocomotionBatch,
+    LocomotionTaskEnv,
+    sample_locomotion_tasks,
+)
 
 CTRL_COST = 0.005
 CONTACT_COST = 0.0005
 SURVIVE_REWARD = 0.05
 VELOCITY_BONUS = 1.0  # the velocity task's extra reward per step (reference code)
 HEALTHY_Z = (0.2, 1.0)
-FRAME_SKIP = 5
-RESET_NOISE = 0.1
 MAX_VELOCITY = 3.0
-KINDS = ("velocity", "direction")
 XML = os.path.join(os.path.dirname(ant_v5.__file__), "assets", "ant.xml")
+
+__all__ = ["CONTACT_COST", "CTRL_COST", "FRAME_SKIP", "HEALTHY_Z", "KINDS", "MAX_VELOCITY",
+           "RESET_NOISE", "SURVIVE_REWARD", "VELOCITY_BONUS", "XML", "AntBatch", "AntDir", "AntVel",
+           "ant_reward", "is_healthy", "sample_ant_tasks"]
 
 
 def sample_ant_tasks(kind: str, num_tasks: int,
                      generator: torch.Generator | int | None) -> list[dict]:
     """``{"velocity": v}`` with ``v ~ U[0, 3]``, or ``{"direction": +-1}`` with equal odds."""
-    g = generator_from(generator)
-    if kind == "velocity":
-        return [{"velocity": v} for v in torch.empty(num_tasks).uniform_(
-            0.0, MAX_VELOCITY, generator=g).tolist()]
-    if kind == "direction":
-        return [{"direction": int(d) * 2 - 1}
-                for d in torch.randint(2, (num_tasks,), generator=g).tolist()]
-    raise ValueError(f"Ant task kind must be one of {KINDS}, got {kind!r}.")
+    return sample_locomotion_tasks(kind, num_tasks, generator, MAX_VELOCITY, "Ant")
 
 
 def ant_reward(kind: str, task_value: Any, x_velocity: Any, action: Any,
@@ -86,46 +84,56 @@ def is_healthy(qpos: np.ndarray, qvel: np.ndarray) -> bool:
     return finite and HEALTHY_Z[0] <= qpos[2] <= HEALTHY_Z[1]
 
 
-class _AntTaskEnv(ant_v5.AntEnv):
+class AntBatch(LocomotionBatch):
+    """``tasks x trajectories`` ants (see ``LocomotionBatch``); an ant ends when unhealthy."""
+
+    robot = "Ant"
+    max_velocity = MAX_VELOCITY
+    xml = XML
+
+    def _observation_dim(self) -> int:
+        forces = (self.model.nbody - 1) * 6  # cfrc_ext without the world body
+        return self.model.nq - 2 + self.model.nv + forces
+
+    def _read(self, i: int, d: mujoco.MjData) -> None:
+        """qpos without the root x, y; qvel; the clipped contact forces (non-finite numbers
+        zeroed); the torso's x position."""
+        nq, nv = self.model.nq, self.model.nv
+        row = self._obs[i]
+        row[: nq - 2] = d.qpos[2:]
+        row[nq - 2: nq - 2 + nv] = d.qvel
+        row[nq - 2 + nv:] = np.clip(d.cfrc_ext[1:], -1.0, 1.0).reshape(-1)
+        if not np.isfinite(row).all():
+            np.nan_to_num(row, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        self._x[i] = d.xpos[1, 0]
+
+    def _simulate(self, d: mujoco.MjData) -> None:
+        super()._simulate(d)
+        mujoco.mj_rnePostConstraint(self.model, d)  # the contact forces, as gymnasium does
+
+    def _healthy(self, d: mujoco.MjData) -> bool:
+        return is_healthy(d.qpos, d.qvel)
+
+    def _reward(self, x_velocity: np.ndarray, actions: np.ndarray,
+                was_ended: np.ndarray) -> np.ndarray:
+        """Contact forces of all bodies (world included), zero for copies that had ended."""
+        forces = np.zeros((len(self._datas), self.model.nbody * 6))
+        for i, d in enumerate(self._datas):
+            if not was_ended[i]:
+                forces[i] = np.clip(d.cfrc_ext, -1.0, 1.0).reshape(-1)
+        reward = ant_reward(self.kind, self._values, x_velocity, actions, forces)
+        return np.nan_to_num(reward, copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # blown-up steps
+
+
+class _AntTaskEnv(LocomotionTaskEnv, ant_v5.AntEnv):
     """gymnasium Ant-v5 with a task: ``reset_task(task)`` or ``reset(options={"task"})``."""
 
-    kind = "velocity"
+    robot = "Ant"
+    max_velocity = MAX_VELOCITY
 
-    def __init__(self, task: dict | None = None, clip_actions: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.clip_actions = clip_actions
-        self._task = task or self.sample_tasks(1, 0)[0]
-
-    @classmethod
-    def sample_tasks(cls, num_tasks: int, seed: int | torch.Generator | None = None) -> list[dict]:
-        """The same tasks as the batch version's ``sample_tasks`` for the same seed."""
-        return sample_ant_tasks(cls.kind, num_tasks, seed)
-
-    def reset_task(self, task: dict) -> None:
-        self._task = task
-
-    @property
-    def task(self) -> dict:
-        return self._task
-
-    def _initialize_simulation(self):
-        with _quiet_deprecation():
-            return super()._initialize_simulation()
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if options and "task" in options:
-            self.reset_task(options["task"])
-        return super().reset(seed=seed, options=options)
-
-    def step(self, action):
-        action = np.asarray(action, dtype=np.float64)
-        if self.clip_actions:
-            action = np.clip(action, self.action_space.low, self.action_space.high)
-        observation, _, terminated, truncated, info = super().step(action)
-        reward = float(ant_reward(self.kind, float(self._task[self.kind]), info["x_velocity"],
-                                  action, self.contact_forces.reshape(-1)))
-        info["task"] = dict(self._task)
-        return observation, reward, terminated, truncated, info
+    def task_reward(self, task_value: float, x_velocity: float, action: np.ndarray) -> float:
+        return ant_reward(self.kind, task_value, x_velocity, action,
+                          self.contact_forces.reshape(-1))
 
 
 class AntVel(_AntTaskEnv):
@@ -138,118 +146,3 @@ class AntDir(_AntTaskEnv):
     """Run in ``task["direction"]`` = +1 or -1 (``gymnasium.make("mamlkit/AntDir-v0")``)."""
 
     kind = "direction"
-
-
-class AntBatch:
-    """``tasks x trajectories`` ants: many ``MjData`` of one ``MjModel``, no rendering.
-
-    ``reset`` draws gymnasium's reset noise (qpos + U[-0.1, 0.1], qvel + 0.1 N(0, 1)) from each
-    task's torch generator instead of gymnasium's numpy one. Ended copies are not simulated.
-    """
-
-    def __init__(self, kind: str = "velocity", horizon: int = 200, clip_actions: bool = True,
-                 xml_file: str = XML) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"Ant task kind must be one of {KINDS}, got {kind!r}.")
-        self.kind = kind
-        self.horizon = int(horizon)
-        self.clip_actions = clip_actions
-        self.model = load_model(xml_file)
-        self.dt = self.model.opt.timestep * FRAME_SKIP
-        self.action_dim = self.model.nu
-        self._forces = (self.model.nbody - 1) * 6  # cfrc_ext without the world body
-        self.observation_dim = self.model.nq - 2 + self.model.nv + self._forces
-        low, high = self.model.actuator_ctrlrange.T
-        self._low, self._high = low.copy(), high.copy()
-        init = mujoco.MjData(self.model)
-        self._init_qpos = init.qpos.copy()
-        self._init_qvel = init.qvel.copy()
-        self._datas: list[mujoco.MjData] = []
-        self._shape = (0, 0)
-        self._values = np.zeros(0)
-        self._obs = np.empty((0, self.observation_dim))
-        self._x = np.empty(0)
-        self._ended = np.zeros(0, dtype=bool)
-
-    def sample_tasks(self, num_tasks: int, generator: torch.Generator | int | None) -> list[dict]:
-        return sample_ant_tasks(self.kind, num_tasks, generator)
-
-    def task_tensor(self, tasks: list[dict]) -> Tensor:
-        """Goal velocities or directions, ``[tasks, 1]``."""
-        return torch.tensor([[float(t[self.kind])] for t in tasks], dtype=torch.float32)
-
-    def _read(self, i: int, d: mujoco.MjData) -> None:
-        """Copy ``d``'s observation into row ``i`` of ``self._obs`` and its torso x into
-        ``self._x`` (non-finite numbers zeroed in the observation)."""
-        nq, nv = self.model.nq, self.model.nv
-        row = self._obs[i]
-        row[: nq - 2] = d.qpos[2:]
-        row[nq - 2: nq - 2 + nv] = d.qvel
-        row[nq - 2 + nv:] = np.clip(d.cfrc_ext[1:], -1.0, 1.0).reshape(-1)
-        if not np.isfinite(row).all():
-            np.nan_to_num(row, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        self._x[i] = d.xpos[1, 0]
-
-    def _observations(self) -> Tensor:
-        return torch.from_numpy(self._obs).float().reshape(*self._shape, -1)
-
-    def reset(self, tasks: list[dict], num_trajectories: int,
-              generator: Generators | None = None) -> Tensor:
-        num_tasks, n = len(tasks), num_trajectories
-        nq, nv = self.model.nq, self.model.nv
-        qpos, qvel = [], []
-        for g in per_task(generator, num_tasks):
-            qpos.append(torch.empty(n, nq, dtype=torch.float64)
-                        .uniform_(-RESET_NOISE, RESET_NOISE, generator=g))
-            qvel.append(RESET_NOISE * torch.randn(n, nv, dtype=torch.float64, generator=g))
-        qpos_np = torch.cat(qpos).numpy() + self._init_qpos
-        qvel_np = torch.cat(qvel).numpy() + self._init_qvel
-        while len(self._datas) < num_tasks * n:
-            self._datas.append(mujoco.MjData(self.model))
-        del self._datas[num_tasks * n:]
-        self._shape = (num_tasks, n)
-        self._values = np.repeat([float(t[self.kind]) for t in tasks], n)
-        self._obs = np.empty((num_tasks * n, self.observation_dim))
-        self._x = np.empty(num_tasks * n)
-        self._ended = np.zeros(num_tasks * n, dtype=bool)
-        return self.set_state(qpos_np, qvel_np, reset=True)
-
-    def set_state(self, qpos: np.ndarray, qvel: np.ndarray, reset: bool = False) -> Tensor:
-        """Put every copy in the given states (``[T, N, nq]``, ``[T, N, nv]``), e.g. to replay a
-        gymnasium episode; returns the observations."""
-        qpos = np.asarray(qpos, dtype=np.float64).reshape(len(self._datas), -1)
-        qvel = np.asarray(qvel, dtype=np.float64).reshape(len(self._datas), -1)
-        for i, d in enumerate(self._datas):
-            if reset:
-                mujoco.mj_resetData(self.model, d)
-            d.qpos[:] = qpos[i]
-            d.qvel[:] = qvel[i]
-            mujoco.mj_forward(self.model, d)
-            self._read(i, d)
-        return self._observations()
-
-    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One step of every copy that has not ended; ended copies earn 0 and stay done."""
-        a = actions.detach().cpu().double().reshape(len(self._datas), -1).numpy()
-        if self.clip_actions:
-            a = np.clip(a, self._low, self._high)
-        x_before = self._x.copy()
-        forces = np.zeros((len(self._datas), self._forces + 6))
-        model, ended = self.model, self._ended
-        was_ended = ended.copy()
-        for i, d in enumerate(self._datas):
-            if ended[i]:
-                continue
-            d.ctrl[:] = a[i]
-            mujoco.mj_step(model, d, nstep=FRAME_SKIP)
-            mujoco.mj_rnePostConstraint(model, d)
-            forces[i] = np.clip(d.cfrc_ext, -1.0, 1.0).reshape(-1)
-            self._read(i, d)
-            ended[i] = not is_healthy(d.qpos, d.qvel)
-        x_velocity = (self._x - x_before) / self.dt
-        reward = ant_reward(self.kind, self._values, x_velocity, a, forces)
-        reward[was_ended] = 0.0
-        np.nan_to_num(reward, copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # a blown-up step
-        reward_t = torch.from_numpy(reward).float().reshape(self._shape)
-        return (self._observations(), reward_t,
-                torch.from_numpy(ended.copy()).reshape(self._shape))
