@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("mujoco")
 
 import gymnasium as gym  # noqa: E402
+from test_rl_envs import gymnasium_copies_of  # noqa: E402
 
 from mamlkit.cli import main  # noqa: E402
 from mamlkit.envs import make_batch_env  # noqa: E402
@@ -69,16 +70,7 @@ def test_ant_batch_equals_gymnasium(name):
     tasks = batch.sample_tasks(2, 5)
     batch.reset(tasks, 2, torch.Generator().manual_seed(0))
     env_id = "mamlkit/AntVel-v0" if name == "ant-vel" else "mamlkit/AntDir-v0"
-    singles, qpos, qvel, first = [], [], [], []
-    for i in range(4):
-        env = gym.make(env_id)
-        obs, _ = env.reset(seed=i, options={"task": tasks[i // 2]})
-        singles.append(env)
-        qpos.append(env.unwrapped.data.qpos.copy())
-        qvel.append(env.unwrapped.data.qvel.copy())
-        first.append(obs)
-    obs = batch.set_state(np.stack(qpos).reshape(2, 2, -1), np.stack(qvel).reshape(2, 2, -1))
-    assert torch.equal(obs.reshape(4, -1), torch.tensor(np.stack(first), dtype=torch.float32))
+    singles = gymnasium_copies_of(batch, env_id, tasks)
     rng, ended = np.random.default_rng(1), [False] * 4
     for _ in range(40):
         actions = rng.normal(size=(2, 2, 8)) * 1.5

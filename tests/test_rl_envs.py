@@ -88,16 +88,12 @@ def test_cheetah_task_sampling():
         make_batch_env("ant-goal")
 
 
-@pytest.mark.parametrize("name", ["cheetah-vel", "cheetah-dir"])
-def test_cheetah_batch_equals_gymnasium(name):
-    """Same start states and actions: the batch env gives gymnasium's observations and rewards."""
-    batch = make_batch_env(name, horizon=40)
-    tasks = batch.sample_tasks(2, 5)
-    batch.reset(tasks, 2, torch.Generator().manual_seed(0))
-    cls = HalfCheetahVel if name == "cheetah-vel" else HalfCheetahDir
+def gymnasium_copies_of(batch, env_id: str, tasks: list) -> list:
+    """Four gymnasium envs (2 tasks x 2 trajectories) reset with seeds 0-3, and ``batch`` set
+    to their start states; checks that the batch then observes what they observe."""
     singles, qpos, qvel, first = [], [], [], []
     for i in range(4):
-        env = gym.make(cls.__name__.join(["mamlkit/", "-v0"]))
+        env = gym.make(env_id)
         obs, _ = env.reset(seed=i, options={"task": tasks[i // 2]})
         singles.append(env)
         qpos.append(env.unwrapped.data.qpos.copy())
@@ -105,6 +101,17 @@ def test_cheetah_batch_equals_gymnasium(name):
         first.append(obs)
     obs = batch.set_state(np.stack(qpos).reshape(2, 2, -1), np.stack(qvel).reshape(2, 2, -1))
     assert torch.equal(obs.reshape(4, -1), torch.tensor(np.stack(first), dtype=torch.float32))
+    return singles
+
+
+@pytest.mark.parametrize("name", ["cheetah-vel", "cheetah-dir"])
+def test_cheetah_batch_equals_gymnasium(name):
+    """Same start states and actions: the batch env gives gymnasium's observations and rewards."""
+    batch = make_batch_env(name, horizon=40)
+    tasks = batch.sample_tasks(2, 5)
+    batch.reset(tasks, 2, torch.Generator().manual_seed(0))
+    cls = HalfCheetahVel if name == "cheetah-vel" else HalfCheetahDir
+    singles = gymnasium_copies_of(batch, cls.__name__.join(["mamlkit/", "-v0"]), tasks)
     rng = np.random.default_rng(1)
     for _ in range(40):
         actions = rng.normal(size=(2, 2, 6)) * 1.2
