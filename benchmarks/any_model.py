@@ -45,7 +45,7 @@ import peers  # noqa: E402
 
 from mamlkit import MAML, TaskBatch  # noqa: E402
 from mamlkit.models import Conv4, ResNet12, TaskBatchNorm  # noqa: E402
-from mamlkit.run.memory import rss_mb  # noqa: E402
+from mamlkit.run.memory import PeakMemory, rss_mb  # noqa: E402
 
 CHUNKS: list[int] = []  # --chunk-sizes: extra mamlkit rows
 
@@ -210,30 +210,17 @@ def time_steps(work: Workload, impls, repeats: int, warmup: int) -> dict[str, li
     return times
 
 
-def high_water_mb() -> float:
-    """Peak resident set since the last reset (VmHWM). Not ``ru_maxrss``: Linux carries that
-    over from the parent's image through fork and exec, so a big parent hides the child's."""
-    with open("/proc/self/status") as f:
-        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
-    return int(kb) / 1024
-
-
-def reset_high_water() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def peak_memory_child(key: str, impl: str) -> None:
     """In a fresh process: the peak resident-set growth of one meta-step, in MB."""
     work = WORKLOADS[key]
     model, batch = work.make_model(), work.make_batch(0)
     step = implementations(CHUNKS)[impl](model, work)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    reset_high_water()
     before = rss_mb()
+    peak = PeakMemory(torch.device("cpu"))  # VmHWM from here on
     step(batch)
     optimizer.step()
-    print(json.dumps({"peak_mb": high_water_mb() - before}))
+    print(json.dumps({"peak_mb": peak.read() - before}))
 
 
 def peak_memory(key: str, impl: str) -> float:

@@ -55,6 +55,7 @@ from torch.func import functional_call
 
 from mamlkit import MAML, TaskBatch
 from mamlkit.models import Conv4, TaskBatchNorm
+from mamlkit.run.memory import PeakMemory, rss_mb
 
 # ---------------------------------------------------------------------------------------------
 # Model variants (same parameters and names as Conv4, so one state dict fits all of them)
@@ -290,28 +291,10 @@ def memory_child(name: str, setup: Setup, tasks: int, with_compile: bool) -> Non
     optimizer = torch.optim.Adam(parameters_of(model), lr=1e-3)
     if name == "compile":  # compile outside the measured step
         meta_step(variant, model, optimizer, batch, setup)
-    before = rss_mb("VmRSS")
-    reset_peak_rss()
+    before = rss_mb()
+    peak = PeakMemory(torch.device("cpu"))  # VmHWM from here on
     meta_step(variant, model, optimizer, batch, setup)
-    print(json.dumps({"peak_mb": rss_mb("VmHWM") - before}))
-
-
-def rss_mb(field: str) -> float:
-    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process in MiB, from /proc/self/status.
-
-    Not ``ru_maxrss``: Linux carries it over from the parent across fork and exec.
-    """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def reset_peak_rss() -> None:
-    """Make VmHWM start from the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    print(json.dumps({"peak_mb": peak.read() - before}))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import peers  # noqa: E402
 from mamlkit import MAML, Sinusoid, TaskBatch  # noqa: E402
 from mamlkit import functional as MF  # noqa: E402
 from mamlkit.models import Conv4, mlp  # noqa: E402
-from mamlkit.run.memory import rss_mb  # noqa: E402
+from mamlkit.run.memory import PeakMemory, rss_mb  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -192,11 +191,11 @@ def peak_memory_child(workload: str, impl: str) -> None:
     model, batch = work.make_model(), work.make_batch(0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     before = rss_mb()
+    peak = PeakMemory(torch.device("cpu"))  # VmHWM: ru_maxrss carries the parent's peak
     opt.zero_grad()
     fn(model, batch).backward()
     opt.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_mb": peak - before}))
+    print(json.dumps({"peak_mb": peak.read() - before}))
 
 
 def peak_memory(workload: str, impl: str, threads: int) -> float:
