@@ -8,8 +8,12 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:-}:$(pwd)/src"
 mkdir -p "$out"
 python3 benchmarks/meta_step.py --workload conv4-1 --device "$device" --repeats 10
 python3 benchmarks/meta_step.py --workload conv4-5 --device "$device" --repeats 5
-for preset in omniglot-5w1s omniglot-20w1s; do
-    python3 -m mamlkit train "$preset" --data-root "$root" --out "$out/$preset" --no-progress \
-        --set time_limit="$minutes" --set batching=vmap --set device="$device"
-    python3 -m mamlkit eval "$out/$preset"
+# name:preset:extra keys (the 20-way Lake protocol: background alphabets train, evaluation test)
+for run in omniglot-5w1s:omniglot-5w1s: omniglot-20w1s:omniglot-20w1s: \
+           omniglot-20w1s-lake:omniglot-20w1s:protocol=lake; do
+    IFS=: read -r name preset extra <<< "$run"
+    python3 -m mamlkit train "$preset" --data-root "$root" --out "$out/$name" --no-progress \
+        --set time_limit="$minutes" --set batching=vmap --set device="$device" \
+        ${extra:+--set "$extra"}
+    python3 -m mamlkit eval "$out/$name"
 done
