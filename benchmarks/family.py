@@ -40,9 +40,10 @@ import torch
 
 from mamlkit.run import evaluate
 from mamlkit.run.compare import mean_ci95_across
-from mamlkit.run.config import resolve
+from mamlkit.run.config import Config, resolve
 from mamlkit.run.load import load
 from mamlkit.run.loop import TrainingDiverged, train
+from mamlkit.run.rundir import read_config
 
 ROOT = Path(__file__).resolve().parent
 VARIANTS = ["MAML", "FO-MAML", "Meta-SGD", "ANIL", "MAML++", "Reptile", "iMAML", "pretrained"]
@@ -93,6 +94,15 @@ def record_path(out: Path, setup: str, variant: str, seed: int) -> Path:
     return out / "records" / f"{setup}--{variant}--seed{seed}.json"
 
 
+def interrupted_at(run_dir: Path, config: Config) -> int | None:
+    """The iteration of an interrupted run of the same config in ``run_dir`` (to resume it
+    exactly instead of starting over), or None."""
+    latest = run_dir / "checkpoints" / "latest"
+    if not latest.exists() or read_config(run_dir / "config.yaml") != config:
+        return None
+    return int(latest.read_text().strip().rsplit("_", 1)[-1]) or None
+
+
 def run_one(setup_name: str, variant: str, seed: int, data_root: str, workdir: Path,
             eval_tasks: int, iterations: int | None = None) -> dict[str, Any]:
     """Train one (set-up, learner, seed) and evaluate it after 0, 1, trained and 10 steps."""
@@ -111,10 +121,15 @@ def run_one(setup_name: str, variant: str, seed: int, data_root: str, workdir: P
               "trained_steps": trained, "metric": setup["metric"], "threads": 1,
               "torch": torch.__version__}
     run_dir = workdir / f"{setup_name}-{variant}-seed{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)
+    resumed_from = interrupted_at(run_dir, config)
+    if resumed_from is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        record["resumed_from"] = resumed_from  # train_seconds counts this process only
     began = time.perf_counter()
     try:
-        result = train(config, run_dir, progress=False)
+        result = train(None if resumed_from else config, run_dir, resume=bool(resumed_from),
+                       progress=False)
     except TrainingDiverged as error:  # a result of its own: the cell says so
         return {**record, "diverged": str(error),
                 "train_seconds": round(time.perf_counter() - began, 1)}
