@@ -87,6 +87,32 @@ def test_linear_baseline_recovers_linear_target():
     assert torch.allclose(values, target * mask, atol=2e-3)
 
 
+def test_cross_fit_baseline_ignores_an_episodes_own_return():
+    """Cross-fitted, each half's values come from a ridge fit on the other half alone: an
+    episode's own rewards cannot move its baseline (in sample they do)."""
+    g = torch.Generator().manual_seed(2)
+    obs = torch.randn(2, 5, 8, 3, generator=g)
+    mask = torch.ones(2, 5, 8)
+    mask[0, 4, 5:] = 0
+    rewards = torch.randn(2, 5, 8, generator=g) * mask
+    episodes = Episodes(obs, torch.zeros(2, 5, 8, 1), rewards, mask)
+    values = linear_baseline(episodes, 0.9, cross_fit=True)
+    features = baseline_features(obs, mask).double()
+    returns = discounted_returns(rewards, mask, 0.9)
+    for apply_to, fit_on in ((slice(0, 2), slice(2, 5)), (slice(2, 5), slice(0, 2))):
+        coeffs = fit_linear(features[:, fit_on].reshape(2, -1, 10),
+                            returns[:, fit_on].reshape(2, -1), 1e-5)
+        expected = torch.einsum("tnhf,tf->tnh", features[:, apply_to], coeffs)
+        assert torch.allclose(values[:, apply_to], expected.float() * mask[:, apply_to],
+                              atol=1e-5)
+    changed = rewards.clone()
+    changed[:, 0] += 5.0 * mask[:, 0]
+    moved = Episodes(obs, episodes.actions, changed, mask)
+    assert torch.equal(linear_baseline(moved, 0.9, cross_fit=True)[:, :2], values[:, :2])
+    in_sample = linear_baseline(episodes, 0.9)
+    assert not torch.allclose(linear_baseline(moved, 0.9)[:, 0], in_sample[:, 0])
+
+
 def test_batched_fit_equals_per_task_lstsq():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 30, 6, generator=g, dtype=torch.float64)

@@ -91,7 +91,7 @@ def build_tasks(config: Config, split: str = "train") -> TaskDistribution | RLTa
 
         return RLTasks(build_env(config), config.trajectories, config.horizon, config.discount,
                        config.gae_lambda, loss=inner_loss(config.estimator),
-                       pool=build_sampler_pool(config))
+                       pool=build_sampler_pool(config), baseline_fit=config.baseline_fit)
     if config.task == "sinusoid":
         return Sinusoid(shots=config.shots, query_shots=config.query_shots)
     if config.task == "omniglot":

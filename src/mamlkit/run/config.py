@@ -223,6 +223,9 @@ class Config:
     discount: float = _key("rl", 0.99, "reward discount gamma", bounds=_FRACTION)
     gae_lambda: float = _key("rl", 1.0, "GAE lambda (1: discounted return minus the linear "
                              "baseline)", bounds=_UNIT)
+    baseline_fit: str = _key("rl", "in_sample", "linear baseline fit on its own episodes "
+                             "(in_sample, rllab) or each half on the other (cross)",
+                             ("in_sample", "cross"))
     imitation_tasks: int = _key("rl", 0, "supervised imitation tasks (H=1) added to each "
                                 "meta-batch", bounds=_AT_LEAST_0)
     imitation_weight: float = _key("rl", 1.0, "weight of the imitation meta-loss in the sum",

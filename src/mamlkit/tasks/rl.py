@@ -43,7 +43,8 @@ class RLBatch:
 class RLTasks:
     """p(T) of an RL environment: ``env.sample_tasks`` gives the task parameters (goals,
     velocities); every task samples ``trajectories`` episodes of ``horizon`` steps per set,
-    with advantages from the linear baseline and GAE (``discount``, ``gae_lambda``). ``loss`` is
+    with advantages from the linear baseline (fitted in sample, or across halves of the
+    trajectories with ``baseline_fit="cross"``) and GAE (``discount``, ``gae_lambda``). ``loss`` is
     the inner loss: VPG, or an estimator of ``rl/estimators.py`` that also differentiates the
     support trajectories' dependence on theta (``estimator``: maml | dice | lvc)."""
 
@@ -55,6 +56,7 @@ class RLTasks:
     loss: TaskLoss = field(default_factory=VPGLoss)
     metric: str = "return"
     pool: Any = None  # an rl.workers.SamplerPool of env's kind: sampling spread over processes
+    baseline_fit: str = "in_sample"
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> list[dict]:
         return self.env.sample_tasks(num_tasks, generator)
@@ -71,7 +73,7 @@ class RLTasks:
                        self.horizon)
 
     def data(self, episodes: Episodes) -> RLData:
-        return rl_data(episodes, self.discount, self.gae_lambda)
+        return rl_data(episodes, self.discount, self.gae_lambda, self.baseline_fit == "cross")
 
     def collect(self, tasks: list[dict], generator: torch.Generator, policy_for: PolicyFor,
                 steps: int, task_slice: slice | None = None) -> RLBatch:
