@@ -164,6 +164,8 @@ def cell(records: list[dict[str, Any]], row: str, step: str, scale: float) -> st
     if len(values) == 1:  # one seed: the evaluation's own interval, over tasks
         ci = found[0].get("ci95") or 0.0
     digits = 1 if scale == 100.0 else 3
+    if 0 < ci * scale < 0.5 * 10 ** -digits:  # seeds that agree closely: show that they differ
+        digits += 1
     return f"{mean * scale:.{digits}f} ± {ci * scale:.{digits}f}"
 
 
