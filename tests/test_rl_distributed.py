@@ -1,4 +1,5 @@
-"""Meta-RL under torchrun: 2 gloo processes take the same steps as one process."""
+"""Meta-RL under torchrun: 2 gloo processes take the same steps as one process, also when each
+rank samples in worker processes."""
 
 import os
 import pathlib
@@ -22,6 +23,8 @@ SETUPS = {
     "trpo": ("nav2d", {}),
     "adam-mixed": ("nav2d-mixed", {"imitation_tasks": 2, "demonstrations": 4}),
     "ppo": ("nav2d", {"outer": "ppo", "first_order": True, "ppo_epochs": 2}),
+    # each rank samples its tasks in a spawned worker: the same steps again
+    "trpo-workers": ("nav2d", {"sampler_workers": 2}),
 }
 
 
