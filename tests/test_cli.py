@@ -33,7 +33,21 @@ def test_train_eval_plot_end_to_end(tmp_path, capsys):
     assert set(result["steps"]) == {"0", "1", "2", "5", "10"}
     assert all(set(v) == {"mean", "ci95"} for v in result["steps"].values())
     # the alpha=0 baseline is fine-tuned with the preset's alpha at evaluation
-    assert json.loads((base / "eval.json").read_text())["inner_lr"] == 0.01
+    other = json.loads((base / "eval.json").read_text())
+    assert other["inner_lr"] == 0.01
+    # per-task values, the same tasks in the same order: a paired difference
+    for step, values in result["per_task"].items():
+        assert len(values) == 150
+        assert abs(sum(values) / 150 - result["steps"][step]["mean"]) < 1e-5
+    differences = [a - b for a, b in zip(result["per_task"]["1"], other["per_task"]["1"],
+                                         strict=True)]
+    mean = sum(differences) / 150
+    sd = (sum((d - mean) ** 2 for d in differences) / 149) ** 0.5
+    assert main(["compare", "--paired", str(maml), str(base)]) == 0
+    paired = capsys.readouterr().out
+    assert f"| 1 | {mean:+.2f} ± {1.96 * sd / 150 ** 0.5:.2f} |" in paired
+    assert main(["compare", "--paired", str(maml)]) == 2
+    assert "exactly two runs" in capsys.readouterr().err
     assert main(["plot", str(maml), str(base)]) == 0
     assert (maml / "learning_curve.png").stat().st_size > 10_000
     assert (maml / "adaptation.png").stat().st_size > 10_000
@@ -70,3 +84,21 @@ def test_overrides_are_typed():
     assert resolve("sinusoid", parse_overrides(["meta_lr=1e-4"])).meta_lr == 1e-4
     with pytest.raises(ConfigError):
         from_dict({"meta_lr": "fast"})
+
+
+def test_paired_needs_evaluations_alike_with_per_task_values(tmp_path):
+    from mamlkit.run.errors import RunDirectoryError
+    from mamlkit.run.paired import paired_difference
+
+    old = {"metric": "mse", "num_tasks": 2, "steps": {"0": {"mean": 1.0, "ci95": 0.1}}}
+    new = {**old, "per_task": {"0": [1.0, 3.0]}}
+    for name, result in {"old": old, "new": new, "other": {**new, "num_tasks": 3},
+                         "same": {**new, "per_task": {"0": [0.0, 1.0]}}}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(result))
+    with pytest.raises(RunDirectoryError, match="no per-task values"):
+        paired_difference(tmp_path / "new", tmp_path / "old")
+    with pytest.raises(RunDirectoryError, match="not evaluated alike"):
+        paired_difference(tmp_path / "new", tmp_path / "other")
+    assert paired_difference(tmp_path / "new", tmp_path / "same")["steps"]["0"] == {
+        "mean": 1.5, "ci95": pytest.approx(1.96 * 0.5 ** 0.5 / 2 ** 0.5)}

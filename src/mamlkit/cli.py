@@ -137,7 +137,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """One table over the runs' ``eval.json``, seeds of one experiment as mean ± 95% CI."""
     from mamlkit.run import compare
 
+    if args.paired:
+        return _compare_paired(args)
     print(compare.compare(args.runs, args.format, compare.parse_steps(args.steps)))
+    return 0
+
+
+def _compare_paired(args: argparse.Namespace) -> int:
+    """Two runs' difference task by task (``--paired``)."""
+    from mamlkit.run.compare import check_runs
+    from mamlkit.run.paired import paired_difference, paired_text
+
+    if len(args.runs) != 2 or args.format != "md" or args.steps:
+        raise config_lib.ConfigError("--paired compares exactly two runs, as a markdown table "
+                                     "of every evaluated step (no --format or --steps).")
+    first, second = check_runs(args.runs)
+    print(paired_text(paired_difference(first, second)))
     return 0
 
 
@@ -215,6 +230,9 @@ def parser() -> argparse.ArgumentParser:
                    help="markdown (default), CSV or a LaTeX booktabs tabular")
     c.add_argument("--steps", metavar="K,K,...",
                    help="inner steps to show, e.g. 0,1,5 (default: all evaluated)")
+    c.add_argument("--paired", action="store_true",
+                   help="two runs: their difference task by task on the same held-out tasks, "
+                        "and each one's gain over 0 steps (mean ± 95%% CI)")
     c.set_defaults(func=cmd_compare)
     return p
 

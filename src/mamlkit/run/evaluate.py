@@ -36,6 +36,11 @@ def mean_ci95(values: torch.Tensor) -> dict[str, float]:
     return {"mean": values.mean().item(), "ci95": 1.96 * std / math.sqrt(n)}
 
 
+def task_values(values: torch.Tensor) -> list[float]:
+    """One number per held-out task, in the order every run sees them (6 decimals)."""
+    return [round(v, 6) for v in values.double().tolist()]
+
+
 def _supervised_curve(learner, tasks, num_tasks: int, steps: list[int],
                       inner_lr: float | None, bar: tqdm, curve_of=None) -> torch.Tensor:
     """``curve_of(part)`` (default: the adaptation curve) of every held-out task, ``[rows, T]``."""
@@ -75,10 +80,11 @@ def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = No
     """The task metric of ``num_tasks`` held-out tasks after each number of inner steps.
 
     Returns ``{"metric", "num_tasks", "inner_lr", "checkpoint", "iteration", "steps": {"k":
-    {"mean", "ci95"}}}``; ``checkpoint`` and ``iteration`` say which weights were evaluated
-    (a loaded learner's, else None). Learners with learned inner rates (Meta-SGD, MAML++ with
-    LSLR) adapt with those: the scalar ``inner_lr``/``eval_inner_lr`` is ignored and
-    ``"inner_lr"`` reads ``"learned"``. ``progress`` shows a bar of tasks on stderr. The
+    {"mean", "ci95"}}, "per_task": {"k": [value of each task]}}`` (``per_task`` for paired
+    comparisons, ``mamlkit compare --paired``); ``checkpoint`` and ``iteration`` say which
+    weights were evaluated (a loaded learner's, else None). Learners with learned inner rates
+    (Meta-SGD, MAML++ with LSLR) adapt with those: the scalar ``inner_lr``/``eval_inner_lr`` is
+    ignored and ``"inner_lr"`` reads ``"learned"``. ``progress`` shows a bar of tasks on stderr. The
     pretrained baseline (``algorithm: pretrained``) reports its fine-tuning as ``"steps"`` and
     adds ``"baselines"``: the linear head and nearest mean, each an evaluation of this form.
     """
@@ -99,6 +105,8 @@ def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = No
         "checkpoint": getattr(learner, "checkpoint", None),
         "iteration": getattr(learner, "iteration", None),
         "steps": {str(s): mean_ci95(curve[i]) for i, s in enumerate(steps)},
+        # every run sees the same tasks in the same order: two runs compare task by task
+        "per_task": {str(s): task_values(curve[i]) for i, s in enumerate(steps)},
     }
     if hasattr(learner, "frozen_names"):  # the pretrained baseline: its fine-tune is above
         result["baselines"] = _frozen_baselines(learner, tasks, result, progress, desc)
@@ -120,7 +128,8 @@ def _frozen_baselines(learner, tasks, result: dict[str, Any], progress: bool,
               disable=not progress, dynamic_ncols=True) as bar:
         curve = _supervised_curve(learner, tasks, num_tasks, steps, None, bar, accuracy)
     return {name: {**result, "inner_lr": "frozen",
-                   "steps": {str(s): mean_ci95(curve[i]) for s in steps if s > 0}}
+                   "steps": {str(s): mean_ci95(curve[i]) for s in steps if s > 0},
+                   "per_task": {str(s): task_values(curve[i]) for s in steps if s > 0}}
             for i, name in enumerate(names)}
 
 
