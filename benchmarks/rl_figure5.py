@@ -1,0 +1,150 @@
+"""The paper's RL figures as a table: return after 0-3 policy-gradient steps for MAML, the
+pretrained policy and a random initial policy, beside the values read from Finn et al. 2017.
+
+Reads the committed runs under ``benchmarks/results/rl/``: for each environment the MAML run
+``<preset>/`` and its pretrained baseline ``<preset>-inner_lr0/`` (``mamlkit train PRESET``,
+``mamlkit train PRESET --set inner_lr=0``, then ``mamlkit eval`` on both, which also evaluates
+the untrained initial policy), and writes ``figure5.md`` (the table, with the budget of each
+run) and ``figure5.png`` (return against gradient steps, one panel per environment).
+
+    python benchmarks/rl_figure5.py            # after the runs' eval.json files exist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from mamlkit.run.rundir import read_config
+
+RESULTS = Path(__file__).resolve().parent / "results" / "rl"
+PRESETS = {"nav2d": "2D navigation", "cheetah-vel-quick": "half-cheetah, goal velocity",
+           "cheetah-dir-quick": "half-cheetah, forward/backward",
+           "ant-vel-quick": "ant, goal velocity", "ant-dir-quick": "ant, forward/backward"}
+# Approximate readings of Finn et al. 2017 (Figure 5, H = 200; ours H = 100, so about half the
+# magnitude) at 0 and 1 steps. They come from three independent textual descriptions of the
+# figure, not from numbers in the paper: a range where the descriptions differ, "?" where fewer
+# than two agree (2D navigation, Figure 4, is on a log scale none of them read consistently).
+# Check them against the PDF before citing.
+PAPER = {
+    "nav2d": {"MAML": ("?", "?"), "pretrained": ("?", "?")},
+    "cheetah-vel-quick": {"MAML": ("-130 to -140", "-70 to -80"),
+                          "pretrained": ("-150 to -160", "-130 to -160")},
+    "cheetah-dir-quick": {"MAML": ("≈ 0", "≈ 300"), "pretrained": ("≈ 0", "≈ 0")},
+    "ant-vel-quick": {"MAML": ("≈ -20", "?"), "pretrained": ("≈ -20", "≈ -20")},
+    "ant-dir-quick": {"MAML": ("≈ 0", "?"), "pretrained": ("?", "?")},
+}
+ROWS = ("MAML", "pretrained", "random")
+
+
+def read_run(folder: Path) -> dict[str, Any] | None:
+    """eval.json, config.yaml and the training time of one committed run, or None."""
+    if not (folder / "eval.json").exists():
+        return None
+    evaluation = json.loads((folder / "eval.json").read_text())
+    config = vars(read_config(folder / "config.yaml"))
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return {"eval": evaluation, "config": config, "seconds": training_seconds(records),
+            "iterations": records[-1]["iteration"] if records else None}
+
+
+def training_seconds(records: list[dict[str, Any]]) -> float:
+    """Wall time over every process of a run: ``seconds`` restarts at 0 when a run resumes."""
+    total, last = 0.0, 0.0
+    for record in records:
+        if record["seconds"] < last:
+            total += last
+        last = record["seconds"]
+    return total + last
+
+
+def curves(preset: str) -> dict[str, dict[str, Any]]:
+    """Steps -> {mean, ci95} for MAML, the pretrained policy and the random initial policy."""
+    maml, pretrained = read_run(RESULTS / preset), read_run(RESULTS / f"{preset}-inner_lr0")
+    found = {}
+    if maml:
+        found["MAML"] = maml["eval"]["steps"]
+        if "random_policy" in maml["eval"]:
+            found["random"] = maml["eval"]["random_policy"]["steps"]
+    if pretrained:
+        found["pretrained"] = pretrained["eval"]["steps"]
+    return found
+
+
+def budget(preset: str) -> str:
+    """What produced the MAML run: sampling, outer step, iterations and minutes."""
+    run = read_run(RESULTS / preset)
+    if run is None:
+        return "not run"
+    c = run["config"]
+    order = "first order" if c.get("first_order") else f"second order ({c.get('estimator')})"
+    minutes = f"{run['seconds'] / 60:.1f} min" if run["seconds"] else "?"
+    horizon = c["horizon"] or "the environment's"
+    return (f"{c['meta_batch_size']} tasks x {c['trajectories']} traj., H = {horizon}, "
+            f"{c['outer']} {order}, α = {c['inner_lr']}, {run['iterations']} it., {minutes}; "
+            f"eval {run['eval']['num_tasks']} tasks, {run['eval']['checkpoint']}")
+
+
+def cell(steps: dict[str, Any], step: int) -> str:
+    value = steps.get(str(step))
+    return "" if value is None else f"{value['mean']:.1f} ± {value['ci95']:.1f}"
+
+
+def table() -> str:
+    """The markdown table: one block of rows per environment."""
+    lines = ["| task | policy | 0 steps | 1 step | 2 steps | 3 steps | paper 0 / 1 step |",
+             "|---|---|---|---|---|---|---|"]
+    for preset, title in PRESETS.items():
+        found = curves(preset)
+        for row in ROWS:
+            paper = PAPER[preset].get(row)
+            quoted = f"{paper[0]} / {paper[1]}" if paper else ""
+            steps = found.get(row)
+            values = [cell(steps, k) if steps else "not run" for k in range(4)]
+            lines.append(f"| {title} (`{preset}`) | {row} | " + " | ".join(values)
+                         + f" | {quoted} |")
+    lines += ["", "Budgets of the MAML runs (the pretrained run has the same keys, `inner_lr=0`):",
+              ""] + [f"- `{preset}`: {budget(preset)}" for preset in PRESETS]
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path) -> None:
+    """Return against gradient steps, one panel per environment, 95% intervals as bands."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(1, len(PRESETS), figsize=(4 * len(PRESETS), 3.4))
+    styles = {"MAML": ("tab:green", "-"), "pretrained": ("tab:blue", "--"),
+              "random": ("black", ":")}
+    for axis, (preset, title) in zip(axes, PRESETS.items(), strict=True):
+        for row, steps in curves(preset).items():
+            xs = sorted(int(k) for k in steps)
+            mean = [steps[str(k)]["mean"] for k in xs]
+            ci = [steps[str(k)]["ci95"] for k in xs]
+            color, line = styles[row]
+            axis.plot(xs, mean, line, color=color, marker="o", label=row)
+            axis.fill_between(xs, [m - c for m, c in zip(mean, ci, strict=True)],
+                              [m + c for m, c in zip(mean, ci, strict=True)],
+                              color=color, alpha=0.15)
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("number of gradient steps")
+        axis.set_xticks(range(4))
+    axes[0].set_ylabel("average return")
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    (args.out / "figure5.md").write_text(table())
+    plot(args.out / "figure5.png")
+    print((args.out / "figure5.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
