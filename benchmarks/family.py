@@ -169,6 +169,16 @@ def cell(records: list[dict[str, Any]], row: str, step: str, scale: float) -> st
     return f"{mean * scale:.{digits}f} ± {ci * scale:.{digits}f}"
 
 
+def full_train_seconds(record: dict[str, Any]) -> float:
+    """The run's training time; a resumed run's is its last process's, scaled to the whole
+    budget (an estimate, marked ≈ in the table)."""
+    start = record.get("resumed_from") or 0
+    iterations = record.get("iterations") or 0
+    if not start or iterations <= start:
+        return record["train_seconds"]
+    return record["train_seconds"] * iterations / (iterations - start)
+
+
 def table(records: list[dict[str, Any]], setup: str) -> list[str]:
     mine = [r for r in records if r["setup"] == setup]
     if not mine:
@@ -190,8 +200,9 @@ def table(records: list[dict[str, Any]], setup: str) -> list[str]:
                      f"{cell(group, row, k, scale)} ({k})"]
             if extra:
                 cells.append(cell(group, row, extra, scale))
-            minutes = sum(r["train_seconds"] for r in group) / len(group) / 60
-            cells.append(f"{minutes:.1f} min")
+            minutes = sum(map(full_train_seconds, group)) / len(group) / 60
+            resumed = any(r.get("resumed_from") for r in group)
+            cells.append(f"{'≈ ' if resumed else ''}{minutes:.1f} min")
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -202,7 +213,8 @@ def markdown(records: list[dict[str, Any]]) -> str:
              "Mean over seeds ± 95% interval across seeds (Student's t; with one seed, the "
              "interval over its tasks); each seed is evaluated "
              "on the same held-out tasks (600 for Omniglot, 600 for sinusoid). Train time: "
-             "mean per seed on a shared 2-core CPU, one torch thread.", ""]
+             "mean per seed on a shared 2-core CPU, one torch thread (≈: a run resumed after "
+             "an interruption, its last process's time scaled to the whole budget).", ""]
     for setup in SETUPS:
         lines = table(records, setup)
         if lines:
