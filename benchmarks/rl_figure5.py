@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mamlkit.run.errors import RunDirectoryError
+from mamlkit.run.paired import paired_difference
 from mamlkit.run.rundir import read_config
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rl"
@@ -87,6 +89,17 @@ def budget(preset: str) -> str:
             f"eval {run['eval']['num_tasks']} tasks, {run['eval']['checkpoint']}")
 
 
+def paired_one_step(preset: str) -> str:
+    """MAML minus pretrained after one step, paired over tasks, or why it is not known."""
+    maml, pretrained = RESULTS / preset, RESULTS / f"{preset}-inner_lr0"
+    try:
+        result = paired_difference(maml, pretrained)
+    except RunDirectoryError:
+        return "not available (an eval.json written before per-task values were kept)"
+    one = result["steps"].get("1")
+    return f"{one['mean']:+.1f} ± {one['ci95']:.1f}" if one else "not evaluated at 1 step"
+
+
 def cell(steps: dict[str, Any], step: int) -> str:
     value = steps.get(str(step))
     return "" if value is None else f"{value['mean']:.1f} ± {value['ci95']:.1f}"
@@ -105,6 +118,9 @@ def table() -> str:
             values = [cell(steps, k) if steps else "not run" for k in range(4)]
             lines.append(f"| {title} (`{preset}`) | {row} | " + " | ".join(values)
                          + f" | {quoted} |")
+    lines += ["", "MAML minus the pretrained policy after one step, task by task on the same "
+              "held-out tasks and sampling noise (`mamlkit compare --paired`):", ""]
+    lines += [f"- `{preset}`: {paired_one_step(preset)}" for preset in PRESETS]
     lines += ["", "Budgets of the MAML runs (the pretrained run has the same keys, `inner_lr=0`):",
               ""] + [f"- `{preset}`: {budget(preset)}" for preset in PRESETS]
     return "\n".join(lines) + "\n"
