@@ -92,6 +92,8 @@ def budget(preset: str) -> str:
 def paired_one_step(preset: str) -> str:
     """MAML minus pretrained after one step, paired over tasks, or why it is not known."""
     maml, pretrained = RESULTS / preset, RESULTS / f"{preset}-inner_lr0"
+    if not ((maml / "eval.json").exists() and (pretrained / "eval.json").exists()):
+        return "not run"
     try:
         result = paired_difference(maml, pretrained)
     except RunDirectoryError:
@@ -148,7 +150,9 @@ def plot(path: Path) -> None:
         axis.set_xlabel("number of gradient steps")
         axis.set_xticks(range(4))
     axes[0].set_ylabel("average return")
-    axes[0].legend(fontsize=8)
+    drawn = [axis for axis in axes if axis.get_legend_handles_labels()[0]]
+    if drawn:
+        drawn[0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
