@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from mamlkit.data.cache import cache_root, file_digests, load_cached, save_cached
 from mamlkit.data.class_images import ClassImages, DataError
@@ -195,7 +196,10 @@ def _read_zip(
             images = np.empty((len(members), size, size), dtype=np.uint8)
             characters: dict[tuple[str, str], int] = {}
             labels = []
-            for i, ((alphabet, character, _), info) in enumerate(members):
+            # the first run decodes ~32,000 drawings (about a minute); later runs read the cache
+            shown = tqdm(members, desc=f"decoding {path.name} (once; cached after)",
+                         unit="image", disable=None, leave=False, dynamic_ncols=True)
+            for i, ((alphabet, character, _), info) in enumerate(shown):
                 try:
                     images[i] = decode_image(
                         archive.read(info), size=(size, size), resample=resample, invert=True
