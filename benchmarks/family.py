@@ -38,9 +38,10 @@ from typing import Any
 
 import torch
 
-from mamlkit.run import evaluate
+from mamlkit.run import checkpoint, evaluate
 from mamlkit.run.compare import mean_ci95_across
 from mamlkit.run.config import Config, resolve
+from mamlkit.run.errors import RunDirectoryError
 from mamlkit.run.load import load
 from mamlkit.run.loop import TrainingDiverged, train
 from mamlkit.run.rundir import read_config
@@ -97,10 +98,12 @@ def record_path(out: Path, setup: str, variant: str, seed: int) -> Path:
 def interrupted_at(run_dir: Path, config: Config) -> int | None:
     """The iteration of an interrupted run of the same config in ``run_dir`` (to resume it
     exactly instead of starting over), or None."""
-    latest = run_dir / "checkpoints" / "latest"
-    if not latest.exists() or read_config(run_dir / "config.yaml") != config:
+    if not (run_dir / "config.yaml").is_file() or read_config(run_dir / "config.yaml") != config:
         return None
-    return int(latest.read_text().strip().rsplit("_", 1)[-1]) or None
+    try:  # the checkpoint ``train(resume=True)`` would start from
+        return checkpoint.usable(run_dir).iteration or None
+    except RunDirectoryError:  # none reads back: start over
+        return None
 
 
 def run_one(setup_name: str, variant: str, seed: int, data_root: str, workdir: Path,
