@@ -120,3 +120,36 @@ def test_solver_keys_and_bad_values_are_one_sentence():
         resolve("sinusoid-imaml", {"imaml_tol": -1})
     with pytest.raises(ValueError, match="Unknown iMAML inner solver 'newton'"):
         IMAML(mlp([1, 4, 1]), 0.01, solver="newton")
+
+
+@pytest.mark.parametrize("kind,tol", [("lbfgs", 0.0), ("lbfgs", 1e-6), ("gd", 1e-3)])
+def test_eager_solver_takes_the_same_iterates_with_fewer_evaluations(kind, tol):
+    """The one-task-at-a-time solver (loop batching, ``adapt``) branches on values: trial steps
+    in order until one is accepted, nothing once frozen. Same iterates as the branch-free one,
+    which tries every step length at once and keeps computing a frozen iterate."""
+    torch.manual_seed(0)
+    model = mlp([1, 8, 1], activation=nn.Tanh).double()
+    theta = {n: p.detach() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(8, 1, generator=g, dtype=torch.double) * 4 - 2
+    data, calls = (x, torch.sin(3 * x)), {"n": 0}
+
+    def loss(p, d):
+        calls["n"] += 1
+        return bound_linear(model)(p, d)
+
+    walks = {}
+    for eager in (False, True):
+        calls["n"] = 0
+        solver = ProximalSolver(kind, 0.2, 1.0, tol=tol, eager=eager)
+        walks[eager] = ([flat(p) for p in solver.iterates(loss, theta, data, 60)], calls["n"])
+    (branch_free, free_calls), (eager_walk, eager_calls) = walks[False], walks[True]
+    assert len(eager_walk) == len(branch_free) == 61
+    for a, b in zip(eager_walk, branch_free, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    assert torch.equal(eager_walk[-1], eager_walk[-2])  # it froze before the last step
+    assert eager_calls < free_calls  # loss calls (a branch-free line search is one call of 16)
+
+
+def flat(params):
+    return torch.cat([t.reshape(-1) for t in params.values()])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -70,8 +71,9 @@ class IMAML(MAML):
               inner_lr: InnerLR | None = None) -> dict[str, Tensor]:
         """The solver's steps on one task's support set, as in meta-training."""
         ops = TaskOps(self.model, self.buffers_dict(), self.loss_fn)
-        return self.solver(inner_lr).solve(ops.bound(), self.params(), x if y is None else (x, y),
-                                           self.inner_steps if steps is None else steps)
+        solver = replace(self.solver(inner_lr), eager=True)  # one task: may branch on values
+        return solver.solve(ops.bound(), self.params(), x if y is None else (x, y),
+                            self.inner_steps if steps is None else steps)
 
     @torch.no_grad()
     def adaptation_curve(self, batch: TaskBatch, steps: Sequence[int],

@@ -11,6 +11,7 @@ the formula holds only where it has reached phi*.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -39,10 +40,14 @@ def proximal_adapt(loss: BoundLoss, params: Mapping[str, Tensor], support: Any,
                                                                           steps)
 
 
-def _per_task_batching(batching: Batching | str) -> Batching:
-    """Conjugate gradient needs per-task Hessian-vector products: stacked runs as a loop."""
+def _per_task_batching(batching: Batching | str,
+                       solver: ProximalSolver) -> tuple[Batching, ProximalSolver]:
+    """Conjugate gradient needs per-task Hessian-vector products: stacked runs as a loop. A loop
+    runs one task at a time, so its solver may branch on values (``eager``)."""
     batching = batching if isinstance(batching, Batching) else Batching(batching)
-    return Batching("loop", batching.chunk_size) if batching.kind == "stacked" else batching
+    if batching.kind == "stacked":
+        batching = Batching("loop", batching.chunk_size)
+    return batching, replace(solver, eager=batching.kind == "loop")
 
 
 def proximal_adaptation_curve(
@@ -65,6 +70,7 @@ def proximal_adaptation_curve(
     """
     wanted = sorted(set(int(s) for s in steps))
     metric_loss = as_task_metric(metric)
+    batching, solver = _per_task_batching(batching, solver)
 
     def per_task(ops: TaskOps, theta: Params, data: Any) -> Tensor:
         (support, query), values = data, []
@@ -75,7 +81,7 @@ def proximal_adaptation_curve(
 
     with torch.no_grad():
         detached = {n: t.detach() for n, t in params.items()}
-        curve = _per_task_batching(batching).map(per_task, model, dict(buffers),
+        curve = batching.map(per_task, model, dict(buffers),
                                                  as_task_loss(batch.loss or loss), detached,
                                                  (batch.support, batch.query))
     return curve.T[[wanted.index(int(s)) for s in steps]]
@@ -115,6 +121,7 @@ def implicit_meta_grad(
     """The implicit meta-gradient averaged over tasks, and each task's query loss ``[tasks]``."""
     theta = {n: t.detach() for n, t in params.items()}
     names = list(theta)
+    batching, solver = _per_task_batching(batching, solver)
 
     def per_task(ops: TaskOps, p: Params, task: Any) -> Tensor:
         grads, value = implicit_task_grad(ops.bound(), p, *task, solver=solver, steps=steps,
@@ -122,7 +129,7 @@ def implicit_meta_grad(
         return torch.cat([*(grads[n].flatten() for n in names), value.reshape(1)])
 
     with torch.no_grad():
-        flat = _per_task_batching(batching).map(per_task, model, buffers,
+        flat = batching.map(per_task, model, buffers,
                                                 as_task_loss(batch.loss or loss), theta,
                                                 (batch.support, batch.query))
     grads, offset = {}, 0

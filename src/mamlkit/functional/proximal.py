@@ -14,8 +14,14 @@ whether iMAML computes what it claims. Two solvers, each a sequence of iterates
 
 Both stop moving once the proximal gradient norm is at most ``tol``; ``lbfgs`` also once its
 line search finds no decrease (the optimum to rounding precision, about 1e-8 in float64 and
-1e-3 in float32, or a kink of a ReLU net, where the gradient norm need not vanish). There are
-no data-dependent Python branches (choices are ``torch.where``), so they run under ``vmap``.
+1e-3 in float32, or a kink of a ReLU net, where the gradient norm need not vanish). By default
+there are no data-dependent Python branches (choices are ``torch.where``), so they run under
+``vmap``: the line search tries all its step lengths in one batched call and a frozen iterate
+still costs its gradient. ``eager`` solvers (one task at a time, as ``loop`` batching and
+``adapt`` run them) take the same iterates with Python branches instead: trial steps one at a
+time until one is accepted (usually the first), and no work once the iterate has frozen. On
+Omniglot's Conv4 that is what makes iMAML affordable: a batch of trial weights under ``vmap``
+becomes a grouped convolution per trial.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ class ProximalSolver:
     size (``gd``'s step; ``lbfgs``'s first step), the proximal strength ``lam``, the gradient-norm
     tolerance ``tol`` at which iterates freeze and the ``history`` of curvature pairs ``lbfgs``
     keeps. ``max_grad_norm`` clips each ``gd`` step's gradient norm and bounds each ``lbfgs``
-    direction to the same length (``inner_lr * max_grad_norm``)."""
+    direction to the same length (``inner_lr * max_grad_norm``). ``eager``: the same iterates
+    with data-dependent branches (not under ``vmap``; see the module docstring)."""
 
     kind: str
     inner_lr: InnerLR
@@ -61,6 +68,7 @@ class ProximalSolver:
     tol: float = 0.0
     max_grad_norm: float | None = None
     history: int = 10
+    eager: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in SOLVERS:
@@ -100,6 +108,10 @@ def _gd(solver: ProximalSolver, loss: BoundLoss, theta: Params, support: Any,
     for step in range(steps):
         grads, _ = proximal_grad(loss, phi, theta, support, solver.lam)
         norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))
+        if solver.eager and not norm > solver.tol:  # converged: stay, without more gradients
+            for _ in range(step, steps):
+                yield phi
+            return
         scale = (norm > solver.tol).to(norm.dtype)  # converged: stay
         if solver.max_grad_norm is not None:
             scale = scale * torch.clamp(solver.max_grad_norm / (norm + 1e-12), max=1.0)
@@ -140,7 +152,15 @@ def _lbfgs(solver: ProximalSolver, loss: BoundLoss, theta: Params, support: Any,
         if solver.max_grad_norm is not None:  # at most as long as the longest clipped gd step
             bound = float(step_size(solver.inner_lr, 0)) * solver.max_grad_norm
             d = d * torch.clamp(bound / (torch.linalg.vector_norm(d) + 1e-12), max=1.0)
-        t = _armijo(values, x, f, g, d)
+        if solver.eager:
+            t = _armijo_sequential(value, x, f, g, d) if torch.linalg.vector_norm(g) > solver.tol \
+                else torch.zeros((), dtype=x.dtype, device=x.device)
+            if not t > 0:  # frozen: the remaining iterates are this one, at no cost
+                for _ in range(k, steps):
+                    yield unflatten(x, theta)
+                return
+        else:
+            t = _armijo(values, x, f, g, d)
         t = torch.where(moving & (torch.linalg.vector_norm(g) > solver.tol), t, 0)
         moving = t > 0  # no decrease left to find (rounding level): stay
         x_new = x + t * d
@@ -184,6 +204,19 @@ def _armijo(values: Callable[[Tensor], Tensor], x: Tensor, f: Tensor, g: Tensor,
     ok = (tried < f + ARMIJO * trials * slope) & (slope < 0)
     first = ok & (torch.cumsum(ok.int(), 0) == 1)
     return torch.where(first, trials, 0).sum()
+
+
+def _armijo_sequential(value: Callable[[Tensor], Tensor], x: Tensor, f: Tensor, g: Tensor,
+                       d: Tensor) -> Tensor:
+    """``_armijo``'s step, found by trying the step lengths in order and stopping at the first
+    that qualifies (one evaluation when the full step is accepted, as it usually is)."""
+    slope = torch.dot(g, d)
+    if not slope < 0:
+        return torch.zeros((), dtype=x.dtype, device=x.device)
+    for t in LINE_SEARCH.to(dtype=x.dtype, device=x.device):
+        if value(x + t * d) < f + ARMIJO * t * slope:
+            return t
+    return torch.zeros((), dtype=x.dtype, device=x.device)
 
 
 __all__ = ["SOLVERS", "ProximalSolver", "flatten", "proximal_grad", "unflatten"]
