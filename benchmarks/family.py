@@ -59,10 +59,10 @@ SETUPS: dict[str, dict[str, Any]] = {
     "sinusoid": {"base": "sinusoid", "family": "sinusoid", "metric": "mse",
                  "overrides": {"checkpoint_every": 20000}},
     "omniglot-5w1s": {"base": "omniglot-5w1s-quick", "family": "omniglot-5w1s",
-                      "metric": "accuracy", "overrides": {"checkpoint_every": 5000}},
+                      "metric": "accuracy", "overrides": {"checkpoint_every": 500}},
     "omniglot-20w1s": {"base": "omniglot-20w1s", "family": "omniglot-5w1s", "metric": "accuracy",
                        "overrides": {"hidden": [32], "query_shots": 5, "iterations": 500,
-                                     "checkpoint_every": 500}},
+                                     "checkpoint_every": 50}},
 }
 
 
