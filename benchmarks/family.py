@@ -22,6 +22,11 @@ for 3 seeds), after 1 inner step and after the learner's trained number of steps
     python benchmarks/family.py --setup sinusoid               # 21 runs, ~1 h on one core
     python benchmarks/family.py --setup omniglot-5w1s --seeds 0 # one seed of every learner
     python benchmarks/family.py --render                        # the table from the records
+
+iMAML on Omniglot is left out unless ``--include-slow`` (``NOT_RUN``: its 16 L-BFGS iterations
+per task make the quick budgets hours per seed on a CPU); its row says so. ``--iterations N``
+runs a smaller budget into records of their own, shown as rows "learner (N it.)", e.g. iMAML for
+about the time MAML trains.
 """
 
 from __future__ import annotations
@@ -66,6 +71,15 @@ SETUPS: dict[str, dict[str, Any]] = {
 }
 
 
+# (set-up, learner) not run by default, with the reason the table gives instead of numbers
+NOT_RUN = {
+    ("omniglot-5w1s", "iMAML"): "not run at this budget: about 4 h per seed on this CPU (16 "
+                                "L-BFGS iterations per task; docs/family.md)",
+    ("omniglot-20w1s", "iMAML"): "not run at this budget: about 2 h per seed on this CPU (16 "
+                                 "L-BFGS iterations per 20-way task; docs/family.md)",
+}
+
+
 def variant_overrides(variant: str, setup: dict[str, Any]) -> dict[str, Any]:
     """The set-up's keys plus what the variant's preset changes relative to MAML's."""
     overrides = {**QUIET, **setup["overrides"]}
@@ -91,8 +105,14 @@ def variant_overrides(variant: str, setup: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-def record_path(out: Path, setup: str, variant: str, seed: int) -> Path:
-    return out / "records" / f"{setup}--{variant}--seed{seed}.json"
+def run_name(setup: str, variant: str, seed: int, iterations: int | None = None) -> str:
+    """``setup--variant--seedN``, with ``--Nit`` for a smaller budget than the set-up's."""
+    return f"{setup}--{variant}--seed{seed}" + (f"--{iterations}it" if iterations else "")
+
+
+def record_path(out: Path, setup: str, variant: str, seed: int,
+                iterations: int | None = None) -> Path:
+    return out / "records" / f"{run_name(setup, variant, seed, iterations)}.json"
 
 
 def interrupted_at(run_dir: Path, config: Config) -> int | None:
@@ -123,7 +143,10 @@ def run_one(setup_name: str, variant: str, seed: int, data_root: str, workdir: P
               "overrides": {k: v for k, v in overrides.items() if k != "data_root"},
               "trained_steps": trained, "metric": setup["metric"], "threads": 1,
               "torch": torch.__version__}
-    run_dir = workdir / f"{setup_name}-{variant}-seed{seed}"
+    if iterations:
+        record["budget_iterations"] = iterations
+    run_dir = workdir / (f"{setup_name}-{variant}-seed{seed}"
+                         + (f"-{iterations}it" if iterations else ""))
     resumed_from = interrupted_at(run_dir, config)
     if resumed_from is None:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -142,13 +165,19 @@ def run_one(setup_name: str, variant: str, seed: int, data_root: str, workdir: P
             "eval_seconds": round(time.perf_counter() - began, 1), "scores": scores}
 
 
+def label(record: dict[str, Any]) -> str:
+    """The learner, with its budget when smaller than the set-up's."""
+    budget = record.get("budget_iterations")
+    return record["variant"] + (f" ({budget} it.)" if budget else "")
+
+
 def rows_of(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Table rows of one record: the learner, or the pretrained baseline's three evaluations."""
     scores = record.get("scores")
     if scores is None:
-        return {record["variant"]: {}}
+        return {label(record): {}}
     if not scores.get("baselines"):
-        return {record["variant"]: scores["steps"]}
+        return {label(record): scores["steps"]}
     return {"pretrained: fine-tune": scores["steps"],
             **{f"pretrained: {name}": row["steps"] for name, row in scores["baselines"].items()}}
 
@@ -167,7 +196,7 @@ def cell(records: list[dict[str, Any]], row: str, step: str, scale: float) -> st
     if len(values) == 1:  # one seed: the evaluation's own interval, over tasks
         ci = found[0].get("ci95") or 0.0
     digits = 1 if scale == 100.0 else 3
-    if 0 < ci * scale < 0.5 * 10 ** -digits:  # seeds that agree closely: show that they differ
+    if 1e-9 < ci * scale < 0.5 * 10 ** -digits:  # seeds that agree closely (not rounding noise)
         digits += 1
     return f"{mean * scale:.{digits}f} ± {ci * scale:.{digits}f}"
 
@@ -193,21 +222,30 @@ def table(records: list[dict[str, Any]], setup: str) -> list[str]:
              + ("10 steps | " if extra else "") + "train time |",
              "|---|---|---|---|---|" + ("---|" if extra else "") + "---|"]
     for variant in VARIANTS:
-        group = sorted((r for r in mine if r["variant"] == variant), key=lambda r: r["seed"])
-        if not group:
-            continue
-        k = str(group[0]["trained_steps"])
-        for row in rows_of(group[0]):
-            before = "" if "head" in row or "nearest" in row else cell(group, row, "0", scale)
-            cells = [row, str(len(group)), before, cell(group, row, "1", scale),
-                     f"{cell(group, row, k, scale)} ({k})"]
-            if extra:
-                cells.append(cell(group, row, extra, scale))
-            minutes = sum(map(full_train_seconds, group)) / len(group) / 60
-            resumed = any(r.get("resumed_from") for r in group)
-            cells.append(f"{'≈ ' if resumed else ''}{minutes:.1f} min")
-            lines.append("| " + " | ".join(cells) + " |")
+        budgets = sorted({r.get("budget_iterations") or 0 for r in mine if r["variant"] == variant})
+        if 0 not in budgets and (setup, variant) in NOT_RUN:  # a row that says why it is empty
+            lines.append(f"| {variant} | 0 | {NOT_RUN[setup, variant]} |"
+                         + " |" * (4 if extra else 3))
+        for budget in budgets:
+            group = sorted((r for r in mine if r["variant"] == variant
+                            and (r.get("budget_iterations") or 0) == budget),
+                           key=lambda r: r["seed"])
+            lines += [row_line(group, row, scale, extra) for row in rows_of(group[0])]
     return lines
+
+
+def row_line(group: list[dict[str, Any]], row: str, scale: float, extra: str | None) -> str:
+    """One table row: ``row`` of the records ``group`` (one learner and budget, its seeds)."""
+    k = str(group[0]["trained_steps"])
+    before = "" if "head" in row or "nearest" in row else cell(group, row, "0", scale)
+    cells = [row, str(len(group)), before, cell(group, row, "1", scale),
+             f"{cell(group, row, k, scale)} ({k})"]
+    if extra:
+        cells.append(cell(group, row, extra, scale))
+    minutes = sum(map(full_train_seconds, group)) / len(group) / 60
+    resumed = any(r.get("resumed_from") for r in group)
+    cells.append(f"{'≈ ' if resumed else ''}{minutes:.1f} min")
+    return "| " + " | ".join(cells) + " |"
 
 
 def markdown(records: list[dict[str, Any]]) -> str:
@@ -240,7 +278,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "family")
     p.add_argument("--workdir", type=Path, default=None, help="run directories (a temp folder)")
     p.add_argument("--render", action="store_true", help="only rewrite the table")
-    p.add_argument("--iterations", type=int, help="a smaller budget, for a quick look only")
+    p.add_argument("--iterations", type=int,
+                   help="a smaller budget, recorded and shown as a row of its own")
+    p.add_argument("--include-slow", action="store_true",
+                   help="also run what NOT_RUN leaves out at the full budget (iMAML on Omniglot)")
     args = p.parse_args()
     torch.set_num_threads(1)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mamlkit-family-"))
@@ -251,8 +292,9 @@ def main() -> None:
             continue
         for seed in args.seeds:
             for variant in args.variants:
-                path = record_path(args.out, setup, variant, seed)
-                if path.is_file():
+                path = record_path(args.out, setup, variant, seed, args.iterations)
+                slow = (setup, variant) in NOT_RUN and not args.iterations
+                if path.is_file() or (slow and not args.include_slow):
                     continue
                 record = run_one(setup, variant, seed, args.data_root, workdir, args.eval_tasks,
                                  args.iterations)
