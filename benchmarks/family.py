@@ -62,7 +62,7 @@ FAMILY_KEYS = ("algorithm", "adapt", "inner_steps", "inner_lr", "msl", "msl_iter
 QUIET = {"log_every": 10_000_000, "val_every": 10_000_000}
 SETUPS: dict[str, dict[str, Any]] = {
     "sinusoid": {"base": "sinusoid", "family": "sinusoid", "metric": "mse",
-                 "overrides": {"checkpoint_every": 20000}},
+                 "overrides": {"checkpoint_every": 2000}},
     "omniglot-5w1s": {"base": "omniglot-5w1s-quick", "family": "omniglot-5w1s",
                       "metric": "accuracy", "overrides": {"checkpoint_every": 500}},
     "omniglot-20w1s": {"base": "omniglot-20w1s", "family": "omniglot-5w1s", "metric": "accuracy",
