@@ -152,17 +152,16 @@ def _lbfgs(solver: ProximalSolver, loss: BoundLoss, theta: Params, support: Any,
         if solver.max_grad_norm is not None:  # at most as long as the longest clipped gd step
             bound = float(step_size(solver.inner_lr, 0)) * solver.max_grad_norm
             d = d * torch.clamp(bound / (torch.linalg.vector_norm(d) + 1e-12), max=1.0)
+        unconverged = torch.linalg.vector_norm(g) > solver.tol
         if solver.eager:
-            t = _armijo_sequential(value, x, f, g, d) if torch.linalg.vector_norm(g) > solver.tol \
-                else torch.zeros((), dtype=x.dtype, device=x.device)
+            t = _armijo_sequential(value, x, f, g, d) if unconverged else torch.zeros_like(f)
             if not t > 0:  # frozen: the remaining iterates are this one, at no cost
                 for _ in range(k, steps):
                     yield unflatten(x, theta)
                 return
         else:
-            t = _armijo(values, x, f, g, d)
-        t = torch.where(moving & (torch.linalg.vector_norm(g) > solver.tol), t, 0)
-        moving = t > 0  # no decrease left to find (rounding level): stay
+            t = torch.where(moving & unconverged, _armijo(values, x, f, g, d), 0)
+            moving = t > 0  # no decrease left to find (rounding level): stay
         x_new = x + t * d
         g_new, f_new = _flat_grad(value, x_new)
         s, y = x_new - x, g_new - g
@@ -211,12 +210,11 @@ def _armijo_sequential(value: Callable[[Tensor], Tensor], x: Tensor, f: Tensor, 
     """``_armijo``'s step, found by trying the step lengths in order and stopping at the first
     that qualifies (one evaluation when the full step is accepted, as it usually is)."""
     slope = torch.dot(g, d)
-    if not slope < 0:
-        return torch.zeros((), dtype=x.dtype, device=x.device)
-    for t in LINE_SEARCH.to(dtype=x.dtype, device=x.device):
-        if value(x + t * d) < f + ARMIJO * t * slope:
-            return t
-    return torch.zeros((), dtype=x.dtype, device=x.device)
+    if slope < 0:
+        for t in LINE_SEARCH.to(dtype=x.dtype, device=x.device):
+            if value(x + t * d) < f + ARMIJO * t * slope:
+                return t
+    return torch.zeros_like(f)
 
 
 __all__ = ["SOLVERS", "ProximalSolver", "flatten", "proximal_grad", "unflatten"]
