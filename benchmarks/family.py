@@ -105,9 +105,12 @@ def variant_overrides(variant: str, setup: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-def run_name(setup: str, variant: str, seed: int, iterations: int | None = None) -> str:
-    """``setup--variant--seedN``, with ``--Nit`` for a smaller budget than the set-up's."""
-    return f"{setup}--{variant}--seed{seed}" + (f"--{iterations}it" if iterations else "")
+def run_name(setup: str, variant: str, seed: int, iterations: int | None = None,
+             sep: str = "--") -> str:
+    """``setup--variant--seedN``, with ``--Nit`` for a smaller budget than the set-up's (run
+    directories use ``sep="-"``)."""
+    parts = [setup, variant, f"seed{seed}"] + ([f"{iterations}it"] if iterations else [])
+    return sep.join(parts)
 
 
 def record_path(out: Path, setup: str, variant: str, seed: int,
@@ -145,8 +148,7 @@ def run_one(setup_name: str, variant: str, seed: int, data_root: str, workdir: P
               "torch": torch.__version__}
     if iterations:
         record["budget_iterations"] = iterations
-    run_dir = workdir / (f"{setup_name}-{variant}-seed{seed}"
-                         + (f"-{iterations}it" if iterations else ""))
+    run_dir = workdir / run_name(setup_name, variant, seed, iterations, sep="-")
     resumed_from = interrupted_at(run_dir, config)
     if resumed_from is None:
         shutil.rmtree(run_dir, ignore_errors=True)
