@@ -44,11 +44,13 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     distributed.setup(timeout=timedelta(seconds=60))
+    finished = False
     try:
         for name in SETUPS:
             train(_config(name), pathlib.Path(root) / f"two-{name}", progress=False)
+        finished = True
     finally:
-        distributed.cleanup()
+        distributed.cleanup(wait=finished)
 
 
 def _weights(run):

@@ -177,9 +177,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
-    """Leave the process group (no-op without one)."""
+def cleanup(wait: bool = True) -> None:
+    """Leave the process group (no-op without one).
+
+    ``wait``: meet every rank at a barrier first, so that no rank tears down its connections
+    while a peer still uses them (rank 1 aborted now and then when rank 0 left right after a
+    broadcast). Pass False on an error path, where a peer may never arrive.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
