@@ -72,8 +72,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     if rank != 0:
         _forbid_writes(rank)
     config = small_config()
-    finished = False
-    try:
+    with distributed.leave_group_after():
         train(config, root / "whole", progress=False)
         train(config, root / "killed", progress=False, stop_after=5)  # last checkpoint: 4
         train(config, root / "killed", resume=True, progress=False)
@@ -88,9 +87,6 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         assert torch.allclose(p.grad, torch.full((3,), 7 / 5))
         assert distributed.agree(rank == 1) and not distributed.agree(False)  # stop together
         assert distributed.broadcast_object({"from": rank}) == {"from": 0}
-        finished = True
-    finally:
-        distributed.cleanup(wait=finished)
 
 
 @pytest.mark.slow

@@ -44,13 +44,9 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     distributed.setup(timeout=timedelta(seconds=60))
-    finished = False
-    try:
+    with distributed.leave_group_after():
         for name in SETUPS:
             train(_config(name), pathlib.Path(root) / f"two-{name}", progress=False)
-        finished = True
-    finally:
-        distributed.cleanup(wait=finished)
 
 
 def _weights(run):

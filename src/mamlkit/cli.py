@@ -55,14 +55,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     runs = [Path(args.out)] if args.out else [Path("runs") / name for name in names]
     out = next((run for run in runs if run.is_dir()), runs[0])
     config = None if args.resume else config_lib.resolve(args.preset, overrides)
-    finished = False
-    try:  # under torchrun, train() joins the process group; leave it when done
+    with distributed.leave_group_after():  # under torchrun, train() joins the process group
         result = train(config, out, resume=args.resume, progress=not args.no_progress,
                        overrides=overrides if args.resume else None)
-        finished = True
-    finally:
         is_main = distributed.is_main()
-        distributed.cleanup(wait=finished)
     if is_main:
         print(f"trained {result.iteration} iterations in {result.seconds:.1f} s; run directory: "
               f"{out}")

@@ -14,7 +14,8 @@ other loops (meta-RL) can call them too. Without ``torchrun``'s environment vari
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -190,6 +191,18 @@ def cleanup(wait: bool = True) -> None:
         dist.destroy_process_group()
 
 
+@contextmanager
+def leave_group_after() -> Iterator[None]:
+    """Leave the process group when the block ends: together when it ran through, at once
+    when it raised (the peers may never reach the barrier)."""
+    try:
+        yield
+    except BaseException:
+        cleanup(wait=False)
+        raise
+    cleanup()
+
+
 __all__ = ["Context", "agree", "average_gradients", "backend", "barrier", "broadcast_object",
            "broadcast_parameters", "cleanup", "current", "env_context", "is_main",
-           "local_device", "setup", "shard"]
+           "leave_group_after", "local_device", "setup", "shard"]
