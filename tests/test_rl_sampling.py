@@ -150,12 +150,12 @@ class GaussianMLP(nn.Module):
         return self.net(obs), self.log_std.exp().expand(*obs.shape[:-1], -1)
 
 
-def test_sample_episodes_shapes_determinism_and_one_call_per_step():
+def test_sample_episodes_shapes_determinism_and_one_call_per_task_and_step():
     env = make_batch_env("nav2d", done_threshold=None)
     tasks = env.sample_tasks(5, torch.Generator().manual_seed(0))
     policy = GaussianMLP(2, 2)
     a = sample_episodes(env, policy, tasks, 3, torch.Generator().manual_seed(7))
-    assert policy.calls == 100
+    assert policy.calls == 100 * 5
     assert a.observations.shape == (5, 3, 100, 2) and a.actions.shape == (5, 3, 100, 2)
     assert a.rewards.shape == a.mask.shape == (5, 3, 100) and a.returns.shape == (5, 3)
     assert a.observations.dtype == torch.float32 and torch.all(a.mask == 1)
@@ -170,15 +170,24 @@ def test_sample_episodes_shapes_determinism_and_one_call_per_step():
     assert a.mean_return() == pytest.approx(float(a.returns.mean()))
 
 
+class Expert:
+    """Steps toward each task's goal: a policy that knows its tasks, so it gives ``task_slice``."""
+
+    def __init__(self, goals):
+        self.goals = goals
+
+    def __call__(self, obs):
+        return expert_action(obs, self.goals), torch.zeros_like(obs)
+
+    def task_slice(self, start, stop):
+        return Expert(self.goals[start:stop])
+
+
 def test_early_ends_are_masked():
     env = make_batch_env("nav2d")
     tasks = [{"goal": [0.25, -0.05]}, {"goal": [-0.5, 0.5]}]
-    goals = env.task_tensor(tasks).unsqueeze(1)
-
-    def expert(obs):
-        return expert_action(obs, goals), torch.zeros_like(obs)
-
-    episodes = sample_episodes(env, expert, tasks, 2, torch.Generator().manual_seed(0))
+    episodes = sample_episodes(env, Expert(env.task_tensor(tasks).unsqueeze(1)), tasks, 2,
+                               torch.Generator().manual_seed(0))
     assert episodes.horizon == 100
     assert torch.equal(episodes.lengths, torch.tensor([[3.0, 3.0], [5.0, 5.0]]))
     assert torch.all(episodes.rewards[0, :, 3:] == 0) and torch.all(episodes.mask[0, :, 3:] == 0)
@@ -198,6 +207,29 @@ def test_tasks_do_not_depend_on_their_batch():
     part = rollout(env, policy, tasks[1:], 2, gens[1:])
     assert torch.equal(whole.observations[1:], part.observations)
     assert torch.equal(whole.rewards[1:], part.rewards)
+
+
+class LayoutSensitive(GaussianMLP):
+    """A policy whose arithmetic, like a BLAS kernel's, depends on how many tasks share the call
+    and on where their observations sit in memory (here openly, there in the low bits)."""
+
+    def forward(self, obs):
+        mean, std = super().forward(obs)
+        return mean + 1e-3 * (obs.shape[0] + obs.data_ptr() % 64 / 4), std
+
+
+def test_a_tasks_actions_do_not_depend_on_the_policys_batch_layout():
+    """The policy runs on each task's own fresh copy of its observations, so a task samples the
+    same episodes alone, in a share, or with the whole meta-batch, whatever the kernels do."""
+    env = make_batch_env("nav2d", done_threshold=None)
+    tasks = env.sample_tasks(4, torch.Generator().manual_seed(0))
+    policy = LayoutSensitive(2, 2)
+    gens = lambda: task_generators(torch.Generator().manual_seed(3), 4)  # noqa: E731
+    whole = rollout(env, policy, tasks, 3, gens())
+    for start, stop in ((0, 1), (1, 3), (3, 4)):
+        part = rollout(env, policy, tasks[start:stop], 3, gens()[start:stop])
+        assert torch.equal(whole.actions[start:stop], part.actions), (start, stop)
+        assert torch.equal(whole.observations[start:stop], part.observations), (start, stop)
 
 
 class SlicedPolicy(GaussianMLP):

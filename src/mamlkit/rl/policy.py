@@ -8,6 +8,7 @@ the standard deviation; ``min_std`` puts a floor under the standard deviation (s
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 
@@ -54,10 +55,11 @@ class GaussianPolicy(nn.Module):
 class SamplingPolicy:
     """The ``obs [T, N, obs] -> (mean, std)`` callable that sampling needs, without gradients.
 
-    ``params`` (adapted ones) carry a leading task dimension when ``batched``; the policy is
-    then called once for all tasks through the functional core's ``vmap`` batching. A plain
-    object, not a closure, so that ``rl.workers.SamplerPool`` can pickle it to its workers;
-    ``task_slice`` gives the policy of some tasks (the share a worker samples).
+    ``params`` (adapted ones) carry a leading task dimension when ``batched``; called on
+    ``[T, N, obs]`` the policy then runs all tasks through the functional core's ``vmap``
+    batching. A plain object, not a closure, so that ``rl.workers.SamplerPool`` can pickle it to
+    its workers; ``task_slice`` gives the policy of some tasks (the share a worker samples, or
+    the single task that ``rl.sampling.rollout`` calls).
     """
 
     def __init__(self, policy: nn.Module, params: Mapping[str, Tensor] | None = None,
@@ -76,10 +78,26 @@ class SamplingPolicy:
                                     VPGLoss(), self.params, obs, batched_params=True)
 
     def task_slice(self, start: int, stop: int) -> SamplingPolicy:
+        """The policy of tasks ``start:stop`` with its own (fresh, aligned) copy of their
+        parameters; one task's is a plain, unbatched policy (what sampling calls per task)."""
         if not self.batched or self.params is None:
             return self
-        return SamplingPolicy(self.policy, {n: p[start:stop] for n, p in self.params.items()},
-                              True)
+        if stop - start == 1:
+            return SamplingPolicy(_module_with(self.policy, {n: p[start] for n, p in
+                                                             self.params.items()}))
+        return SamplingPolicy(self.policy, {n: p[start:stop].clone() for n, p in
+                                            self.params.items()}, True)
+
+
+def _module_with(policy: nn.Module, params: Mapping[str, Tensor]) -> nn.Module:
+    """A copy of ``policy`` holding ``params``: a plain module call costs a fraction of a
+    ``functional_call``, which matters at one call per task and time step."""
+    module = copy.deepcopy(policy)
+    with torch.no_grad():
+        for name, value in module.named_parameters():
+            if name in params:
+                value.copy_(params[name])
+    return module
 
 
 def sampling_fn(policy: nn.Module, params: Mapping[str, Tensor] | None = None,

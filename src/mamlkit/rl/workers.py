@@ -54,12 +54,7 @@ import torch
 
 from mamlkit.envs import make_batch_env
 from mamlkit.rl.episodes import Episodes
-from mamlkit.rl.sampling import PolicyFn, rollout, task_seeds
-
-
-def _policy_for(policy: Any, start: int, stop: int) -> Any:
-    slicer = getattr(policy, "task_slice", None)
-    return slicer(start, stop) if callable(slicer) else policy
+from mamlkit.rl.sampling import PolicyFn, policy_of_tasks, rollout, task_seeds
 
 
 def _pack(episodes: Episodes) -> tuple[np.ndarray, ...]:
@@ -182,10 +177,10 @@ class SamplerPool:
             for conn, chunk in zip(self._connections, remote, strict=False):
                 start, stop = int(chunk[0]), int(chunk[-1]) + 1
                 states = [g.get_state() for g in generators[start:stop]]
-                self._send(conn, (_policy_for(policy, start, stop), tasks[start:stop],
+                self._send(conn, (policy_of_tasks(policy, start, stop), tasks[start:stop],
                                   num_trajectories, states, horizon))
             start, stop = int(chunks[-1][0]), int(chunks[-1][-1]) + 1
-            local = rollout(self.env, _policy_for(policy, start, stop), tasks[start:stop],
+            local = rollout(self.env, policy_of_tasks(policy, start, stop), tasks[start:stop],
                             num_trajectories, generators[start:stop], horizon)
             parts = [self._receive(i) for i in range(len(remote))]
         except BaseException:
