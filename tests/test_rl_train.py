@@ -137,3 +137,33 @@ def test_mixed_meta_batch_trains_both_groups():
         outer_step(list(learner.parameters()), dist, rl.tasks.query, OuterSettings("adam"), opt,
                    extra_loss=imitation)
     assert imitation().item() < 0.8 * before
+
+
+def test_the_papers_evaluation_protocol_more_trajectories_and_a_step_size_schedule(
+        tmp_path, capsys, monkeypatch):
+    """``eval_trajectories`` samples more per step at evaluation than in training, and a list
+    ``eval_inner_lr`` adapts with one step size per step, its last entry repeated (the paper's
+    0.1 then 0.05), applied step by step to the adaptation that samples each next set."""
+    from mamlkit.run import adapted, evaluate
+    from mamlkit.run.adapted import inner_lr_at_eval
+
+    config = resolve("nav2d", {"eval_inner_lr": [0.1, 0.05], "eval_steps": [0, 1, 3]})
+    assert inner_lr_at_eval(config) == [0.1, 0.05, 0.05]
+    assert inner_lr_at_eval(config, 5) == [0.1, 0.05, 0.05, 0.05, 0.05]
+    assert inner_lr_at_eval(resolve("nav2d", {"eval_inner_lr": 0.2})) == 0.2
+    run = tmp_path / "run"
+    assert main(["train", "nav2d", "--out", str(run), "--no-progress", *TINY,
+                 "--set", "iterations=1", "--set", "eval_trajectories=6",
+                 "--set", "eval_inner_lr=[0.1, 0.05]", "--set", "eval_steps=[0, 1, 2]"]) == 0
+    sampled, rates = [], []
+    sample = RLTasks._sample
+    monkeypatch.setattr(RLTasks, "_sample", lambda self, *a: (sampled.append(self.trajectories),
+                                                             sample(self, *a))[1])
+    policy = adapted.adapted_policy
+    monkeypatch.setattr(evaluate, "adapted_policy",
+                        lambda learner, lr=None: (rates.append(lr), policy(learner, lr))[1])
+    assert main(["eval", str(run), "--tasks", "2"]) == 0
+    # the run and its random-init reference, each sampling before and after 1 and 2 steps
+    assert sampled == [6] * 6 and rates == [[0.1, 0.05]] * 2
+    result = json.loads((run / "eval.json").read_text())
+    assert result["inner_lr"] == [0.1, 0.05] and "0.1,0.05" in capsys.readouterr().out

@@ -9,9 +9,15 @@ from mamlkit.rl.policy import sampling_fn
 from mamlkit.run.config import Config
 
 
-def inner_lr_at_eval(config: Config) -> float:
-    """The step size evaluation adapts with (an alpha = 0 run: the preset's alpha)."""
-    return config.eval_inner_lr or config.inner_lr
+def inner_lr_at_eval(config: Config, steps: int | None = None) -> float | list[float]:
+    """The step size evaluation adapts with (an alpha = 0 run: the preset's alpha), or the
+    per-step schedule of ``eval_inner_lr`` with its last entry repeated up to ``steps`` (default:
+    the most steps evaluation takes), as the paper's 0.1 then 0.05."""
+    lr = config.eval_inner_lr if config.eval_inner_lr is not None else config.inner_lr
+    if not isinstance(lr, list):
+        return lr or config.inner_lr
+    steps = max(steps or 0, *config.eval_steps, config.inner_steps, len(lr))
+    return lr + lr[-1:] * (steps - len(lr))
 
 
 def adapted_policy(learner, inner_lr: float | None = None):

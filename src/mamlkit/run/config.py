@@ -145,9 +145,9 @@ class Config:
                         bounds=_AT_LEAST_1)
     device: str = _key("run", "auto", "auto | cpu | cuda (supervised runs; meta-RL runs on the "
                        "CPU)", ("auto", "cpu", "cuda"))
-    eval_inner_lr: float | None = _key("run", None, "fine-tuning step size at evaluation (null: "
-                                       "inner_lr, or the preset's for alpha=0 runs)",
-                                       bounds=_AT_LEAST_0)
+    eval_inner_lr: float | list[float] | None = _key(
+        "run", None, "fine-tuning step size at evaluation, or one per step (the last repeats); "
+        "null: inner_lr, or the preset's for alpha=0 runs", bounds=_AT_LEAST_0, nonempty=True)
     eval_steps: list[int] = _key("run", [0, 1, 2, 5, 10], "inner steps at which evaluation "
                                  "reports the adapted metric", bounds=_AT_LEAST_0, nonempty=True)
     eval_tasks: int = _key("run", 600, "held-out tasks of 'mamlkit eval'", bounds=_AT_LEAST_1)
@@ -195,6 +195,8 @@ class Config:
                          "unsupported")
     trajectories: int = _key("rl", 20, "trajectories per task, for the support and the query "
                              "set each", bounds=_AT_LEAST_1)
+    eval_trajectories: int | None = _key("rl", None, "trajectories per task and inner step at "
+                                         "evaluation; null: trajectories", bounds=_AT_LEAST_1)
     horizon: int | None = _key("rl", None, "steps per episode; null: the environment's",
                                bounds=_AT_LEAST_1)
     policy_hidden: list[int] = _key("rl", [100, 100], "hidden layer widths of the Gaussian MLP "

@@ -10,6 +10,7 @@ every step, the same sampling noise for every run), with the run's untrained ini
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -42,7 +43,8 @@ def task_values(values: torch.Tensor) -> list[float]:
 
 
 def _supervised_curve(learner, tasks, num_tasks: int, steps: list[int],
-                      inner_lr: float | None, bar: tqdm, curve_of=None) -> torch.Tensor:
+                      inner_lr: float | list[float] | None, bar: tqdm,
+                      curve_of=None) -> torch.Tensor:
     """``curve_of(part)`` (default: the adaptation curve) of every held-out task, ``[rows, T]``."""
     config = learner.config
     device = device_of(config)
@@ -62,7 +64,10 @@ def _supervised_curve(learner, tasks, num_tasks: int, steps: list[int],
 
 
 def _rl_curve(learner, tasks: RLTasks, num_tasks: int, steps: list[int],
-              inner_lr: float | None, bar: tqdm) -> torch.Tensor:
+              inner_lr: float | list[float] | None, bar: tqdm) -> torch.Tensor:
+    trajectories = learner.config.eval_trajectories
+    if trajectories is not None:  # the paper's protocol samples more per step than training
+        tasks = dataclasses.replace(tasks, trajectories=trajectories)
     held_out = tasks.sample_tasks(num_tasks, generator_from(EVAL_SEED))
     generator = generator_from(EVAL_SEED + 1)
     policy_for = adapted_policy(learner, inner_lr)
@@ -75,7 +80,7 @@ def _rl_curve(learner, tasks: RLTasks, num_tasks: int, steps: list[int],
 
 
 def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = None,
-             inner_lr: float | None = None, progress: bool = False,
+             inner_lr: float | list[float] | None = None, progress: bool = False,
              desc: str | None = None) -> dict[str, Any]:
     """The task metric of ``num_tasks`` held-out tasks after each number of inner steps.
 
@@ -91,7 +96,7 @@ def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = No
     config = learner.config
     num_tasks = num_tasks or config.eval_tasks
     steps = steps or config.eval_steps
-    inner_lr = inner_lr if inner_lr is not None else inner_lr_at_eval(config)
+    inner_lr = inner_lr if inner_lr is not None else inner_lr_at_eval(config, max(steps))
     learned = getattr(learner, "learned_rates", False)
     tasks = build_tasks(config, "test")
     curve_of = _rl_curve if is_rl(config) else _supervised_curve
@@ -160,8 +165,15 @@ def write(run_dir: Path, result: dict[str, Any], full_tasks: int | None = None) 
     return path
 
 
-def _lr_text(inner_lr: float | str) -> str:
-    return inner_lr if isinstance(inner_lr, str) else f"{inner_lr:g}"
+def _lr_text(inner_lr: float | list[float] | str) -> str:
+    """``0.4``, ``learned``, or a schedule as its steps up to the repeated last: ``0.1,0.05``."""
+    if isinstance(inner_lr, str):
+        return inner_lr
+    if isinstance(inner_lr, list):
+        while len(inner_lr) > 1 and inner_lr[-1] == inner_lr[-2]:
+            inner_lr = inner_lr[:-1]
+        return ",".join(f"{lr:g}" for lr in inner_lr)
+    return f"{inner_lr:g}"
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:

@@ -198,7 +198,7 @@ def _sinusoid_panel(ax: Axes, learner: MAML, support: tuple, truth: tuple, grid:
                     steps: tuple[int, ...]) -> None:
     """Ground truth, the support points and ``learner``'s fit after each number of ``steps``."""
     sx, sy = support
-    lr = learner.config.eval_inner_lr or learner.config.inner_lr  # an alpha = 0 run: the preset's
+    lr = inner_lr_at_eval(learner.config, max(steps))
     ax.plot(grid, Sinusoid.function(grid, *truth), "r", lw=2, label="ground truth")
     for i, k in enumerate(steps):
         with torch.enable_grad():
@@ -254,7 +254,7 @@ def classification_figure(learner: MAML, name: str, queries_per_class: int = 3) 
     qx, qy = qx[keep], qy[keep]
     steps = max(config.eval_steps)
     with torch.enable_grad():
-        adapted = learner.adapt(sx, sy, steps=steps, inner_lr=config.eval_inner_lr)
+        adapted = learner.adapt(sx, sy, steps=steps, inner_lr=inner_lr_at_eval(config, steps))
     before = learner(torch.cat([sx, qx]))[len(sx):].argmax(-1)
     after = learner(torch.cat([sx, qx]), {n: p.detach() for n, p in adapted.items()})
     after = after[len(sx):].argmax(-1)
