@@ -1,11 +1,9 @@
 """Task-stacked batching of Conv4 (the default for it) against the plain autograd loop."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from benchmark_scripts import load_benchmark
 from reference import meta_grad, plain_meta_loss
 from torch import nn
 
@@ -135,12 +133,7 @@ def test_stacked_conv4_forward_equals_each_tasks_forward():
 
 def test_unfold_conv_of_the_study_equals_conv2d():
     """benchmarks/conv_batching.py's im2col convolution (idea e) is the same function."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from conv_batching import UnfoldConv2d
-    finally:
-        sys.path.pop(0)
-    conv = UnfoldConv2d(3, 5, 3, stride=2, padding=1).double()
+    conv = load_benchmark("conv_batching").UnfoldConv2d(3, 5, 3, stride=2, padding=1).double()
     x = torch.randn(4, 3, 11, 11, dtype=torch.double)
     expected = F.conv2d(x, conv.weight, conv.bias, stride=2, padding=1)
     assert torch.allclose(conv(x), expected, rtol=0, atol=1e-12)

@@ -2,13 +2,23 @@
 explain themselves (diverged, non-finite, not run) and smaller budgets as rows of their own."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-family = pytest.importorskip("family")
+family = load_benchmark("family")
+
+
+def test_a_benchmark_that_no_longer_imports_fails_instead_of_skipping(tmp_path):
+    """A mamlkit module moved away is a ModuleNotFoundError: importorskip skipped on it."""
+    (tmp_path / "moved.py").write_text("from mamlkit.run.comparison import mean_ci95_across\n")
+    with pytest.raises(ModuleNotFoundError, match="mamlkit.run.comparison"):
+        load_benchmark("moved", tmp_path)
+    (tmp_path / "renamed.py").write_text("from mamlkit.run.compare import mean_ci95\n")
+    with pytest.raises(ImportError, match="mean_ci95"):
+        load_benchmark("renamed", tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_benchmark("missing", tmp_path)
 
 
 def record(variant, seed, after_one, setup="omniglot-5w1s", **extra):

@@ -3,20 +3,17 @@ Ant-v5, termination as an absorbing state, seeding, and the presets."""
 
 import json
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from test_rl_envs import gymnasium_copies_of
 
-pytest.importorskip("mujoco")
-
-import gymnasium as gym  # noqa: E402
-from test_rl_envs import gymnasium_copies_of  # noqa: E402
-
-from mamlkit.cli import main  # noqa: E402
-from mamlkit.envs import make_batch_env  # noqa: E402
-from mamlkit.envs.ant import AntDir, AntVel  # noqa: E402
-from mamlkit.rl import sample_episodes  # noqa: E402
-from mamlkit.run.config import load_preset  # noqa: E402
+from mamlkit.cli import main
+from mamlkit.envs import make_batch_env
+from mamlkit.envs.ant import AntDir, AntVel
+from mamlkit.rl import sample_episodes
+from mamlkit.run.config import load_preset
 
 
 def _by_hand(kind, value, x_before, x_after, action, cfrc_ext):

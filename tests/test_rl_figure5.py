@@ -1,16 +1,14 @@
 """benchmarks/rl_figure5.py, the paper's RL figure as a table, on hand-made evaluations."""
 
 import json
-import sys
 from pathlib import Path
 
-import pytest
+from benchmark_scripts import load_benchmark
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-rl_figure5 = pytest.importorskip("rl_figure5")
+from mamlkit.run.config import resolve
+from mamlkit.run.rundir import write_config
 
-from mamlkit.run.config import resolve  # noqa: E402
-from mamlkit.run.rundir import write_config  # noqa: E402
+rl_figure5 = load_benchmark("rl_figure5")
 
 
 def _run(folder: Path, per_task: list[list[float]], seconds: list[float], **keys) -> None:

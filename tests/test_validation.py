@@ -134,14 +134,20 @@ def test_every_key_has_a_range_or_choices():
 @pytest.mark.parametrize("name,integer,is_list", _numeric_fields())
 def test_every_numeric_key_refuses_values_outside_its_range(name, integer, is_list):
     bounds = Config.__dataclass_fields__[name].metadata["bounds"]
-    for value in _outside(bounds, integer):
+    values = _outside(bounds, integer)
+    assert values, f"'{name}' has no bound to step outside of"
+    for value in values:
         bad = [value] if is_list else value
         with pytest.raises(ConfigError, match=f"'{name}'"):
             resolve("sinusoid", {name: bad})
 
 
 def test_every_preset_passes_the_checks():
-    for name in config_lib.preset_names():
+    names = config_lib.preset_names()
+    # not vacuous: the presets of every kind of task are found (an empty list checks nothing)
+    assert {"sinusoid", "omniglot-5w1s", "folder-5w1s", "custom", "nav2d", "cheetah-dir",
+            "ant-vel"} <= set(names), names
+    for name in names:
         config_lib.check(resolve(name, {}))
 
 
