@@ -111,6 +111,25 @@ def test_shapes_that_would_broadcast_stop_with_one_sentence():
                   (torch.randn(2, 5, 1), torch.randn(2, 5, 1)))
 
 
+
+def test_float_class_labels_are_told_to_be_integers_not_reshaped():
+    """The labels' shape is right; their dtype is not (or, as floats, they must be class
+    probabilities shaped like the logits)."""
+    logits, labels = torch.randn(10, 5), torch.randint(0, 5, (10,))
+    with pytest.raises(ValueError, match=r"float32 labels of shape \[10\].*class indices must "
+                                         r"be integers \(labels\.long\(\)\)") as error:
+        MF.cross_entropy(logits, labels.float())
+    assert "float class probabilities of shape [10, 5]" in str(error.value)
+    with pytest.raises(ValueError, match=r"integer class indices of shape \[10\] or float class "
+                                         r"probabilities of shape \[10, 5\]"):
+        MF.cross_entropy(logits, torch.rand(10, 3))
+    probabilities = torch.softmax(torch.randn(10, 5), dim=-1)  # still accepted
+    torch.testing.assert_close(MF.cross_entropy(logits, probabilities),
+                               nn.functional.cross_entropy(logits, probabilities))
+    learner = MAML(nn.Linear(4, 5), 0.1)  # loss left out: float targets would mean MSE
+    with pytest.raises(ValueError, match=r"look like class labels.*labels\.long\(\)"):
+        learner.adapt(torch.randn(10, 4), labels.float())
+
 @pytest.mark.skipif(not HAVE_DATA, reason=f"real Omniglot zips not found in {ROOT}")
 def test_a_stock_network_meta_trains_on_omniglot_from_python(tmp_path, monkeypatch):
     from mamlkit.tasks import omniglot_tasks
