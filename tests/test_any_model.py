@@ -130,6 +130,24 @@ def test_float_class_labels_are_told_to_be_integers_not_reshaped():
     with pytest.raises(ValueError, match=r"look like class labels.*labels\.long\(\)"):
         learner.adapt(torch.randn(10, 4), labels.float())
 
+
+def test_a_bare_tensor_where_an_x_y_pair_belongs_is_one_sentence():
+    x, y = torch.randn(4, 10, 3), torch.randint(0, 5, (4, 10))
+    with pytest.raises(ValueError, match=r"^TaskBatch support must be an \(x, y\) pair like "
+                                         r"query; got a tensor of shape \[4, 10, 3\]\.$"):
+        TaskBatch(support=x, query=(x, y))
+    with pytest.raises(ValueError, match=r"^TaskBatch query must be an \(x, y\) pair"):
+        TaskBatch(support=(x, y), query=x)
+    learner = MAML(nn.Sequential(nn.Linear(3, 5)), 0.1)
+    pair = r"needs each task's data as an \(x, y\) pair: .*; got a tensor\.$"
+    two_shots = torch.randn(4, 2, 3)  # would unpack into x = row 0, y = row 1 silently
+    for batching in ("vmap", "loop", "stacked"):
+        learner.batching = MAML(learner.model, 0.1, batching=batching).batching
+        with pytest.raises(ValueError, match=pair):
+            learner.meta_loss(TaskBatch(support=two_shots, query=two_shots))
+    with pytest.raises(ValueError, match=pair):
+        learner.adapt(two_shots[0])  # y left out
+
 @pytest.mark.skipif(not HAVE_DATA, reason=f"real Omniglot zips not found in {ROOT}")
 def test_a_stock_network_meta_trains_on_omniglot_from_python(tmp_path, monkeypatch):
     from mamlkit.tasks import omniglot_tasks
