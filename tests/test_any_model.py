@@ -82,6 +82,33 @@ def test_stock_batch_norm_is_announced_and_keeps_meaningful_running_statistics(c
     torch.testing.assert_close(model(x), stock.eval()(x))
 
 
+def test_stock_batch_norm_keeps_the_users_parameter_and_buffer_objects():
+    """An optimizer built from model.parameters() before wrapping still trains batch norm."""
+    model = stock_net()
+    before = {name: id(p) for name, p in model.named_parameters()}
+    buffers = {name: id(b) for name, b in model.named_buffers()}
+    weight = model[1].weight
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    learner = MAML(model, 0.1)
+    assert isinstance(model[1], TaskBatchNorm)
+    assert {name: id(p) for name, p in learner.model.named_parameters()} == before
+    assert {name: id(b) for name, b in learner.model.named_buffers()} == buffers
+    assert learner.params()["1.weight"] is weight
+    start = weight.detach().clone()
+    optimizer.zero_grad()
+    learner.meta_loss(image_batch()).backward()
+    optimizer.step()
+    assert weight.grad is not None and not torch.equal(weight.detach(), start)
+    assert learner.model[1].weight is weight
+    assert weight.dtype == torch.float64  # the user's dtype and device, not the layer's default
+
+
+def test_stock_batch_norm_without_affine_keeps_its_running_statistics_dtype():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, affine=False)).double()
+    mean = model[1].running_mean
+    MAML(model, 0.1, loss_fn="mse")
+    assert model[1].running_mean is mean and mean.dtype == torch.float64
+
 def test_a_left_out_loss_follows_the_targets():
     classifier = MAML(stock_net(), 0.1)  # integer labels -> cross-entropy
     batch = image_batch()
