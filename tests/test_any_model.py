@@ -175,6 +175,23 @@ def test_a_bare_tensor_where_an_x_y_pair_belongs_is_one_sentence():
     with pytest.raises(ValueError, match=pair):
         learner.adapt(two_shots[0])  # y left out
 
+
+class TwoInputs(nn.Module):
+    """A model whose input x is a dict of tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 1), nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.a(x["a"]) + self.b(x["b"])
+
+
+def test_an_x_that_is_not_a_tensor_is_still_an_x_y_pair():
+    x, y = {"a": torch.randn(4, 5, 3), "b": torch.randn(4, 5, 2)}, torch.randn(4, 5, 1)
+    loss = MAML(TwoInputs(), 0.1, batching="loop").meta_loss(TaskBatch((x, y), (x, y)))
+    assert torch.isfinite(loss)
+
 @pytest.mark.skipif(not HAVE_DATA, reason=f"real Omniglot zips not found in {ROOT}")
 def test_a_stock_network_meta_trains_on_omniglot_from_python(tmp_path, monkeypatch):
     from mamlkit.tasks import omniglot_tasks

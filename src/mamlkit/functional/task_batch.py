@@ -68,8 +68,9 @@ def _described(data: Any) -> str:
 
 def supervised_pair(data: Any) -> tuple[Tensor, Tensor]:
     """One task's ``(x, y)``, or one sentence: unpacking a bare tensor of two examples would
-    silently take its rows for x and y."""
-    if not _is_pair(data):
+    silently take its rows for x and y. ``x`` may be any input of the model (a dict of tensors
+    for a model of several inputs)."""
+    if not isinstance(data, tuple | list) or isinstance(data, StepData) or len(data) != 2:
         raise ValueError("A (prediction, target) loss needs each task's data as an (x, y) pair: "
                          "pass TaskBatch(support=(x, y), query=(x, y)) and learner.adapt(x, y); "
                          f"got {_described(data)}.")
