@@ -91,28 +91,28 @@ def model_batching(batching: str | Batching, model: nn.Module, chunk_size: int |
 class MAML(nn.Module):
     """Model-agnostic meta-learning around any ``nn.Module``.
 
-    ``inner_lr`` (alpha) may be one number or one per inner step; ``inner_lr=0`` is plain
-    multi-task training (the "pretrained" baseline). ``first_order=True`` drops the second-order
-    terms. ``batching`` is ``"auto"``, ``"vmap"``, ``"loop"``, ``"stacked"`` (models with
-    ``supports_task_stacking``, or made of standard layers: ``models/stacking.py``) or a
-    ``functional.Batching`` (see ``model_batching``); ``chunk_size`` bounds how many tasks one
-    call holds in memory. ``checkpoint_inner=True`` recomputes each inner step in the
-    backward pass (second order): memory of one step of one chunk, at the cost of one extra
-    first-order step per step (``functional/checkpointed.py``). Without it, stacked
-    second-order meta-losses back-propagate each chunk as soon as it is computed and free its
-    graph (``frees_chunks``, ``functional/chunked.py``): memory of one chunk, no extra work.
-    ``adapt_names`` are glob patterns (``["head.*"]``) of the parameters the inner loop adapts
-    (default: all); the others are meta-learned in the outer loop only. ``loss_fn`` is a
-    (prediction, target) loss or its name, or a ``functional.TaskLoss``; left out, integer
-    targets get cross-entropy and floating ones MSE. Tasks that carry their own loss use theirs.
+    ``inner_lr`` (alpha) may be one number or one per inner step, each finite and >= 0;
+    ``inner_lr=0`` is plain multi-task training (the "pretrained" baseline). ``first_order=True``
+    drops the second-order terms. ``batching`` is ``"auto"``, ``"vmap"``, ``"loop"``, ``"stacked"``
+    (models with ``supports_task_stacking``, or made of standard layers: ``models/stacking.py``) or
+    a ``functional.Batching`` (see ``model_batching``); ``chunk_size`` bounds how many tasks one
+    call holds in memory. ``checkpoint_inner=True`` recomputes each inner step in the backward pass
+    (second order): memory of one step of one chunk, at the cost of one extra first-order step per
+    step (``functional/checkpointed.py``). Without it, stacked second-order meta-losses
+    back-propagate each chunk as soon as it is computed and free its graph (``frees_chunks``,
+    ``functional/chunked.py``): memory of one chunk, no extra work. ``adapt_names`` are glob
+    patterns (``["head.*"]``) of the parameters the inner loop adapts (default: all); the others are
+    meta-learned in the outer loop only. ``loss_fn`` is a (prediction, target) loss or its name, or
+    a ``functional.TaskLoss``; left out, integer targets get cross-entropy and floating ones MSE.
+    Tasks that carry their own loss use theirs.
 
-    Stock ``nn.BatchNorm`` layers are replaced in place (one log line says so) by
-    ``TaskBatchNorm``: per-task batch statistics in the inner loop and for the query set, as
-    in the paper's network, exact at second order on every batching path. Their running
-    statistics are never written inside a gradient transform; ``meta_loss`` refreshes them once
-    per call from theta on the support inputs (the batches the inner loop normalises at theta;
-    the query sets would cost a forward pass as large as the query pass itself), so
-    ``model.eval()`` still means something.
+    Stock ``nn.BatchNorm`` layers are replaced in place (one log line says so) by ``TaskBatchNorm``
+    layers holding the same Parameter and buffer objects (an optimizer built before wrapping still
+    trains them): per-task batch statistics in the inner loop and for the query set, as in the
+    paper's network, exact at second order on every batching path. Their running statistics are
+    never written inside a gradient transform; ``meta_loss`` refreshes them once per call from theta
+    on the support inputs (the batches the inner loop normalises at theta; the query sets would cost
+    a forward pass as large as the query pass itself), so ``model.eval()`` still means something.
     """
 
     # True for learners whose inner step sizes are meta-parameters (Meta-SGD, MAML++ LSLR): they
