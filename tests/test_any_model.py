@@ -82,6 +82,33 @@ def test_stock_batch_norm_is_announced_and_keeps_meaningful_running_statistics(c
     torch.testing.assert_close(model(x), stock.eval()(x))
 
 
+def test_stock_batch_norm_keeps_the_users_parameter_and_buffer_objects():
+    """An optimizer built from model.parameters() before wrapping still trains batch norm."""
+    model = stock_net()
+    before = {name: id(p) for name, p in model.named_parameters()}
+    buffers = {name: id(b) for name, b in model.named_buffers()}
+    weight = model[1].weight
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    learner = MAML(model, 0.1)
+    assert isinstance(model[1], TaskBatchNorm)
+    assert {name: id(p) for name, p in learner.model.named_parameters()} == before
+    assert {name: id(b) for name, b in learner.model.named_buffers()} == buffers
+    assert learner.params()["1.weight"] is weight
+    start = weight.detach().clone()
+    optimizer.zero_grad()
+    learner.meta_loss(image_batch()).backward()
+    optimizer.step()
+    assert weight.grad is not None and not torch.equal(weight.detach(), start)
+    assert learner.model[1].weight is weight
+    assert weight.dtype == torch.float64  # the user's dtype and device, not the layer's default
+
+
+def test_stock_batch_norm_without_affine_keeps_its_running_statistics_dtype():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, affine=False)).double()
+    mean = model[1].running_mean
+    MAML(model, 0.1, loss_fn="mse")
+    assert model[1].running_mean is mean and mean.dtype == torch.float64
+
 def test_a_left_out_loss_follows_the_targets():
     classifier = MAML(stock_net(), 0.1)  # integer labels -> cross-entropy
     batch = image_batch()
@@ -110,6 +137,60 @@ def test_shapes_that_would_broadcast_stop_with_one_sentence():
         TaskBatch((torch.randn(2, 5, 1), torch.randn(2, 4, 1)),
                   (torch.randn(2, 5, 1), torch.randn(2, 5, 1)))
 
+
+
+def test_float_class_labels_are_told_to_be_integers_not_reshaped():
+    """The labels' shape is right; their dtype is not (or, as floats, they must be class
+    probabilities shaped like the logits)."""
+    logits, labels = torch.randn(10, 5), torch.randint(0, 5, (10,))
+    with pytest.raises(ValueError, match=r"float32 labels of shape \[10\].*class indices must "
+                                         r"be integers \(labels\.long\(\)\)") as error:
+        MF.cross_entropy(logits, labels.float())
+    assert "float class probabilities of shape [10, 5]" in str(error.value)
+    with pytest.raises(ValueError, match=r"integer class indices of shape \[10\] or float class "
+                                         r"probabilities of shape \[10, 5\]"):
+        MF.cross_entropy(logits, torch.rand(10, 3))
+    probabilities = torch.softmax(torch.randn(10, 5), dim=-1)  # still accepted
+    torch.testing.assert_close(MF.cross_entropy(logits, probabilities),
+                               nn.functional.cross_entropy(logits, probabilities))
+    learner = MAML(nn.Linear(4, 5), 0.1)  # loss left out: float targets would mean MSE
+    with pytest.raises(ValueError, match=r"look like class labels.*labels\.long\(\)"):
+        learner.adapt(torch.randn(10, 4), labels.float())
+
+
+def test_a_bare_tensor_where_an_x_y_pair_belongs_is_one_sentence():
+    x, y = torch.randn(4, 10, 3), torch.randint(0, 5, (4, 10))
+    with pytest.raises(ValueError, match=r"^TaskBatch support must be an \(x, y\) pair like "
+                                         r"query; got a tensor of shape \[4, 10, 3\]\.$"):
+        TaskBatch(support=x, query=(x, y))
+    with pytest.raises(ValueError, match=r"^TaskBatch query must be an \(x, y\) pair"):
+        TaskBatch(support=(x, y), query=x)
+    learner = MAML(nn.Sequential(nn.Linear(3, 5)), 0.1)
+    pair = r"needs each task's data as an \(x, y\) pair: .*; got a tensor\.$"
+    two_shots = torch.randn(4, 2, 3)  # would unpack into x = row 0, y = row 1 silently
+    for batching in ("vmap", "loop", "stacked"):
+        learner.batching = MAML(learner.model, 0.1, batching=batching).batching
+        with pytest.raises(ValueError, match=pair):
+            learner.meta_loss(TaskBatch(support=two_shots, query=two_shots))
+    with pytest.raises(ValueError, match=pair):
+        learner.adapt(two_shots[0])  # y left out
+
+
+class TwoInputs(nn.Module):
+    """A model whose input x is a dict of tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 1), nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.a(x["a"]) + self.b(x["b"])
+
+
+def test_an_x_that_is_not_a_tensor_is_still_an_x_y_pair():
+    x, y = {"a": torch.randn(4, 5, 3), "b": torch.randn(4, 5, 2)}, torch.randn(4, 5, 1)
+    loss = MAML(TwoInputs(), 0.1, batching="loop").meta_loss(TaskBatch((x, y), (x, y)))
+    assert torch.isfinite(loss)
 
 @pytest.mark.skipif(not HAVE_DATA, reason=f"real Omniglot zips not found in {ROOT}")
 def test_a_stock_network_meta_trains_on_omniglot_from_python(tmp_path, monkeypatch):

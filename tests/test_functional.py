@@ -5,8 +5,9 @@ import torch
 from reference import meta_grad, plain_meta_loss
 from torch import nn
 
-from mamlkit import MAML, Sinusoid, TaskBatch
+from mamlkit import ANIL, IMAML, MAML, MAMLpp, MetaSGD, Reptile, Sinusoid, TaskBatch
 from mamlkit import functional as MF
+from mamlkit.algorithms import Pretrained
 from mamlkit.models import Conv4, mlp
 
 
@@ -163,3 +164,77 @@ def test_per_step_rate_list_too_short_is_a_clear_error():
     learner = MAML(tiny_mlp(), inner_lr=[0.1], inner_steps=2)
     with pytest.raises(ValueError, match="no learning rate"):
         learner.meta_loss(sinusoid_batch(tasks=1))
+
+
+LEARNERS = {  # every learner's constructor: model first, inner_lr and inner_steps by name
+    "MAML": MAML, "ANIL": ANIL, "MAMLpp": MAMLpp, "MetaSGD": MetaSGD, "Reptile": Reptile,
+    "IMAML": IMAML, "Pretrained": lambda model, **kw: Pretrained(model, 4, **kw),
+}
+BAD_RATES = [-1, -0.5, float("nan"), float("inf"), -float("inf")]
+
+
+@pytest.mark.parametrize("inner_lr", BAD_RATES)
+@pytest.mark.parametrize("learner", sorted(LEARNERS))
+def test_every_learner_refuses_a_negative_or_non_finite_inner_lr(learner, inner_lr):
+    with pytest.raises(ValueError, match=r"^inner_lr must be a finite number >= 0 .*; got "):
+        LEARNERS[learner](tiny_mlp(), inner_lr=inner_lr, inner_steps=2)
+
+
+@pytest.mark.parametrize("bad", BAD_RATES)
+@pytest.mark.parametrize("learner", sorted(set(LEARNERS) - {"MetaSGD"}))  # one number only
+def test_every_learner_refuses_a_bad_per_step_rate(learner, bad):
+    with pytest.raises(ValueError, match=r"^inner_lr\[1\] must be a finite number >= 0"):
+        LEARNERS[learner](tiny_mlp(), inner_lr=[0.1, bad], inner_steps=2)
+
+
+def test_bad_rates_in_tensors_and_dicts_and_of_the_wrong_type_are_refused():
+    with pytest.raises(ValueError, match=r"^inner_lr\['0.weight'\] must hold finite numbers"):
+        MAML(tiny_mlp(), inner_lr={"0.weight": torch.tensor([0.1, float("nan")])})
+    with pytest.raises(ValueError, match=r"^inner_lr must hold finite numbers >= 0"):
+        MAML(tiny_mlp(), inner_lr=torch.tensor(-0.1))
+    with pytest.raises(TypeError, match=r"^inner_lr must be a number, .*; got str"):
+        MAML(tiny_mlp(), inner_lr="0.1")
+
+
+@pytest.mark.parametrize("learner", sorted(LEARNERS))
+def test_every_learner_accepts_a_zero_inner_lr(learner):
+    """alpha = 0 is the pretrained baseline: plain multi-task training."""
+    assert LEARNERS[learner](tiny_mlp(), inner_lr=0, inner_steps=1).inner_lr == 0
+    assert LEARNERS[learner](tiny_mlp(), inner_lr=0.0, inner_steps=1).inner_lr == 0
+
+
+@pytest.mark.parametrize("inner_steps,error", [(-3, ValueError), (1.5, TypeError),
+                                               ("2", TypeError), (True, TypeError)])
+@pytest.mark.parametrize("learner", sorted(LEARNERS))
+def test_every_learner_refuses_inner_steps_that_are_not_a_count(learner, inner_steps, error):
+    with pytest.raises(error, match=r"^inner_steps must be an integer >= 0"):
+        LEARNERS[learner](tiny_mlp(), inner_lr=0.1, inner_steps=inner_steps)
+
+
+@pytest.mark.parametrize("steps,error", [(-3, ValueError), (1.5, TypeError)])
+@pytest.mark.parametrize("learner", sorted(LEARNERS))
+def test_adapt_and_meta_loss_refuse_steps_that_are_not_a_count(learner, steps, error):
+    model = tiny_mlp()
+    learner = LEARNERS[learner](model, inner_lr=0.1, inner_steps=2)
+    batch = sinusoid_batch(tasks=2)
+    x, y = batch.support[0][0], batch.support[1][0]
+    with pytest.raises(error, match=r"^steps must be an integer >= 0"):
+        learner.adapt(x, y, steps=steps)
+    with pytest.raises(error, match=r"^steps must be an integer >= 0"):
+        learner.adapted_params(batch.support, steps=steps)
+    with pytest.raises(error, match=r"^steps must be integers >= 0"):
+        learner.adaptation_curve(batch, [0, steps], "mse")
+    if not isinstance(learner, Pretrained):  # trains with pretrain_loss, not meta_loss
+        with pytest.raises(error, match=r"^steps must be an integer >= 0"):
+            learner.meta_loss(batch, steps=steps)
+
+
+def test_adapt_refuses_a_bad_inner_lr_given_at_the_call():
+    learner = MAML(tiny_mlp(), inner_lr=0.1)
+    batch = sinusoid_batch(tasks=2)
+    with pytest.raises(ValueError, match=r"^inner_lr must be a finite number >= 0"):
+        learner.adapt(batch.support[0][0], batch.support[1][0], inner_lr=float("nan"))
+    with pytest.raises(ValueError, match=r"^inner_lr must be a finite number >= 0"):
+        learner.adaptation_curve(batch, [0, 1], "mse", inner_lr=-0.1)
+    with pytest.raises(ValueError, match=r"^steps must hold at least one"):
+        learner.adaptation_curve(batch, [], "mse")

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mamlkit.algorithms.arguments import check_step_counts
 from mamlkit.algorithms.maml import MAML
 from mamlkit.functional.adapt import InnerLR
 from mamlkit.functional.batching import TaskOps
@@ -63,7 +64,7 @@ class IMAML(MAML):
         params = self.params()
         grads, losses = implicit_meta_grad(
             self.model, params, self.buffers_dict(), batch, loss=self.loss_fn,
-            solver=self.solver(), steps=self.inner_steps if steps is None else steps,
+            solver=self.solver(), steps=self.steps_or_default(steps),
             cg_steps=self.cg_steps, batching=self.batching)
         return surrogate(losses.mean(), params, grads)
 
@@ -73,13 +74,14 @@ class IMAML(MAML):
         ops = TaskOps(self.model, self.buffers_dict(), self.loss_fn)
         solver = replace(self.solver(inner_lr), eager=True)  # one task: may branch on values
         return solver.solve(ops.bound(), self.params(), x if y is None else (x, y),
-                            self.inner_steps if steps is None else steps)
+                            self.steps_or_default(steps))
 
     @torch.no_grad()
     def adaptation_curve(self, batch: TaskBatch, steps: Sequence[int],
                          metric: str | LossFn | TaskLoss,
                          inner_lr: InnerLR | None = None) -> Tensor:
         """Query metric after each number of solver steps (how iMAML adapts at test time)."""
+        steps = check_step_counts(steps)
         return proximal_adaptation_curve(
             self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
             metric=metric, solver=self.solver(inner_lr), steps=steps, batching=self.batching)

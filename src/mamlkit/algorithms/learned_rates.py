@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mamlkit.algorithms.arguments import check_step_counts
 from mamlkit.functional.adapt import InnerLR, step_size
 from mamlkit.functional.batching import TaskOps
 from mamlkit.functional.losses import LossFn
@@ -47,6 +48,7 @@ class SafeguardedExtraSteps:
                          metric: str | LossFn | TaskLoss,
                          inner_lr: InnerLR | None = None) -> Tensor:
         """Query ``metric`` of every task after each number of inner steps: ``[steps, tasks]``."""
+        steps = check_step_counts(steps)
         if not self.learned_rates:
             return super().adaptation_curve(batch, steps, metric, inner_lr)
         step_fn = trained_then_safeguarded(self.inner_steps, self.rates(inner_lr, max(steps)),
@@ -59,7 +61,7 @@ class SafeguardedExtraSteps:
               inner_lr: InnerLR | None = None) -> dict[str, Tensor]:
         """Adapted parameters for one task: the trained steps as in meta-training (with their
         graph), then safeguarded first-order steps."""
-        steps = self.inner_steps if steps is None else steps
+        steps = self.steps_or_default(steps)
         trained = min(steps, self.inner_steps)
         adapted = super().adapt(x, y, trained, inner_lr)
         if steps == trained or not self.learned_rates:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from mamlkit import functional as MF
+from mamlkit.algorithms.arguments import check_inner_lr, check_step_counts, check_steps
 from mamlkit.functional.adapt import InnerLR, is_zero
 from mamlkit.functional.batching import Batching, TaskOps, choose_batching, resolve_batching
 from mamlkit.functional.checkpointed import checkpointed_task_losses
@@ -90,28 +91,28 @@ def model_batching(batching: str | Batching, model: nn.Module, chunk_size: int |
 class MAML(nn.Module):
     """Model-agnostic meta-learning around any ``nn.Module``.
 
-    ``inner_lr`` (alpha) may be one number or one per inner step; ``inner_lr=0`` is plain
-    multi-task training (the "pretrained" baseline). ``first_order=True`` drops the second-order
-    terms. ``batching`` is ``"auto"``, ``"vmap"``, ``"loop"``, ``"stacked"`` (models with
-    ``supports_task_stacking``, or made of standard layers: ``models/stacking.py``) or a
-    ``functional.Batching`` (see ``model_batching``); ``chunk_size`` bounds how many tasks one
-    call holds in memory. ``checkpoint_inner=True`` recomputes each inner step in the
-    backward pass (second order): memory of one step of one chunk, at the cost of one extra
-    first-order step per step (``functional/checkpointed.py``). Without it, stacked
-    second-order meta-losses back-propagate each chunk as soon as it is computed and free its
-    graph (``frees_chunks``, ``functional/chunked.py``): memory of one chunk, no extra work.
-    ``adapt_names`` are glob patterns (``["head.*"]``) of the parameters the inner loop adapts
-    (default: all); the others are meta-learned in the outer loop only. ``loss_fn`` is a
-    (prediction, target) loss or its name, or a ``functional.TaskLoss``; left out, integer
-    targets get cross-entropy and floating ones MSE. Tasks that carry their own loss use theirs.
+    ``inner_lr`` (alpha) may be one number or one per inner step, each finite and >= 0;
+    ``inner_lr=0`` is plain multi-task training (the "pretrained" baseline). ``first_order=True``
+    drops the second-order terms. ``batching`` is ``"auto"``, ``"vmap"``, ``"loop"``, ``"stacked"``
+    (models with ``supports_task_stacking``, or made of standard layers: ``models/stacking.py``) or
+    a ``functional.Batching`` (see ``model_batching``); ``chunk_size`` bounds how many tasks one
+    call holds in memory. ``checkpoint_inner=True`` recomputes each inner step in the backward pass
+    (second order): memory of one step of one chunk, at the cost of one extra first-order step per
+    step (``functional/checkpointed.py``). Without it, stacked second-order meta-losses
+    back-propagate each chunk as soon as it is computed and free its graph (``frees_chunks``,
+    ``functional/chunked.py``): memory of one chunk, no extra work. ``adapt_names`` are glob
+    patterns (``["head.*"]``) of the parameters the inner loop adapts (default: all); the others are
+    meta-learned in the outer loop only. ``loss_fn`` is a (prediction, target) loss or its name, or
+    a ``functional.TaskLoss``; left out, integer targets get cross-entropy and floating ones MSE.
+    Tasks that carry their own loss use theirs.
 
-    Stock ``nn.BatchNorm`` layers are replaced in place (one log line says so) by
-    ``TaskBatchNorm``: per-task batch statistics in the inner loop and for the query set, as
-    in the paper's network, exact at second order on every batching path. Their running
-    statistics are never written inside a gradient transform; ``meta_loss`` refreshes them once
-    per call from theta on the support inputs (the batches the inner loop normalises at theta;
-    the query sets would cost a forward pass as large as the query pass itself), so
-    ``model.eval()`` still means something.
+    Stock ``nn.BatchNorm`` layers are replaced in place (one log line says so) by ``TaskBatchNorm``
+    layers holding the same Parameter and buffer objects (an optimizer built before wrapping still
+    trains them): per-task batch statistics in the inner loop and for the query set, as in the
+    paper's network, exact at second order on every batching path. Their running statistics are
+    never written inside a gradient transform; ``meta_loss`` refreshes them once per call from theta
+    on the support inputs (the batches the inner loop normalises at theta; the query sets would cost
+    a forward pass as large as the query pass itself), so ``model.eval()`` still means something.
     """
 
     # True for learners whose inner step sizes are meta-parameters (Meta-SGD, MAML++ LSLR): they
@@ -131,8 +132,8 @@ class MAML(nn.Module):
         checkpoint_inner: bool = False,
     ) -> None:
         super().__init__()
-        if inner_steps < 0:
-            raise ValueError(f"inner_steps must be >= 0, got {inner_steps}.")
+        inner_steps = check_steps(inner_steps, "inner_steps")  # before the model is touched
+        check_inner_lr(inner_lr)
         if has_torch_batch_norm(model):  # stock layers would write buffers inside a grad transform
             exact_batch_norm(model, announce=True)
         self.model = model
@@ -157,8 +158,14 @@ class MAML(nn.Module):
                                            announce=False)
 
     def rates(self, inner_lr: InnerLR | None = None, steps: int | None = None) -> InnerLR:
-        """The inner step sizes to use: ``inner_lr`` if given, else the learner's own."""
-        return self.inner_lr if inner_lr is None else inner_lr
+        """The inner step sizes to use: ``inner_lr`` if given (checked), else the learner's
+        own."""
+        return self.inner_lr if inner_lr is None else check_inner_lr(inner_lr)
+
+    def steps_or_default(self, steps: int | None) -> int:
+        """The number of inner steps to take: ``steps`` if given (checked), else
+        ``inner_steps``."""
+        return self.inner_steps if steps is None else check_steps(steps)
 
     def per_step(self) -> PerStep:
         """Parameters swapped in before each inner step (MAML++'s batch-norm ones); none here."""
@@ -182,7 +189,7 @@ class MAML(nn.Module):
         The outer objective of any task: the query loss (supervised), the adapted policy's
         action distribution on the query trajectories (RL).
         """
-        steps = self.inner_steps if steps is None else steps
+        steps = self.steps_or_default(steps)
         return MF.map_adapted(
             self.model, self.params(), self.buffers_dict(), batch, fn, loss=self.loss_fn,
             inner_lr=self.rates(inner_lr, steps), steps=steps,
@@ -206,7 +213,7 @@ class MAML(nn.Module):
     def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         """Mean query loss after adaptation; ``.backward()`` fills the model's grads."""
         self.observe(batch)
-        steps = self.inner_steps if steps is None else steps
+        steps = self.steps_or_default(steps)
         if self.checkpoint_inner and not self.first_order and steps > 0:
             return checkpointed_task_losses(  # recompute inner steps in the backward pass
                 self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
@@ -236,7 +243,7 @@ class MAML(nn.Module):
         ``batched`` says whether they carry a task dimension; with no step to take they are
         theta itself. RL uses them to sample the next trajectories.
         """
-        steps = self.inner_steps if steps is None else steps
+        steps = self.steps_or_default(steps)
         if steps == 0 or is_zero(self.rates(inner_lr)):
             return {n: p.detach() for n, p in self.params().items()}, False
         with torch.no_grad():
@@ -251,7 +258,7 @@ class MAML(nn.Module):
         ``x`` alone may be any support data of the task loss (e.g. episodes). Use the result
         with ``torch.func.functional_call(learner.model, params, x)`` or ``learner(x, params)``.
         """
-        steps = self.inner_steps if steps is None else steps
+        steps = self.steps_or_default(steps)
         support = x if y is None else (x, y)
         ops = TaskOps(self.model, self.buffers_dict(), self.loss_fn)
         return MF.trajectory(ops, self.params(), support, self.rates(inner_lr, steps), steps,
@@ -271,6 +278,7 @@ class MAML(nn.Module):
                          metric: str | LossFn | TaskLoss,
                          inner_lr: InnerLR | None = None) -> Tensor:
         """Query ``metric`` of every task after each number of inner steps: ``[steps, tasks]``."""
+        steps = check_step_counts(steps)
         return MF.adaptation_curve(
             self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
             metric=metric, inner_lr=self.rates(inner_lr, max(steps)), steps=steps,

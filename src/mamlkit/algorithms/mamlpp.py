@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mamlkit.algorithms.arguments import check_steps
 from mamlkit.algorithms.learned_rates import SafeguardedExtraSteps
 from mamlkit.algorithms.maml import MAML
 from mamlkit.algorithms.metasgd import rate_key
@@ -59,10 +60,11 @@ class MAMLpp(SafeguardedExtraSteps, MAML):
                  adapt_names: Sequence[str] | None = None, *, msl: bool = True,
                  msl_iterations: int = 1000, lslr: bool = True, bnwb: bool = True,
                  fo_iterations: int = 0) -> None:
+        if check_steps(inner_steps, "inner_steps") < 1:  # before the model is touched
+            raise ValueError("MAML++ needs inner_steps >= 1: its rates and batch-norm weights "
+                             "are per step.")
         super().__init__(model, inner_lr, inner_steps, first_order, loss_fn, batching,
                          chunk_size, adapt_names)
-        if inner_steps < 1:
-            raise ValueError("MAML++ needs inner_steps >= 1.")
         self.msl, self.msl_iterations, self.lslr = msl, msl_iterations, lslr
         self.bnwb, self.fo_iterations = bnwb, fo_iterations
         self.base_first_order = first_order
@@ -113,7 +115,7 @@ class MAMLpp(SafeguardedExtraSteps, MAML):
 
     def objective(self, batch: TaskBatch, steps: int | None = None) -> tuple[Tensor, Tensor]:
         """The MSL-weighted meta-objective and the mean last-step query loss."""
-        steps = self.inner_steps if steps is None else steps
+        steps = self.steps_or_default(steps)
         losses = multi_step_losses(
             self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
             inner_lr=self.rates(steps=steps), steps=steps, weights=self.weights(steps),

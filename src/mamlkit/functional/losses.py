@@ -14,6 +14,10 @@ def _shapes(a: Tensor) -> str:
     return str(list(a.shape))
 
 
+def _dtype(a: Tensor) -> str:
+    return str(a.dtype).removeprefix("torch.")
+
+
 def mse(prediction: Tensor, target: Tensor) -> Tensor:
     """Mean squared error: the loss of H = 1 regression tasks.
 
@@ -29,17 +33,33 @@ def mse(prediction: Tensor, target: Tensor) -> Tensor:
 def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     """Softmax cross-entropy: the loss of N-way classification tasks (integer labels ``[N]``
     against logits ``[N, classes]``, or class probabilities shaped like the logits)."""
-    wanted = logits.shape[:-1] if not target.is_floating_point() else logits.shape
-    if target.shape != wanted:
+    indices, probabilities = list(logits.shape[:-1]), list(logits.shape)
+    if target.is_floating_point() and list(target.shape) == indices:
+        raise ValueError(f"Cross-entropy got {_dtype(target)} labels of shape {indices}: class "
+                         "indices must be integers (labels.long()), or pass float class "
+                         f"probabilities of shape {probabilities}.")
+    wanted = probabilities if target.is_floating_point() else indices
+    if list(target.shape) != wanted:
         raise ValueError(f"The model's logits have shape {_shapes(logits)} but the labels "
-                         f"{_shapes(target)}; cross-entropy needs labels of shape "
-                         f"{list(wanted)} (one class index per example).")
+                         f"{_shapes(target)}; cross-entropy needs integer class indices of "
+                         f"shape {indices} or float class probabilities of shape "
+                         f"{probabilities}.")
     return F.cross_entropy(logits, target)
+
+
+def looks_like_class_labels(prediction: Tensor, target: Tensor) -> bool:
+    """Floating targets with one value per example against several outputs per example."""
+    return (target.is_floating_point() and prediction.dim() >= 1 and prediction.shape[-1] > 1
+            and target.shape == prediction.shape[:-1])
 
 
 def auto(prediction: Tensor, target: Tensor) -> Tensor:
     """The loss a left-out ``loss_fn`` means: cross-entropy for integer targets (class labels),
     mean squared error for floating ones."""
+    if looks_like_class_labels(prediction, target):
+        raise ValueError(f"The {_dtype(target)} targets of shape {_shapes(target)} against "
+                         f"predictions {_shapes(prediction)} look like class labels: pass them as "
+                         "integers (labels.long()) for cross-entropy, or name loss_fn.")
     if target.is_floating_point():
         return mse(prediction, target)
     return cross_entropy(prediction, target)

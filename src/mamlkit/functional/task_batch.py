@@ -54,6 +54,39 @@ def take(tree: Any, index: int | slice | Tensor) -> Any:
     return pytree.tree_map(lambda t: t[index] if isinstance(t, Tensor) else t, tree)
 
 
+def _is_pair(data: Any) -> bool:
+    """Supervised data: a tuple or list of two tensors ``(x, y)``."""
+    return (isinstance(data, tuple | list) and not isinstance(data, StepData) and len(data) == 2
+            and all(isinstance(t, Tensor) for t in data))
+
+
+def _described(data: Any) -> str:
+    if isinstance(data, tuple | list):
+        return f"a {type(data).__name__} of length {len(data)}"
+    return "a tensor" if isinstance(data, Tensor) else f"a {type(data).__name__}"
+
+
+def supervised_pair(data: Any) -> tuple[Tensor, Tensor]:
+    """One task's ``(x, y)``, or one sentence: unpacking a bare tensor of two examples would
+    silently take its rows for x and y. ``x`` may be any input of the model (a dict of tensors
+    for a model of several inputs)."""
+    if not isinstance(data, tuple | list) or isinstance(data, StepData) or len(data) != 2:
+        raise ValueError("A (prediction, target) loss needs each task's data as an (x, y) pair: "
+                         "pass TaskBatch(support=(x, y), query=(x, y)) and learner.adapt(x, y); "
+                         f"got {_described(data)}.")
+    x, y = data
+    return x, y
+
+
+def _check_bare_tensor(support: Any, query: Any) -> None:
+    """A bare tensor on one side where the other is an (x, y) pair."""
+    for name, data, other in (("support", support, query), ("query", query, support)):
+        if isinstance(data, Tensor) and _is_pair(other):
+            other_name = "query" if name == "support" else "support"
+            raise ValueError(f"TaskBatch {name} must be an (x, y) pair like {other_name}; got "
+                             f"a tensor of shape {list(data.shape)}.")
+
+
 def _check_pair(name: str, pair: Any) -> None:
     """Supervised data ``(x, y)``: the same number of examples per task in x and y."""
     if type(pair) is not tuple or len(pair) != 2 or not all(isinstance(t, Tensor) for t in pair):
@@ -83,6 +116,7 @@ class TaskBatch:
         if isinstance(self.support, tuple | list) and not isinstance(self.support, StepData) \
                 and len(self.support) != 2 and all(isinstance(t, Tensor) for t in self.support):
             raise ValueError("TaskBatch needs support=(x, y) and query=(x, y).")
+        _check_bare_tensor(self.support, self.query)
         for name, pair in (("support", self.support), ("query", self.query)):
             _check_pair(name, pair)
         tensors = leaves((self.support, self.query))
@@ -109,4 +143,4 @@ class TaskBatch:
         return TaskBatch(take(self.support, index), take(self.query, index), self.loss)
 
 
-__all__ = ["StepData", "TaskBatch", "leaves", "support_at", "take"]
+__all__ = ["StepData", "TaskBatch", "leaves", "supervised_pair", "support_at", "take"]

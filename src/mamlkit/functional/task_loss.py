@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mamlkit.functional.losses import LossFn, resolve_loss, resolve_metric
+from mamlkit.functional.task_batch import supervised_pair
 
 # (model, params stacked [T, ...], buffers, x [T, N, ...]) -> [T, N, ...]: a model run for a
 # chunk of tasks at once (``models/stacking.py`` builds one for models of standard layers)
@@ -48,14 +49,14 @@ class SupervisedLoss(TaskLoss):
         self.fn = fn
 
     def __call__(self, model, params, buffers, data) -> Tensor:
-        x, y = data
+        x, y = supervised_pair(data)
         return self.fn(forward(model, params, buffers, x), y)
 
     def stacked(self, model, params, buffers, data,  # type: ignore[override]
                 stacked_forward: StackedForward | None = None) -> Tensor:
         """Each task's loss ``[T]`` from one call of a task-stacking model, or of
         ``stacked_forward`` for models that do not stack tasks themselves."""
-        x, y = data
+        x, y = supervised_pair(data)
         out = (stacked_forward or forward)(model, params, buffers, x)
         return torch.stack([self.fn(out[t], y[t]) for t in range(out.shape[0])])
 

@@ -6,9 +6,10 @@ Written with ``mean``/``var`` it is exact under ``torch.func.vmap`` at second or
 and it never writes a buffer inside a grad transform (stock ``nn.BatchNorm`` updates its running
 statistics in place during the forward pass, which ``torch.func.grad`` refuses).
 
-A stock layer converted by ``exact_batch_norm`` keeps its running statistics as buffers: they
-are never touched by the meta-learning forward passes, and ``update_running_stats`` refreshes
-them outside any transform (the learner does it once per meta-step from theta on the query
+A stock layer converted by ``exact_batch_norm`` keeps its Parameter objects (an optimizer made
+before the conversion still trains them) and its running statistics, the same buffers: they are
+never touched by the meta-learning forward passes, and ``update_running_stats`` refreshes them
+outside any transform (the learner does it once per meta-step from theta on the support
 inputs), so that ``model.eval()`` after meta-training normalises with statistics of theta.
 """
 
@@ -79,20 +80,22 @@ class TaskBatchNorm(nn.Module):
                 f"track_running_stats={self.track_running_stats}")
 
 
+RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def _replacement(child: nn.modules.batchnorm._BatchNorm) -> TaskBatchNorm:
+    """A ``TaskBatchNorm`` holding ``child``'s own Parameter and buffer objects, not copies: an
+    optimizer, EMA or any reference made from ``model.parameters()`` before the conversion
+    keeps training and seeing them (and their dtype and device are the user's)."""
     track = child.track_running_stats and child.running_mean is not None
-    layer = TaskBatchNorm(child.num_features, child.eps, child.affine, track, child.momentum)
-    with torch.no_grad():
-        if child.affine:
-            layer.weight.copy_(child.weight)
-            layer.bias.copy_(child.bias)
-        if track:
-            layer.running_mean.copy_(child.running_mean)
-            layer.running_var.copy_(child.running_var)
-            layer.num_batches_tracked.copy_(child.num_batches_tracked)
-    device = next(iter([*child.parameters(), *child.buffers()]), torch.empty(0)).device
-    dtype = next(iter(child.parameters()), torch.empty(0)).dtype
-    layer.to(device=device, dtype=dtype if child.affine else None)
+    layer = TaskBatchNorm(child.num_features, child.eps, affine=False,
+                          track_running_stats=False, momentum=child.momentum)
+    if child.affine:
+        layer.weight, layer.bias = child.weight, child.bias
+    layer.track_running_stats = track
+    if track:
+        for name in RUNNING_STATS:
+            layer.register_buffer(name, getattr(child, name))
     layer.train(child.training)
     return layer
 
@@ -100,8 +103,9 @@ def _replacement(child: nn.modules.batchnorm._BatchNorm) -> TaskBatchNorm:
 def exact_batch_norm(model: nn.Module, announce: bool = False) -> nn.Module:
     """Replace every ``nn.BatchNorm1d/2d/3d`` in ``model`` (in place) by a ``TaskBatchNorm``.
 
-    Affine weights and running statistics are copied; the meta-learning forward passes use
-    per-task batch statistics. ``announce`` logs one line naming what was replaced.
+    The new layers hold the stock layers' own affine Parameters and running-statistics buffers
+    (the same objects); the meta-learning forward passes use per-task batch statistics.
+    ``announce`` logs one line naming what was replaced.
     """
     replaced: list[str] = []
     for prefix, module in list(model.named_modules()):
