@@ -26,6 +26,7 @@ from mamlkit.run.config import Config
 from mamlkit.run.errors import RunDirectoryError, TrainingDiverged, TrainingInterrupted
 from mamlkit.run.interrupts import Interrupts
 from mamlkit.run.memory import PeakMemory
+from mamlkit.run.metrics import read_metrics
 from mamlkit.run.steps import make_step
 
 T = TypeVar("T")
@@ -50,15 +51,14 @@ def _schedule(learner, optimizer: torch.optim.Optimizer, config: Config,
             group["lr"] = lr
 
 
-def write_record(metrics: TextIO, writer: Any, iteration: int, began: float,
+def write_record(metrics: TextIO, events: Any, iteration: int, began: float,
                  record: dict[str, float | int]) -> None:
-    """One line of ``metrics.jsonl`` (with the iteration and elapsed seconds) and its scalars."""
+    """One line of ``metrics.jsonl`` (with the iteration and elapsed seconds), then the same
+    record in TensorBoard's events: these hold only what the metrics hold."""
     record = {"iteration": iteration, "seconds": round(time.perf_counter() - began, 3), **record}
     metrics.write(json.dumps(record) + "\n")
     metrics.flush()
-    for key, value in record.items():
-        if key != "iteration":
-            writer.add_scalar(f"meta/{key}", value, iteration)
+    events.add(record)
 
 
 class _Discard:
@@ -66,7 +66,7 @@ class _Discard:
 
     def write(self, *args) -> None: ...
     def flush(self) -> None: ...
-    def add_scalar(self, *args, **kwargs) -> None: ...
+    def add(self, *args) -> None: ...
     def close(self) -> None: ...
 
 
@@ -121,25 +121,31 @@ class _Sinks:
     """Where a run's records go: ``metrics.jsonl``, TensorBoard, the progress bar (rank 0)."""
 
     metrics: Any
-    writer: Any
+    events: Any
     bar: Any
 
     @staticmethod
     def open(run_dir: Path, config: Config, start: int, progress: bool,
              main: bool) -> _Sinks:
-        from torch.utils.tensorboard import SummaryWriter
+        """Open the records; TensorBoard's events are rebuilt from ``metrics.jsonl``, which
+        ``rundir.begin`` has trimmed to the checkpoint (see ``events.py``)."""
+        from mamlkit.run.events import EventLog  # tensorboard's protobufs: only to train
 
-        writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=start) if main
+        events = (EventLog.rebuild(run_dir / "tensorboard", read_metrics(run_dir)) if main
                   else _Discard())
-        metrics = (run_dir / "metrics.jsonl").open("a") if main else _Discard()
+        try:
+            metrics = (run_dir / "metrics.jsonl").open("a") if main else _Discard()
+        except BaseException:
+            events.close()
+            raise
         bar = tqdm(total=config.iterations, initial=start, disable=not progress or not main,
                    desc=run_dir.name, unit="it", dynamic_ncols=True)
-        return _Sinks(metrics, writer, bar)
+        return _Sinks(metrics, events, bar)
 
     def close(self) -> None:
         self.bar.close()
+        self.events.close()
         self.metrics.close()
-        self.writer.close()
 
 
 def _diverged(run_dir: Path, loss: float, iteration: int) -> TrainingDiverged:
@@ -295,7 +301,7 @@ def _record(run: _Run, iteration: int, window: list[float], peak: PeakMemory,
     if run.context.is_main and (iteration % config.val_every == 0 or last):
         record.update(step.validation(run.run_dir, iteration))
     if record:
-        write_record(run.sinks.metrics, run.sinks.writer, iteration, run.began, record)
+        write_record(run.sinks.metrics, run.sinks.events, iteration, run.began, record)
         peak.reset()  # the next window holds meta-steps only, not these evaluations
     return logged
 
