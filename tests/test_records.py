@@ -9,6 +9,7 @@ a write error in them is one sentence and leaves the run resumable.
 import errno
 import io
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mamlkit.cli import main
+from mamlkit.run import loop, steps
 from mamlkit.run.config import resolve
 from mamlkit.run.loop import train
 from mamlkit.run.metrics import read_metrics
@@ -49,6 +51,80 @@ def same_records_as_whole(run: Path, whole: Path) -> None:
     assert [r["iteration"] for r in resumed] == [r["iteration"] for r in straight]
     for a, b in zip(resumed, straight, strict=True):
         assert a == b, f"iteration {a['iteration']}: {a} != {b}"
+
+
+# --- the records of a resumed run are those of the uninterrupted run ---------------------------
+
+def test_a_kill_between_records_resumes_to_the_records_of_the_uninterrupted_run(tmp_path):
+    config = small_config(checkpoint_every=4)  # checkpoints 4, 8, 12: inside logging windows
+    train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "killed", progress=False, stop_after=13)  # resumes from 12
+    train(None, tmp_path / "killed", resume=True, progress=False)
+    same_records_as_whole(tmp_path / "killed", tmp_path / "whole")
+
+
+def test_a_signal_between_records_resumes_to_the_records_of_the_uninterrupted_run(
+        tmp_path, monkeypatch, capsys):
+    train(small_config(), tmp_path / "whole", progress=False)
+    original, count = steps.SupervisedStep.update, [0]
+
+    def update(self, generator):
+        count[0] += 1
+        loss = original(self, generator)
+        if count[0] == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # let the handler run here, in this iteration
+        return loss
+
+    monkeypatch.setattr(steps.SupervisedStep, "update", update)
+    with pytest.raises(loop.TrainingInterrupted):
+        train(small_config(), tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    train(None, tmp_path / "run", resume=True, progress=False)
+    same_records_as_whole(tmp_path / "run", tmp_path / "whole")
+
+
+class _Clock:
+    """A perf_counter that advances 10 s per meta-step, so the time limit strikes at an
+    iteration the test chooses (not one the machine's speed chooses)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_a_time_limit_between_records_resumes_to_the_records_of_the_uninterrupted_run(
+        tmp_path, monkeypatch, capsys):
+    train(small_config(), tmp_path / "whole", progress=False)
+    clock, original = _Clock(), steps.SupervisedStep.update
+
+    def update(self, generator):
+        clock.now += 10.0
+        return original(self, generator)
+
+    monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(steps.SupervisedStep, "update", update)
+    result = train(small_config(time_limit=1), tmp_path / "run", progress=False)
+    assert result.iteration == 7  # 70 s > 1 minute
+    assert "time limit of 1.0 minutes reached at iteration 7" in capsys.readouterr().err
+    monkeypatch.undo()
+    train(None, tmp_path / "run", resume=True, progress=False,
+          overrides={"time_limit": None})
+    same_records_as_whole(tmp_path / "run", tmp_path / "whole")
+
+
+def test_an_rl_resume_between_records_keeps_the_loss_and_env_steps_of_the_window(tmp_path):
+    config = resolve("nav2d", {"iterations": 4, "log_every": 2, "val_every": 4,
+                               "checkpoint_every": 1, "meta_batch_size": 3, "trajectories": 4,
+                               "horizon": 20, "policy_hidden": [16], "val_tasks": 3,
+                               "cg_iters": 3})
+    train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "killed", progress=False, stop_after=3)  # resumes from 3
+    train(None, tmp_path / "killed", resume=True, progress=False)
+    same_records_as_whole(tmp_path / "killed", tmp_path / "whole")
+    assert [r["iteration"] for r in read_metrics(tmp_path / "whole")] == [2, 4]
 
 
 # --- TensorBoard holds every record of metrics.jsonl, once -------------------------------------
