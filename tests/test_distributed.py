@@ -37,9 +37,8 @@ def free_port() -> int:
 
 def _forbid_writes(rank: int) -> None:
     """On ranks other than 0, any file write of the training loop fails the test."""
-    import torch.utils.tensorboard
-
     import mamlkit.run.config
+    import mamlkit.run.events
     import mamlkit.run.loop
 
     def refuse(*args, **kwargs):
@@ -56,7 +55,7 @@ def _forbid_writes(rank: int) -> None:
     checkpoint.save = refuse
     mamlkit.run.config.save = refuse
     mamlkit.run.loop.trim_metrics = refuse
-    torch.utils.tensorboard.SummaryWriter = refuse
+    mamlkit.run.events.EventLog.rebuild = refuse
     pathlib.Path.open = guarded_open
     pathlib.Path.mkdir = refuse
 

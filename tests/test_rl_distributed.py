@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from mamlkit.run import checkpoint, distributed
 from mamlkit.run.config import resolve
 from mamlkit.run.loop import train
+from mamlkit.run.metrics import read_metrics
 
 # 5 tasks split 3 + 2; nav2d episodes end early at the goal, so the ranks' valid steps differ
 SMALL = {"iterations": 2, "meta_batch_size": 5, "trajectories": 4, "horizon": 20,
@@ -26,6 +27,10 @@ SETUPS = {
     # each rank samples its tasks in a spawned worker: the same steps again
     "trpo-workers": ("nav2d", {"sampler_workers": 2}),
 }
+# one record, at 2: a resume from checkpoint 1 starts inside its window, whose environment
+# steps (summed over the ranks) the checkpoint keeps
+WINDOW = {**SMALL, "log_every": 2}
+WALL_CLOCK = ("seconds", "peak_mem_mb", "env_steps_per_s")
 
 
 def _config(name):
@@ -47,6 +52,10 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     with distributed.leave_group_after():
         for name in SETUPS:
             train(_config(name), pathlib.Path(root) / f"two-{name}", progress=False)
+        window = resolve("nav2d", WINDOW)
+        train(window, pathlib.Path(root) / "two-window", progress=False)
+        train(window, pathlib.Path(root) / "two-window-killed", progress=False, stop_after=1)
+        train(None, pathlib.Path(root) / "two-window-killed", resume=True, progress=False)
 
 
 def _weights(run):
@@ -64,3 +73,7 @@ def test_two_processes_take_the_steps_of_one(tmp_path):
             torch.testing.assert_close(two[key], one[key], atol=1e-6, rtol=0, msg=name)
         records = (tmp_path / f"two-{name}" / "metrics.jsonl").read_text().splitlines()
         assert len(records) == SMALL["iterations"]
+    whole, resumed = ([{k: v for k, v in r.items() if k not in WALL_CLOCK}
+                       for r in read_metrics(tmp_path / run)]
+                      for run in ("two-window", "two-window-killed"))
+    assert [r["iteration"] for r in whole] == [2] and resumed == whole

@@ -26,6 +26,7 @@ from mamlkit.run.config import Config
 from mamlkit.run.errors import RunDirectoryError, TrainingDiverged, TrainingInterrupted
 from mamlkit.run.interrupts import Interrupts
 from mamlkit.run.memory import PeakMemory
+from mamlkit.run.metrics import read_metrics
 from mamlkit.run.steps import make_step
 
 T = TypeVar("T")
@@ -50,15 +51,14 @@ def _schedule(learner, optimizer: torch.optim.Optimizer, config: Config,
             group["lr"] = lr
 
 
-def write_record(metrics: TextIO, writer: Any, iteration: int, began: float,
+def write_record(metrics: TextIO, events: Any, iteration: int, began: float,
                  record: dict[str, float | int]) -> None:
-    """One line of ``metrics.jsonl`` (with the iteration and elapsed seconds) and its scalars."""
+    """One line of ``metrics.jsonl`` (with the iteration and elapsed seconds), then the same
+    record in TensorBoard's events: these hold only what the metrics hold."""
     record = {"iteration": iteration, "seconds": round(time.perf_counter() - began, 3), **record}
     metrics.write(json.dumps(record) + "\n")
     metrics.flush()
-    for key, value in record.items():
-        if key != "iteration":
-            writer.add_scalar(f"meta/{key}", value, iteration)
+    events.add(record)
 
 
 class _Discard:
@@ -66,7 +66,7 @@ class _Discard:
 
     def write(self, *args) -> None: ...
     def flush(self) -> None: ...
-    def add_scalar(self, *args, **kwargs) -> None: ...
+    def add(self, *args) -> None: ...
     def close(self) -> None: ...
 
 
@@ -121,25 +121,31 @@ class _Sinks:
     """Where a run's records go: ``metrics.jsonl``, TensorBoard, the progress bar (rank 0)."""
 
     metrics: Any
-    writer: Any
+    events: Any
     bar: Any
 
     @staticmethod
     def open(run_dir: Path, config: Config, start: int, progress: bool,
              main: bool) -> _Sinks:
-        from torch.utils.tensorboard import SummaryWriter
+        """Open the records; TensorBoard's events are rebuilt from ``metrics.jsonl``, which
+        ``rundir.begin`` has trimmed to the checkpoint (see ``events.py``)."""
+        from mamlkit.run.events import EventLog  # tensorboard's protobufs: only to train
 
-        writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=start) if main
+        events = (EventLog.rebuild(run_dir / "tensorboard", read_metrics(run_dir)) if main
                   else _Discard())
-        metrics = (run_dir / "metrics.jsonl").open("a") if main else _Discard()
+        try:
+            metrics = (run_dir / "metrics.jsonl").open("a") if main else _Discard()
+        except BaseException:
+            events.close()
+            raise
         bar = tqdm(total=config.iterations, initial=start, disable=not progress or not main,
                    desc=run_dir.name, unit="it", dynamic_ncols=True)
-        return _Sinks(metrics, writer, bar)
+        return _Sinks(metrics, events, bar)
 
     def close(self) -> None:
         self.bar.close()
+        self.events.close()
         self.metrics.close()
-        self.writer.close()
 
 
 def _diverged(run_dir: Path, loss: float, iteration: int) -> TrainingDiverged:
@@ -160,8 +166,10 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
     with the saved config (``config`` is ignored); ``overrides`` may change the keys in
     ``rundir.RESUMABLE`` (say ``iterations`` to extend a finished run). The directory is
     locked while training. SIGINT/SIGTERM stop after the current iteration with a checkpoint
-    and raise TrainingInterrupted. ``stop_after`` ends the loop early without a final
-    checkpoint, as a kill would (for tests).
+    and raise TrainingInterrupted; ``time_limit`` stops the same way and returns. Such a stop
+    writes no record of its own (the checkpoint keeps the logging window), so a resumed run
+    writes the records of an uninterrupted one. ``stop_after`` ends the loop early without a
+    final checkpoint, as a kill would (for tests).
     """
     run_dir = Path(run_dir)
     context = distributed.setup()
@@ -172,10 +180,10 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
             for note in plan.notes:
                 print(f"mamlkit: warning: {note}.", file=sys.stderr)
         torch.set_num_threads(plan.config.threads)
-        step, generator = _on_all(context, lambda: _build(plan, context, run_dir))
+        step, generator, window = _on_all(context, lambda: _build(plan, context, run_dir))
         plan = _on_main(context, lambda: rundir.begin(run_dir, plan, lock, context.world_size))
-        return _run(_Run(step, plan.config, run_dir, context, generator), plan.start, progress,
-                    stop_after)
+        return _run(_Run(step, plan.config, run_dir, context, generator, window), plan.start,
+                    progress, stop_after)
     except OSError as error:
         if error.filename is None:  # a write to an open file (metrics, disk full): name the run
             error.filename = str(run_dir)
@@ -185,13 +193,14 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
 
 
 def _build(plan: rundir.Plan, context: distributed.Context, run_dir: Path):
-    """The step (model, data, environment, learner, optimizer) and the task generator, from
-    the plan's checkpoint when it resumes from one."""
+    """The step (model, data, environment, learner, optimizer), the task generator and the
+    meta-losses of the logging window, from the plan's checkpoint when it resumes from one."""
     step = make_step(plan.config, context, run_dir)
     generator = generator_from(plan.config.seed + 1)
+    window: list[float] = []
     if plan.checkpoint is not None:
         try:
-            checkpoint.load(plan.checkpoint, step.learner, step.optimizer, generator)
+            state = checkpoint.load(plan.checkpoint, step.learner, step.optimizer, generator)
         except RunDirectoryError:
             raise
         except (RuntimeError, KeyError, ValueError) as error:  # a config.yaml edited by hand
@@ -199,7 +208,34 @@ def _build(plan: rundir.Plan, context: distributed.Context, run_dir: Path):
             raise RunDirectoryError(f"{plan.checkpoint} does not fit the model that "
                                     f"config.yaml describes ({first.rstrip('.:')}); restore "
                                     "config.yaml or train into a new --out.") from None
-    return step, generator
+        window = _restore_window(plan.checkpoint, state, step)
+    return step, generator, window
+
+
+_WINDOW = "log_window"  # the loop state's key for the window (see _window_state)
+
+
+def _window_state(window: list[float], step: Any) -> dict[str, Any]:
+    """What a checkpoint keeps of the logging window, so that a resume between two records
+    writes the record the uninterrupted run writes: the meta-losses since the last record
+    (their mean is the record's ``loss``, summed in the same order) and the step's own sums
+    (meta-RL's environment steps). Called on every rank: the step may sum over the ranks."""
+    return {_WINDOW: {"losses": list(window), "step": step.window_state()}}
+
+
+def _restore_window(path: Path, state: dict[str, Any], step: Any) -> list[float]:
+    """The meta-losses of the window saved in checkpoint ``path`` (none in checkpoints written
+    before windows were kept), after handing the step its part."""
+    saved = state.get(_WINDOW, {"losses": [], "step": {}})
+    losses = saved.get("losses") if isinstance(saved, dict) else None
+    try:
+        if not isinstance(losses, list) or not all(math.isfinite(x) for x in losses):
+            raise TypeError(losses)
+        step.restore_window(saved["step"])
+    except (TypeError, ValueError, KeyError, AttributeError):
+        raise RunDirectoryError(f"{path / 'state.json'} holds a damaged {_WINDOW}; delete "
+                                f"{path} to resume from the checkpoint before it.") from None
+    return [float(x) for x in losses]
 
 
 @dataclass
@@ -211,6 +247,7 @@ class _Run:
     run_dir: Path
     context: distributed.Context
     generator: torch.Generator
+    window: list[float] = field(default_factory=list)  # meta-losses since the last record
     sinks: _Sinks | None = None
     interrupts: Interrupts | None = None
     began: float = 0.0
@@ -239,7 +276,7 @@ def _iterate(run: _Run, start: int, stop_after: int | None) -> int:
     """The iterations from ``start + 1``; returns the last one completed."""
     config, step = run.config, run.step
     peak = PeakMemory(getattr(step, "device", torch.device("cpu")))
-    window: list[float] = []
+    window = run.window
     iteration = start
     for iteration in range(start + 1, config.iterations + 1):
         if stop_after is not None and iteration > stop_after:
@@ -252,14 +289,16 @@ def _iterate(run: _Run, start: int, stop_after: int | None) -> int:
         window.append(loss)
         run.sinks.bar.update(1)
         out_of_time, interrupted = _stop_flags(run)
-        last = iteration == config.iterations or out_of_time
+        last = iteration == config.iterations
         if _record(run, iteration, window, peak, last):
             window = []
-        saved = iteration % config.checkpoint_every == 0 or last
-        if run.context.is_main and saved:
-            checkpoint.save(run.run_dir, iteration, step.learner, step.optimizer, run.generator)
-        if interrupted and iteration < config.iterations:
-            _stop_on_signal(run, iteration, saved)
+        # a stop (time limit, signal) writes no record of its own: its window goes into the
+        # checkpoint, so the resumed run writes the records of an uninterrupted one
+        saved = iteration % config.checkpoint_every == 0 or last or out_of_time
+        if saved:
+            _save(run, iteration, window)
+        if interrupted and not last:
+            _stop_on_signal(run, iteration, window, saved)
         if out_of_time:
             print(f"time limit of {config.time_limit} minutes reached at iteration "
                   f"{iteration}; continue with --resume", file=sys.stderr)
@@ -295,16 +334,24 @@ def _record(run: _Run, iteration: int, window: list[float], peak: PeakMemory,
     if run.context.is_main and (iteration % config.val_every == 0 or last):
         record.update(step.validation(run.run_dir, iteration))
     if record:
-        write_record(run.sinks.metrics, run.sinks.writer, iteration, run.began, record)
+        write_record(run.sinks.metrics, run.sinks.events, iteration, run.began, record)
         peak.reset()  # the next window holds meta-steps only, not these evaluations
     return logged
 
 
-def _stop_on_signal(run: _Run, iteration: int, saved: bool) -> None:
-    """Checkpoint ``iteration`` (unless just done) and raise TrainingInterrupted."""
-    if run.context.is_main and not saved:
+def _save(run: _Run, iteration: int, window: list[float]) -> None:
+    """Checkpoint ``iteration`` with the logging window (every rank calls it, rank 0 writes)."""
+    extra = _window_state(window, run.step)
+    if run.context.is_main:
         step = run.step
-        checkpoint.save(run.run_dir, iteration, step.learner, step.optimizer, run.generator)
+        checkpoint.save(run.run_dir, iteration, step.learner, step.optimizer, run.generator,
+                        extra)
+
+
+def _stop_on_signal(run: _Run, iteration: int, window: list[float], saved: bool) -> None:
+    """Checkpoint ``iteration`` (unless just done) and raise TrainingInterrupted."""
+    if not saved:
+        _save(run, iteration, window)
     signum = run.interrupts.signum or signal.SIGTERM  # a rank whose peer got the signal
     raise TrainingInterrupted(f"interrupted at iteration {iteration}; checkpoint written; "
                               "continue with --resume", signum, iteration)

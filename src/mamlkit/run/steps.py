@@ -87,6 +87,12 @@ class SupervisedStep:
         curve = self.curve(self.batch)
         return {"train_pre": curve[0].mean().item(), "train_post": curve[1].mean().item()}
 
+    def window_state(self) -> dict[str, Any]:
+        """Nothing of the logging window beyond its losses (the loop keeps those)."""
+        return {}
+
+    def restore_window(self, state: dict[str, Any]) -> None: ...
+
     def validation(self, run_dir: Path, iteration: int) -> dict[str, float]:
         """Pre- and post-adaptation query metric on fixed held-out tasks, each with its 95%
         CI (1.96 standard errors over the tasks) for the figures' bands."""
@@ -177,9 +183,7 @@ class RLStep:
         """The last meta-step's returns and statistics, and the sampling throughput: valid
         environment steps (support and query sampling of all ranks) so far and per second of
         meta-steps since the last record (validation and checkpoints not counted)."""
-        steps = self.window_steps
-        if self.context.distributed:  # every rank records at the same iterations
-            steps = int(distributed.all_sum(torch.tensor([steps], dtype=torch.float64)).item())
+        steps = self._window_steps_of_all_ranks()
         if self.env_steps is None:  # resumed runs go on from their last record
             self.env_steps = next((int(r["env_steps"]) for r in reversed(
                 read_metrics(self.run_dir)) if "env_steps" in r), 0)
@@ -187,6 +191,23 @@ class RLStep:
         rate = steps / self.window_seconds if self.window_seconds > 0 else 0.0
         self.window_steps, self.window_seconds = 0, 0.0
         return {**self.last, "env_steps": self.env_steps, "env_steps_per_s": round(rate, 1)}
+
+    def _window_steps_of_all_ranks(self) -> int:
+        if not self.context.distributed:  # every rank records and saves at the same iterations
+            return self.window_steps
+        steps = torch.tensor([self.window_steps], dtype=torch.float64)
+        return int(distributed.all_sum(steps).item())
+
+    def window_state(self) -> dict[str, Any]:
+        """The environment steps (all ranks) and meta-step seconds since the last record, for
+        a checkpoint: the next record's ``env_steps`` counts them after a resume too."""
+        return {"env_steps": self._window_steps_of_all_ranks(),
+                "seconds": self.window_seconds}
+
+    def restore_window(self, state: dict[str, Any]) -> None:
+        """Rank 0 carries the saved steps (``log_record`` sums them over the ranks)."""
+        self.window_steps = int(state.get("env_steps", 0)) if self.context.is_main else 0
+        self.window_seconds = float(state.get("seconds", 0.0))
 
     def validation(self, run_dir: Path, iteration: int) -> dict[str, float]:
         """Pre- and post-adaptation return on fixed validation tasks, each with its 95% CI
