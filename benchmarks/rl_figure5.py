@@ -1,5 +1,5 @@
 """The paper's RL figures as a table: return after 0-3 policy-gradient steps for MAML, the
-pretrained policy and a random initial policy, beside the values read from Finn et al. 2017.
+pretrained policy and a random initial policy, beside the returns that Finn et al. 2017 give as numbers (Tables 4 and 5).
 
 Reads the committed runs under ``benchmarks/results/rl/``: for each environment the MAML run
 ``<preset>/`` and its pretrained baseline ``<preset>-inner_lr0/`` (``mamlkit train PRESET``,
@@ -22,22 +22,21 @@ from mamlkit.run.paired import paired_difference
 from mamlkit.run.rundir import read_config
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rl"
-PRESETS = {"nav2d": "2D navigation", "cheetah-vel-quick": "half-cheetah, goal velocity",
+# Folder under results/rl/ of each MAML run -> its title; the pretrained run is the folder with
+# "-inner_lr0" appended. The paper-size runs live under paper/.
+PRESETS = {"nav2d": "2D navigation", "paper/nav2d-paper": "2D navigation, paper size",
+           "cheetah-vel-quick": "half-cheetah, goal velocity",
            "cheetah-dir-quick": "half-cheetah, forward/backward",
+           "paper/cheetah-dir": "half-cheetah, forward/backward, paper size",
            "ant-vel-quick": "ant, goal velocity", "ant-dir-quick": "ant, forward/backward"}
-# Approximate readings of Finn et al. 2017 (Figure 5, H = 200; ours H = 100, so about half the
-# magnitude) at 0 and 1 steps. They come from three independent textual descriptions of the
-# figure, not from numbers in the paper: a range where the descriptions differ, "?" where fewer
-# than two agree (2D navigation, Figure 4, is on a log scale none of them read consistently).
-# Check them against the PDF before citing.
-PAPER = {
-    "nav2d": {"MAML": ("?", "?"), "pretrained": ("?", "?")},
-    "cheetah-vel-quick": {"MAML": ("-130 to -140", "-70 to -80"),
-                          "pretrained": ("-150 to -160", "-130 to -160")},
-    "cheetah-dir-quick": {"MAML": ("≈ 0", "≈ 300"), "pretrained": ("≈ 0", "≈ 0")},
-    "ant-vel-quick": {"MAML": ("≈ -20", "?"), "pretrained": ("≈ -20", "≈ -20")},
-    "ant-dir-quick": {"MAML": ("≈ 0", "?"), "pretrained": ("?", "?")},
-}
+# Finn et al. 2017 (arXiv 1703.03400v3), Appendix C.2: the only returns the paper gives as
+# numbers, MAML after 0 / 1 / 2 / 3 gradient steps. Table 4: 2D navigation (H = 100); Table 5:
+# half-cheetah forward/backward (H = 200, so the quick preset's H = 100 sees about half of it).
+# Every other curve of Figures 4 and 5 (pretrained, random, oracle) is a plot only.
+TABLE_4 = "-40.41 / -11.68 / -3.33 / -3.23 (Table 4)"
+TABLE_5 = "-50.69 / 293.19 / 313.48 / 315.65 (Table 5, H = 200)"
+PAPER = {"nav2d": {"MAML": TABLE_4}, "paper/nav2d-paper": {"MAML": TABLE_4},
+         "cheetah-dir-quick": {"MAML": TABLE_5}, "paper/cheetah-dir": {"MAML": TABLE_5}}
 ROWS = ("MAML", "pretrained", "random")
 
 
@@ -109,22 +108,21 @@ def cell(steps: dict[str, Any], step: int) -> str:
 
 def table() -> str:
     """The markdown table: one block of rows per environment."""
-    lines = ["| task | policy | 0 steps | 1 step | 2 steps | 3 steps | paper 0 / 1 step |",
+    lines = ["| task | policy | 0 steps | 1 step | 2 steps | 3 steps | paper 0 / 1 / 2 / 3 |",
              "|---|---|---|---|---|---|---|"]
     for preset, title in PRESETS.items():
         found = curves(preset)
         for row in ROWS:
-            paper = PAPER[preset].get(row)
-            quoted = f"{paper[0]} / {paper[1]}" if paper else ""
+            quoted = PAPER.get(preset, {}).get(row, "plot only")
             steps = found.get(row)
             values = [cell(steps, k) if steps else "not run" for k in range(4)]
-            lines.append(f"| {title} (`{preset}`) | {row} | " + " | ".join(values)
+            lines.append(f"| {title} (`{Path(preset).name}`) | {row} | " + " | ".join(values)
                          + f" | {quoted} |")
     lines += ["", "MAML minus the pretrained policy after one step, task by task on the same "
               "held-out tasks and sampling noise (`mamlkit compare --paired`):", ""]
-    lines += [f"- `{preset}`: {paired_one_step(preset)}" for preset in PRESETS]
+    lines += [f"- `{Path(preset).name}`: {paired_one_step(preset)}" for preset in PRESETS]
     lines += ["", "Budgets of the MAML runs (the pretrained run has the same keys, `inner_lr=0`):",
-              ""] + [f"- `{preset}`: {budget(preset)}" for preset in PRESETS]
+              ""] + [f"- `{Path(preset).name}`: {budget(preset)}" for preset in PRESETS]
     return "\n".join(lines) + "\n"
 
 

@@ -36,6 +36,10 @@ def test_table_paired_lead_budget_and_missing_runs(tmp_path, monkeypatch):
     assert "- `cheetah-dir-quick`: +10.0 ± 2.0" in table  # 10 - 1 and 14 - 3: mean 10, sd 1.41
     assert "0.3 min" in table  # 10 s, then 8 s after a resume
     assert "| ant, forward/backward (`ant-dir-quick`) | MAML | not run |" in table
+    assert "/ 315.65 (Table 5, H = 200) |" in table  # the paper's numbers where it gives them
+    assert "(`nav2d-paper`) | pretrained | not run | not run | not run | not run | plot only |" \
+        in table  # and nowhere else
+    assert "?" not in table and "≈" not in table
     assert "- `ant-dir-quick`: not run" in table
     rl_figure5.plot(tmp_path / "figure5.png")
     assert (tmp_path / "figure5.png").stat().st_size > 10_000
