@@ -3,13 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
 
-import torch
-
+# Nothing heavier than the config (yaml) at import: the console script imports this module
+# before ``main`` runs, and torch loads inside ``main``, where a Ctrl-C becomes one line.
 from mamlkit.run import config as config_lib
+
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for ``seq``, ``cat`` ... | head -1
+
+
+class StdoutClosed(Exception):
+    """Standard output's reader has gone (``mamlkit eval RUN | head -1``)."""
+
+
+class StdoutFailed(Exception):
+    """Standard output cannot be written (a full disk); the message says why."""
+
+
+def say(*lines: str) -> None:
+    """Print ``lines`` to standard output at once (flushed), after the command has written
+    its files: a closed pipe or a full disk then surfaces here, where ``main`` ends it in one
+    line, never at interpreter exit and never before a result is safe on disk."""
+    try:
+        print(*lines, sep="\n", flush=True)
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        raise StdoutClosed from None
+    except OSError as error:
+        _stdout_to_devnull()
+        raise StdoutFailed(error.strerror or str(error)) from None
+
+
+def _stdout_to_devnull() -> None:
+    """Point file descriptor 1 at /dev/null, so that the interpreter's last flush of what is
+    still buffered cannot fail a second time and print its own traceback at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured, closed)
+        pass
 
 
 def _run_name(preset: str, overrides: list[str]) -> str:
@@ -26,13 +62,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
     if args.show is not None:
         config = config_lib.resolve(args.show, {})
         kind = "config file" if config_lib.is_config_file(args.show) else "preset"
-        print(f"# {kind} {args.show}, resolved: the keys that apply, each with its doc")
-        print(config_lib.format_sections(config, docs=True), end="")
+        say(f"# {kind} {args.show}, resolved: the keys that apply, each with its doc",
+            config_lib.format_sections(config, docs=True).rstrip("\n"))
         return 0
     names = config_lib.preset_names()
     width = max(len(n) for n in names)
-    for name in names:
-        print(f"{name.ljust(width)}  {config_lib.load_preset(name).description}")
+    say(*(f"{name.ljust(width)}  {config_lib.load_preset(name).description}" for name in names))
     return 0
 
 
@@ -60,18 +95,20 @@ def cmd_train(args: argparse.Namespace) -> int:
                        overrides=overrides if args.resume else None)
         is_main = distributed.is_main()
     if is_main:
-        print(f"trained {result.iteration} iterations in {result.seconds:.1f} s; run directory: "
-              f"{out}")
-        print(f"next: mamlkit eval {out}   and   mamlkit plot {out}")
+        say(f"trained {result.iteration} iterations in {result.seconds:.1f} s; run directory: "
+            f"{out}", f"next: mamlkit eval {out}   and   mamlkit plot {out}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """The same held-out tasks for every run; RL runs get their untrained policy beside them.
 
-    The table is printed before anything is written, so a read-only run directory still
-    shows its result (and then exits 2 with one sentence).
+    Each ``eval.json`` is written before the table is printed, so a closed or full standard
+    output loses no result; a run directory that cannot be written still shows its table (and
+    then exits 2 with one sentence).
     """
+    import torch
+
     from mamlkit.run import evaluate
     from mamlkit.run.build import is_rl
     from mamlkit.run.compare import unique_names
@@ -96,26 +133,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
             random_policy = random_policy or result["random_policy"]
         results[name] = result
     table = {**results, "random (untrained init)": random_policy} if random_policy else results
-    print(evaluate.format_table(table), flush=True)
-    return _write_evaluations(learners, results)
-
-
-def _write_evaluations(learners: dict, results: dict) -> int:
-    """Each run's ``eval.json`` (or ``eval-N.json``); 2 where one cannot be written."""
-    from mamlkit.run import evaluate
-
+    written = _write_evaluations(learners, results)
+    say(evaluate.format_table(table))
     status = 0
-    for name, (run, learner) in learners.items():
-        try:
-            path = evaluate.write(run, results[name], learner.config.eval_tasks)
-        except OSError as error:
+    for run, outcome in written.items():
+        if isinstance(outcome, OSError):
             print(f"mamlkit: error: could not write the evaluation into {run} "
-                  f"({error.strerror or error}); the table above is its result.",
+                  f"({outcome.strerror or outcome}); the table above is its result.",
                   file=sys.stderr)
             status = 2
-            continue
-        print(f"wrote {path}")
+        else:
+            say(f"wrote {outcome}")
     return status
+
+
+def _write_evaluations(learners: dict, results: dict) -> dict[Path, Path | OSError]:
+    """Each run's ``eval.json`` (or ``eval-N.json``), or the error that kept it unwritten."""
+    from mamlkit.run import evaluate
+
+    written: dict[Path, Path | OSError] = {}
+    for name, (run, learner) in learners.items():
+        try:
+            written[run] = evaluate.write(run, results[name], learner.config.eval_tasks)
+        except OSError as error:
+            written[run] = error
+    return written
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -126,8 +168,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     runs = unique_names(check_runs(args.runs))  # before anything is created
     baseline = check_runs([args.baseline])[0] if args.baseline else None
     out_dir = Path(args.out) if args.out else Path(args.runs[0])
-    for path in plots.plot_runs(runs, out_dir, baseline):
-        print(f"wrote {path}")
+    say(*(f"wrote {path}" for path in plots.plot_runs(runs, out_dir, baseline)))
     return 0
 
 
@@ -137,7 +178,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.paired:
         return _compare_paired(args)
-    print(compare.compare(args.runs, args.format, compare.parse_steps(args.steps)))
+    say(compare.compare(args.runs, args.format, compare.parse_steps(args.steps)))
     return 0
 
 
@@ -150,7 +191,7 @@ def _compare_paired(args: argparse.Namespace) -> int:
         raise config_lib.ConfigError("--paired compares exactly two runs, as a markdown table "
                                      "of every evaluated step (no --format or --steps).")
     first, second = check_runs(args.runs)
-    print(paired_text(paired_difference(first, second)))
+    say(paired_text(paired_difference(first, second)))
     return 0
 
 
@@ -163,6 +204,8 @@ def _plain(text: str | None) -> str:
 
 def _version() -> str:
     """``mamlkit X (torch Y)``: both versions, since a run's numbers depend on torch's too."""
+    import torch
+
     from mamlkit import __version__
 
     return f"mamlkit {__version__} (torch {torch.__version__})"
@@ -257,6 +300,23 @@ def _out_of_memory(error: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status. Every error a user can cause is one line on stderr.
+
+    A Ctrl-C at any moment, also while torch loads in the first seconds, is one line and 130;
+    a standard output closed by its reader (``| head -1``) ends quietly with 141, after the
+    command's files are written.
+    """
+    try:
+        return _command(argv)
+    except StdoutClosed:
+        return SIGPIPE_EXIT
+    except KeyboardInterrupt:  # outside the training loop, which stops on its own
+        print("mamlkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _command(argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the command, its errors turned into one line and status 2."""
     from mamlkit.run.errors import TrainingInterrupted
 
     args = parser().parse_args(argv)
@@ -266,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted.exit_code  # 130 for SIGINT, 143 for SIGTERM
     except known_errors() as error:
         print(f"mamlkit: error: {error}", file=sys.stderr)
+        return 2
+    except StdoutFailed as error:
+        print(f"mamlkit: error: could not print to standard output ({error}); send it "
+              "elsewhere (the files a command writes are written before it prints).",
+              file=sys.stderr)
         return 2
     except OSError as error:  # --out a file, a folder without permission, a full disk
         where = f"cannot use {error.filename}: " if error.filename else ""
@@ -278,9 +343,6 @@ def main(argv: list[str] | None = None) -> int:
               "checkpoint_inner=true (the run directory can be started again as typed).",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # outside the training loop, which stops on its own
-        print("mamlkit: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":
