@@ -105,3 +105,107 @@ sys.meta_path.insert(0, CtrlC())
 def test_ctrl_c_while_torch_loads_is_one_line(tmp_path, argv):
     done = mamlkit(*argv, cwd=tmp_path, prelude=_CTRL_C_IN_IMPORT_TORCH)
     assert (done.returncode, done.stderr) == (130, "mamlkit: interrupted\n")
+
+
+# --- item 8: a run directory of another kind, data that moved, a NaN stop, a bad eval.json ----
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith("mamlkit: error: ")
+    return lines[0]
+
+
+def test_resume_under_a_preset_of_another_kind_is_refused(run, capsys):
+    """``--resume`` trains what config.yaml says; a CONFIG naming another task or algorithm
+    means the wrong directory (or the wrong preset), so nothing runs."""
+    for preset, key in [("nav2d", "task"), ("sinusoid-anil", "algorithm")]:
+        assert main(["train", preset, "--out", str(run), "--resume", "--no-progress",
+                     "--set", "iterations=25"]) == 2
+        line = one_error_line(capsys)
+        assert f"{run} holds a" in line and f"'{preset}'" in line and key in line
+    assert json.loads((run / "run.json").read_text())["sessions"] == []
+    # the run's own preset, and one whose other keys the first command's --set changed
+    assert main(["train", "sinusoid", "--out", str(run), "--resume", "--no-progress",
+                 "--set", "iterations=25"]) == 0
+    assert main(["train", "sinusoid-paper", "--out", str(run), "--resume", "--no-progress",
+                 "--set", "iterations=30"]) == 0
+
+
+def test_a_relative_data_root_is_stored_absolute_and_eval_and_plot_take_a_new_one(
+        tmp_path, monkeypatch, capsys):
+    from test_own_data import TINY, colour_folder
+
+    from mamlkit.run import config as config_lib
+
+    monkeypatch.setenv("MAMLKIT_CACHE", str(tmp_path / "cache"))
+    colour_folder(tmp_path / "images", classes=30, per_class=4)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "folder-5w1s", "--data-root", "images", "--out", "run",
+                 "--set", "image_size=8", "--set", "query_shots=2", *TINY]) == 0
+    run = tmp_path / "run"
+    assert config_lib.load(run / "config.yaml").data_root == str(tmp_path / "images")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["eval", str(run)]) == 0
+    # the dataset moves: eval says where to point, and --data-root points there
+    (tmp_path / "images").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2
+    assert "--data-root" in one_error_line(capsys)
+    assert main(["eval", str(run), "--data-root", "../moved"]) == 0
+    assert main(["plot", str(run), "--data-root", "../moved"]) == 0
+    assert (run / "adaptation.png").is_file()
+    assert config_lib.load(run / "config.yaml").data_root == str(tmp_path / "images")
+
+
+def test_the_advice_after_a_nan_is_a_resume_that_works(tmp_path, capsys):
+    """The NaN stop names the key to lower and the command; --resume takes it, records it, and
+    the optimizer steps with it from the checkpoint on."""
+    from safetensors.torch import load_file
+
+    from mamlkit.run import checkpoint
+    from mamlkit.run import config as config_lib
+
+    run = tmp_path / "run"
+    args = ["train", "sinusoid", "--out", str(run), "--no-progress", *FAST]
+    assert main([*args, "--set", "iterations=10"]) == 0
+    # a step size that blows the weights up after the checkpoint at 10
+    assert main([*args, "--resume", "--set", "meta_lr=1e30"]) == 2
+    advice = one_error_line(capsys)
+    assert "(the last good checkpoint is" in advice and "step_00000010" in advice
+    assert "--resume --set meta_lr=<lower than 1e+30>" in advice
+    assert main([*args, "--resume", "--set", "meta_lr=0.0005"]) == 0
+    assert config_lib.load(run / "config.yaml").meta_lr == 0.0005
+    sessions = json.loads((run / "run.json").read_text())["sessions"]
+    assert [s["changed"] for s in sessions] == [{"iterations": 20, "meta_lr": 1e30},
+                                                {"meta_lr": 0.0005}]
+    state = json.loads((checkpoint.latest(run) / "state.json").read_text())
+    assert [group["lr"] for group in state["param_groups"]] == [0.0005]
+    assert all(load_file(checkpoint.latest(run) / "model.safetensors")[k].isfinite().all()
+               for k in load_file(checkpoint.latest(run) / "model.safetensors"))
+
+
+@pytest.mark.parametrize("damage", [
+    {"steps": "0.5"}, {"steps": {"0": "0.5"}}, {"steps": {"0": {"mean": "x", "ci95": 0.1}}},
+    {"metric": 3}, {"num_tasks": "many"}, {"per_task": {"0": "1,2"}},
+    {"baselines": {"head": {"metric": "accuracy", "steps": {"1": {"mean": None}}}}},
+    {"random_policy": [1, 2]},
+])
+def test_compare_of_an_eval_json_of_wrong_types_is_one_sentence(tmp_path, capsys, damage):
+    from mamlkit.run import config as config_lib
+
+    good = {"metric": "mse", "num_tasks": 2, "iteration": 20,
+            "steps": {"0": {"mean": 1.0, "ci95": 0.1}}, "per_task": {"0": [1.0, 1.0]}}
+    for name, result in {"good": good, "bad": {**good, **damage}}.items():
+        (tmp_path / name).mkdir()
+        config_lib.save(config_lib.resolve("sinusoid", {"seed": len(name)}),
+                        tmp_path / name / "config.yaml")
+        (tmp_path / name / "eval.json").write_text(json.dumps(result))
+    for argv in (["compare", str(tmp_path / "good"), str(tmp_path / "bad")],
+                 ["compare", "--paired", str(tmp_path / "good"), str(tmp_path / "bad")]):
+        assert main(argv) == 2
+        line = one_error_line(capsys)
+        assert f"{tmp_path / 'bad' / 'eval.json'} is not an evaluation" in line
+

@@ -81,6 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = config_lib.parse_overrides(args.set)
     if args.data_root:
         overrides["data_root"] = args.data_root
+    overrides = config_lib.absolute_paths(overrides)
     names = [_run_name(args.preset, args.set)]
     # '--resume --set iterations=N' appended to the first command continues its run
     for cut in range(len(args.set) - 1, -1, -1) if args.resume else ():
@@ -89,7 +90,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         names.append(_run_name(args.preset, args.set[:cut]))
     runs = [Path(args.out)] if args.out else [Path("runs") / name for name in names]
     out = next((run for run in runs if run.is_dir()), runs[0])
-    config = None if args.resume else config_lib.resolve(args.preset, overrides)
+    if args.resume:
+        _check_resumed_kind(args.preset, overrides, out)
+    config = None if args.resume else config_lib.with_absolute_paths(
+        config_lib.resolve(args.preset, overrides))
     with distributed.leave_group_after():  # under torchrun, train() joins the process group
         result = train(config, out, resume=args.resume, progress=not args.no_progress,
                        overrides=overrides if args.resume else None)
@@ -98,6 +102,52 @@ def cmd_train(args: argparse.Namespace) -> int:
         say(f"trained {result.iteration} iterations in {result.seconds:.1f} s; run directory: "
             f"{out}", f"next: mamlkit eval {out}   and   mamlkit plot {out}")
     return 0
+
+
+def _check_resumed_kind(preset: str, overrides: dict, out: Path) -> None:
+    """``--resume`` continues the run in ``out`` as its config.yaml says; a CONFIG (with the
+    typed ``--set``) of another task or algorithm means the wrong directory or the wrong
+    preset, so it is refused before anything runs instead of training the other run silently.
+    Other differences are expected: the first command's ``--set`` need not be repeated."""
+    from mamlkit.run.errors import RunDirectoryError
+    from mamlkit.run.rundir import CONFIG, read_config
+
+    if not (out / CONFIG).is_file():
+        return  # train() says that there is nothing to resume
+    saved = read_config(out / CONFIG)
+    if saved.task == "custom":
+        return  # built in Python, by no preset: train() says how to resume it
+    try:
+        named = config_lib.from_dict(overrides, config_lib.load_source(preset))
+    except config_lib.ConfigError:
+        return  # a preset renamed or a config file moved since: config.yaml is what counts
+    differences = config_lib.kind_differences(named, saved)
+    if differences:
+        label = (f"config file '{preset}'" if config_lib.is_config_file(preset)
+                 else f"preset '{preset}'")
+        raise RunDirectoryError(
+            f"{out} holds a run of task {saved.task} with algorithm {saved.algorithm}, but "
+            f"{label} trains {' and '.join(differences)}; resume it with its own preset or "
+            f"config file, or train {preset} into a new --out.")
+
+
+def _moved_data(runs: list[Path], data_root: str | None) -> None:
+    """One sentence, naming ``--data-root``, for a run whose dataset is no longer where its
+    config.yaml says (moved, another machine, or a relative path kept by an older mamlkit)."""
+    if data_root is not None:
+        return
+    for run in runs:
+        try:
+            config = config_lib.load(run / "config.yaml")
+        except (config_lib.ConfigError, OSError):
+            continue  # load() names what is wrong with the run itself
+        missing = (config.data_root is not None and not config.download
+                   and "data_root" in config_lib.applicable_keys(config)
+                   and not Path(config.data_root).expanduser().exists())
+        if missing:
+            raise config_lib.ConfigError(
+                f"The dataset of {run} is not at {config.data_root} any more; pass --data-root "
+                "DIR where it is now.")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -114,8 +164,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mamlkit.run.compare import unique_names
     from mamlkit.run.load import load, untrained
 
-    learners = {name: (run, load(run)) for name, run in unique_names(
-        [Path(r) for r in args.runs]).items()}
+    runs = [Path(r) for r in args.runs]
+    data_root = config_lib.absolute_path(args.data_root)
+    _moved_data(runs, data_root)
+    learners = {name: (run, load(run, data_root=data_root))
+                for name, run in unique_names(runs).items()}
     kinds = {is_rl(learner.config) for _, learner in learners.values()}
     if len(kinds) > 1:
         raise config_lib.ConfigError("These runs report different metrics (return and a "
@@ -168,7 +221,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     runs = unique_names(check_runs(args.runs))  # before anything is created
     baseline = check_runs([args.baseline])[0] if args.baseline else None
     out_dir = Path(args.out) if args.out else Path(args.runs[0])
-    say(*(f"wrote {path}" for path in plots.plot_runs(runs, out_dir, baseline)))
+    data_root = config_lib.absolute_path(args.data_root)
+    _moved_data(list(runs.values()), data_root)
+    written = plots.plot_runs(runs, out_dir, baseline, data_root=data_root)
+    say(*(f"wrote {path}" for path in written))
     return 0
 
 
@@ -228,6 +284,10 @@ _TRAIN_HELP = ("Meta-train into a run directory. CONFIG is a preset name (see 'm
                "preset's. Every value is checked before anything is built or written.")
 
 
+_DATA_ROOT_HELP = ("the dataset folder, where it has moved since training (instead of the "
+                   "run's data_root; config.yaml is left as it is)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mamlkit", description=_plain(__doc__))
     p.add_argument("--version", action="version", version=_version(),
@@ -256,6 +316,7 @@ def parser() -> argparse.ArgumentParser:
                    help="held-out tasks (default the run's eval_tasks, 600 in the presets; "
                         "another count writes eval-N.json once eval.json holds the full one)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--data-root", help=_DATA_ROOT_HELP)
     e.set_defaults(func=cmd_eval)
     pl = sub.add_parser("plot", help="learning curves and adaptation pictures as PNG and PDF")
     pl.add_argument("runs", nargs="+",
@@ -264,6 +325,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--baseline", metavar="RUN",
                     help="a sinusoid run (e.g. trained with --set inner_lr=0) drawn beside the "
                          "runs on the same tasks, as in Finn et al. 2017, Fig. 2")
+    pl.add_argument("--data-root", help=_DATA_ROOT_HELP)
     pl.set_defaults(func=cmd_plot)
     c = sub.add_parser("compare", help="one table over the runs' eval.json (seeds grouped)")
     c.add_argument("runs", nargs="+", help="evaluated run directories (mamlkit eval first)")
