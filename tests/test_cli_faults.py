@@ -209,3 +209,43 @@ def test_compare_of_an_eval_json_of_wrong_types_is_one_sentence(tmp_path, capsys
         line = one_error_line(capsys)
         assert f"{tmp_path / 'bad' / 'eval.json'} is not an evaluation" in line
 
+
+# --- item 9: images too large for memory -------------------------------------------------------
+
+def test_a_folder_too_large_for_memory_is_refused_before_decoding(tmp_path, monkeypatch, capsys):
+    """120 RGB images at 100x100 are 3.6 MB decoded (twice that while they are stacked): with
+    1 MB available that is one sentence naming image_size, before any image is decoded or
+    anything written; at 8x8 (23 kB) the same folder trains."""
+    from test_own_data import TINY, colour_folder
+
+    from mamlkit.data import folder
+
+    monkeypatch.setenv("MAMLKIT_CACHE", str(tmp_path / "cache"))
+    data = colour_folder(tmp_path / "images", classes=30, per_class=4)
+    decoded = []
+
+    def counted(*args, **kwargs):
+        decoded.append(1)
+        return decode(*args, **kwargs)
+
+    decode = folder.decode_image
+    monkeypatch.setattr(folder, "decode_image", counted)
+    monkeypatch.setattr(folder, "available_memory", lambda: 1_000_000, raising=False)
+    argv = ["train", "folder-5w1s", "--data-root", str(data), "--set", "query_shots=2", *TINY]
+    assert main([*argv, "--out", str(tmp_path / "big"), "--set", "image_size=100"]) == 2
+    line = one_error_line(capsys)
+    assert "120 images" in line and "7.2 MB" in line and "lower image_size" in line
+    assert not decoded and not (tmp_path / "big").exists()
+    assert main([*argv, "--out", str(tmp_path / "small"), "--set", "image_size=8"]) == 0
+
+
+def test_available_memory_reads_memavailable_and_says_none_where_it_cannot(tmp_path):
+    from mamlkit.data.folder import available_memory
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24683784 kB\nMemFree:  1 kB\n"
+                       "MemAvailable:   22847476 kB\n")
+    assert available_memory(meminfo) == 22847476 * 1024
+    meminfo.write_text("MemTotal:       24683784 kB\n")  # a kernel before 3.14
+    assert available_memory(meminfo) is None
+    assert available_memory(tmp_path / "absent") is None  # not Linux
