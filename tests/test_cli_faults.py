@@ -183,8 +183,18 @@ def test_the_advice_after_a_nan_is_a_resume_that_works(tmp_path, capsys):
                                                 {"meta_lr": 0.0005}]
     state = json.loads((checkpoint.latest(run) / "state.json").read_text())
     assert [group["lr"] for group in state["param_groups"]] == [0.0005]
-    assert all(load_file(checkpoint.latest(run) / "model.safetensors")[k].isfinite().all()
-               for k in load_file(checkpoint.latest(run) / "model.safetensors"))
+    weights = load_file(checkpoint.latest(run) / "model.safetensors")
+    assert all(w.isfinite().all() for w in weights.values())
+
+
+def test_the_advice_after_a_nan_names_max_kl_where_trpo_takes_the_outer_step(tmp_path):
+    from mamlkit.run.config import resolve
+    from mamlkit.run.loop import _diverged
+    from mamlkit.run.rundir import RESUMABLE
+
+    advice = str(_diverged(tmp_path, float("nan"), 3, resolve("nav2d", {})))
+    assert "(no checkpoint yet)" in advice and "--resume --set max_kl=<lower than 0.01>" in advice
+    assert "max_kl" in RESUMABLE
 
 
 @pytest.mark.parametrize("damage", [
@@ -222,13 +232,12 @@ def test_a_folder_too_large_for_memory_is_refused_before_decoding(tmp_path, monk
 
     monkeypatch.setenv("MAMLKIT_CACHE", str(tmp_path / "cache"))
     data = colour_folder(tmp_path / "images", classes=30, per_class=4)
-    decoded = []
+    decoded, decode = [], folder.decode_image
 
     def counted(*args, **kwargs):
         decoded.append(1)
         return decode(*args, **kwargs)
 
-    decode = folder.decode_image
     monkeypatch.setattr(folder, "decode_image", counted)
     monkeypatch.setattr(folder, "available_memory", lambda: 1_000_000, raising=False)
     argv = ["train", "folder-5w1s", "--data-root", str(data), "--set", "query_shots=2", *TINY]
