@@ -117,16 +117,20 @@ def one_error_line(capsys) -> str:
     return lines[0]
 
 
-def test_resume_under_a_preset_of_another_kind_is_refused(run, capsys):
-    """``--resume`` trains what config.yaml says; a CONFIG naming another task or algorithm
-    means the wrong directory (or the wrong preset), so nothing runs."""
-    for preset, key in [("nav2d", "task"), ("sinusoid-anil", "algorithm")]:
-        assert main(["train", preset, "--out", str(run), "--resume", "--no-progress",
+def test_resume_under_a_preset_of_another_task_is_refused(run, tmp_path, capsys):
+    """``--resume`` trains what config.yaml says; a CONFIG naming another task means the
+    wrong directory (or the wrong preset), so nothing runs. Other keys may differ: the first
+    command's --set (an algorithm too) need not be repeated."""
+    (tmp_path / "mine.yaml").write_text("base: nav2d\n")
+    for config, label in [("nav2d", "preset 'nav2d'"), (str(tmp_path / "mine.yaml"),
+                                                         f"config file '{tmp_path}/mine.yaml'")]:
+        assert main(["train", config, "--out", str(run), "--resume", "--no-progress",
                      "--set", "iterations=25"]) == 2
-        line = one_error_line(capsys)
-        assert f"{run} holds a" in line and f"'{preset}'" in line and key in line
+        assert one_error_line(capsys) == (
+            f"mamlkit: error: {run} holds a run of task sinusoid, but {label} trains task "
+            f"nav2d; resume it with its own preset or config file, or train {config} into a "
+            "new --out.")
     assert json.loads((run / "run.json").read_text())["sessions"] == []
-    # the run's own preset, and one whose other keys the first command's --set changed
     assert main(["train", "sinusoid", "--out", str(run), "--resume", "--no-progress",
                  "--set", "iterations=25"]) == 0
     assert main(["train", "sinusoid-paper", "--out", str(run), "--resume", "--no-progress",

@@ -106,9 +106,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _check_resumed_kind(preset: str, overrides: dict, out: Path) -> None:
     """``--resume`` continues the run in ``out`` as its config.yaml says; a CONFIG (with the
-    typed ``--set``) of another task or algorithm means the wrong directory or the wrong
-    preset, so it is refused before anything runs instead of training the other run silently.
-    Other differences are expected: the first command's ``--set`` need not be repeated."""
+    typed ``--set``) of another task means the wrong directory or the wrong preset, so it is
+    refused before anything runs instead of training the other run silently. Other
+    differences are expected: the first command's ``--set`` need not be repeated."""
     from mamlkit.run.errors import RunDirectoryError
     from mamlkit.run.rundir import CONFIG, read_config
 
@@ -126,8 +126,8 @@ def _check_resumed_kind(preset: str, overrides: dict, out: Path) -> None:
         label = (f"config file '{preset}'" if config_lib.is_config_file(preset)
                  else f"preset '{preset}'")
         raise RunDirectoryError(
-            f"{out} holds a run of task {saved.task} with algorithm {saved.algorithm}, but "
-            f"{label} trains {' and '.join(differences)}; resume it with its own preset or "
+            f"{out} holds a run of task {saved.task}, but {label} trains "
+            f"{' and '.join(differences)}; resume it with its own preset or "
             f"config file, or train {preset} into a new --out.")
 
 

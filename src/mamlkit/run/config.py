@@ -424,7 +424,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 # files from any working directory ('mamlkit eval' run elsewhere, a resume from another shell).
 PATH_KEYS = ("data_root", "class_split_file")
 # What kind of run a config describes: a resume's CONFIG must agree with the run on these.
-KIND_KEYS = ("task", "algorithm")
+# Not ``algorithm``: 'train nav2d --set algorithm=anil' is resumed as 'train nav2d --resume'.
+KIND_KEYS = ("task",)
 
 
 def absolute_path(value: Any) -> Any:
@@ -448,7 +449,7 @@ def with_absolute_paths(config: Config) -> Config:
 
 
 def kind_differences(named: Config, run: Config) -> list[str]:
-    """``task nav2d``, ``algorithm anil``: the KIND_KEYS where ``named`` differs from ``run``."""
+    """``task nav2d``: the KIND_KEYS where ``named`` differs from ``run``."""
     return [f"{key} {getattr(named, key)}" for key in KIND_KEYS
             if getattr(named, key) != getattr(run, key)]
 
