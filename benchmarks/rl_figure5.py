@@ -1,5 +1,6 @@
 """The paper's RL figures as a table: return after 0-3 policy-gradient steps for MAML, the
-pretrained policy and a random initial policy, beside the returns that Finn et al. 2017 give as numbers (Tables 4 and 5).
+pretrained policy and a random initial policy, beside the returns that Finn et al. 2017 give as
+numbers (Tables 4 and 5).
 
 Reads the committed runs under ``benchmarks/results/rl/``: for each environment the MAML run
 ``<preset>/`` and its pretrained baseline ``<preset>-inner_lr0/`` (``mamlkit train PRESET``,

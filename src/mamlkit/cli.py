@@ -3,13 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
 
-import torch
-
+# Nothing heavier than the config (yaml) at import: the console script imports this module
+# before ``main`` runs, and torch loads inside ``main``, where a Ctrl-C becomes one line.
 from mamlkit.run import config as config_lib
+
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for ``seq``, ``cat`` ... | head -1
+
+
+class StdoutClosed(Exception):
+    """Standard output's reader has gone (``mamlkit eval RUN | head -1``)."""
+
+
+class StdoutFailed(Exception):
+    """Standard output cannot be written (a full disk); the message says why."""
+
+
+def say(*lines: str) -> None:
+    """Print ``lines`` to standard output at once (flushed), after the command has written
+    its files: a closed pipe or a full disk then surfaces here, where ``main`` ends it in one
+    line, never at interpreter exit and never before a result is safe on disk."""
+    try:
+        print(*lines, sep="\n", flush=True)
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        raise StdoutClosed from None
+    except OSError as error:
+        _stdout_to_devnull()
+        raise StdoutFailed(error.strerror or str(error)) from None
+
+
+def _stdout_to_devnull() -> None:
+    """Point file descriptor 1 at /dev/null, so that the interpreter's last flush of what is
+    still buffered cannot fail a second time and print its own traceback at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured, closed)
+        pass
 
 
 def _run_name(preset: str, overrides: list[str]) -> str:
@@ -26,13 +62,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
     if args.show is not None:
         config = config_lib.resolve(args.show, {})
         kind = "config file" if config_lib.is_config_file(args.show) else "preset"
-        print(f"# {kind} {args.show}, resolved: the keys that apply, each with its doc")
-        print(config_lib.format_sections(config, docs=True), end="")
+        say(f"# {kind} {args.show}, resolved: the keys that apply, each with its doc",
+            config_lib.format_sections(config, docs=True).rstrip("\n"))
         return 0
     names = config_lib.preset_names()
     width = max(len(n) for n in names)
-    for name in names:
-        print(f"{name.ljust(width)}  {config_lib.load_preset(name).description}")
+    say(*(f"{name.ljust(width)}  {config_lib.load_preset(name).description}" for name in names))
     return 0
 
 
@@ -46,6 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = config_lib.parse_overrides(args.set)
     if args.data_root:
         overrides["data_root"] = args.data_root
+    overrides = config_lib.absolute_paths(overrides)
     names = [_run_name(args.preset, args.set)]
     # '--resume --set iterations=N' appended to the first command continues its run
     for cut in range(len(args.set) - 1, -1, -1) if args.resume else ():
@@ -54,31 +90,85 @@ def cmd_train(args: argparse.Namespace) -> int:
         names.append(_run_name(args.preset, args.set[:cut]))
     runs = [Path(args.out)] if args.out else [Path("runs") / name for name in names]
     out = next((run for run in runs if run.is_dir()), runs[0])
-    config = None if args.resume else config_lib.resolve(args.preset, overrides)
+    if args.resume:
+        _check_resumed_kind(args.preset, overrides, out)
+    config = None if args.resume else config_lib.with_absolute_paths(
+        config_lib.resolve(args.preset, overrides))
     with distributed.leave_group_after():  # under torchrun, train() joins the process group
         result = train(config, out, resume=args.resume, progress=not args.no_progress,
                        overrides=overrides if args.resume else None)
         is_main = distributed.is_main()
     if is_main:
-        print(f"trained {result.iteration} iterations in {result.seconds:.1f} s; run directory: "
-              f"{out}")
-        print(f"next: mamlkit eval {out}   and   mamlkit plot {out}")
+        say(f"trained {result.iteration} iterations in {result.seconds:.1f} s; run directory: "
+            f"{out}", f"next: mamlkit eval {out}   and   mamlkit plot {out}")
     return 0
+
+
+def _check_resumed_kind(preset: str, overrides: dict, out: Path) -> None:
+    """``--resume`` continues the run in ``out`` as its config.yaml says; a CONFIG (with the
+    typed ``--set``) of another task means the wrong directory or the wrong preset, so it is
+    refused before anything runs instead of training the other run silently. Other
+    differences are expected: the first command's ``--set`` need not be repeated."""
+    from mamlkit.run.errors import RunDirectoryError
+    from mamlkit.run.rundir import CONFIG, read_config
+
+    if not (out / CONFIG).is_file():
+        return  # train() says that there is nothing to resume
+    saved = read_config(out / CONFIG)
+    if saved.task == "custom":
+        return  # built in Python, by no preset: train() says how to resume it
+    try:
+        named = config_lib.from_dict(overrides, config_lib.load_source(preset))
+    except config_lib.ConfigError:
+        return  # a preset renamed or a config file moved since: config.yaml is what counts
+    differences = config_lib.kind_differences(named, saved)
+    if differences:
+        label = (f"config file '{preset}'" if config_lib.is_config_file(preset)
+                 else f"preset '{preset}'")
+        raise RunDirectoryError(
+            f"{out} holds a run of task {saved.task}, but {label} trains "
+            f"{' and '.join(differences)}; resume it with its own preset or "
+            f"config file, or train {preset} into a new --out.")
+
+
+def _moved_data(runs: list[Path], data_root: str | None) -> None:
+    """One sentence, naming ``--data-root``, for a run whose dataset is no longer where its
+    config.yaml says (moved, another machine, or a relative path kept by an older mamlkit)."""
+    if data_root is not None:
+        return
+    for run in runs:
+        try:
+            config = config_lib.load(run / "config.yaml")
+        except (config_lib.ConfigError, OSError):
+            continue  # load() names what is wrong with the run itself
+        missing = (config.data_root is not None and not config.download
+                   and "data_root" in config_lib.applicable_keys(config)
+                   and not Path(config.data_root).expanduser().exists())
+        if missing:
+            raise config_lib.ConfigError(
+                f"The dataset of {run} is not at {config.data_root} any more; pass --data-root "
+                "DIR where it is now.")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """The same held-out tasks for every run; RL runs get their untrained policy beside them.
 
-    The table is printed before anything is written, so a read-only run directory still
-    shows its result (and then exits 2 with one sentence).
+    Each ``eval.json`` is written before the table is printed, so a closed or full standard
+    output loses no result; a run directory that cannot be written still shows its table (and
+    then exits 2 with one sentence).
     """
+    import torch
+
     from mamlkit.run import evaluate
     from mamlkit.run.build import is_rl
     from mamlkit.run.compare import unique_names
     from mamlkit.run.load import load, untrained
 
-    learners = {name: (run, load(run)) for name, run in unique_names(
-        [Path(r) for r in args.runs]).items()}
+    runs = [Path(r) for r in args.runs]
+    data_root = config_lib.absolute_path(args.data_root)
+    _moved_data(runs, data_root)
+    learners = {name: (run, load(run, data_root=data_root))
+                for name, run in unique_names(runs).items()}
     kinds = {is_rl(learner.config) for _, learner in learners.values()}
     if len(kinds) > 1:
         raise config_lib.ConfigError("These runs report different metrics (return and a "
@@ -96,26 +186,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
             random_policy = random_policy or result["random_policy"]
         results[name] = result
     table = {**results, "random (untrained init)": random_policy} if random_policy else results
-    print(evaluate.format_table(table), flush=True)
-    return _write_evaluations(learners, results)
-
-
-def _write_evaluations(learners: dict, results: dict) -> int:
-    """Each run's ``eval.json`` (or ``eval-N.json``); 2 where one cannot be written."""
-    from mamlkit.run import evaluate
-
+    written = _write_evaluations(learners, results)
+    say(evaluate.format_table(table))
     status = 0
-    for name, (run, learner) in learners.items():
-        try:
-            path = evaluate.write(run, results[name], learner.config.eval_tasks)
-        except OSError as error:
+    for run, outcome in written.items():
+        if isinstance(outcome, OSError):
             print(f"mamlkit: error: could not write the evaluation into {run} "
-                  f"({error.strerror or error}); the table above is its result.",
+                  f"({outcome.strerror or outcome}); the table above is its result.",
                   file=sys.stderr)
             status = 2
-            continue
-        print(f"wrote {path}")
+        else:
+            say(f"wrote {outcome}")
     return status
+
+
+def _write_evaluations(learners: dict, results: dict) -> dict[Path, Path | OSError]:
+    """Each run's ``eval.json`` (or ``eval-N.json``), or the error that kept it unwritten."""
+    from mamlkit.run import evaluate
+
+    written: dict[Path, Path | OSError] = {}
+    for name, (run, learner) in learners.items():
+        try:
+            written[run] = evaluate.write(run, results[name], learner.config.eval_tasks)
+        except OSError as error:
+            written[run] = error
+    return written
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -126,8 +221,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     runs = unique_names(check_runs(args.runs))  # before anything is created
     baseline = check_runs([args.baseline])[0] if args.baseline else None
     out_dir = Path(args.out) if args.out else Path(args.runs[0])
-    for path in plots.plot_runs(runs, out_dir, baseline):
-        print(f"wrote {path}")
+    data_root = config_lib.absolute_path(args.data_root)
+    _moved_data(list(runs.values()), data_root)
+    written = plots.plot_runs(runs, out_dir, baseline, data_root=data_root)
+    say(*(f"wrote {path}" for path in written))
     return 0
 
 
@@ -137,7 +234,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.paired:
         return _compare_paired(args)
-    print(compare.compare(args.runs, args.format, compare.parse_steps(args.steps)))
+    say(compare.compare(args.runs, args.format, compare.parse_steps(args.steps)))
     return 0
 
 
@@ -150,7 +247,7 @@ def _compare_paired(args: argparse.Namespace) -> int:
         raise config_lib.ConfigError("--paired compares exactly two runs, as a markdown table "
                                      "of every evaluated step (no --format or --steps).")
     first, second = check_runs(args.runs)
-    print(paired_text(paired_difference(first, second)))
+    say(paired_text(paired_difference(first, second)))
     return 0
 
 
@@ -163,6 +260,8 @@ def _plain(text: str | None) -> str:
 
 def _version() -> str:
     """``mamlkit X (torch Y)``: both versions, since a run's numbers depend on torch's too."""
+    import torch
+
     from mamlkit import __version__
 
     return f"mamlkit {__version__} (torch {torch.__version__})"
@@ -183,6 +282,10 @@ _TRAIN_HELP = ("Meta-train into a run directory. CONFIG is a preset name (see 'm
                "or the path of a YAML config file of key: value lines; such a file may start "
                "from a preset or another file with 'base: NAME', and its keys are checked like a "
                "preset's. Every value is checked before anything is built or written.")
+
+
+_DATA_ROOT_HELP = ("the dataset folder, where it has moved since training (instead of the "
+                   "run's data_root; config.yaml is left as it is)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -213,6 +316,7 @@ def parser() -> argparse.ArgumentParser:
                    help="held-out tasks (default the run's eval_tasks, 600 in the presets; "
                         "another count writes eval-N.json once eval.json holds the full one)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--data-root", help=_DATA_ROOT_HELP)
     e.set_defaults(func=cmd_eval)
     pl = sub.add_parser("plot", help="learning curves and adaptation pictures as PNG and PDF")
     pl.add_argument("runs", nargs="+",
@@ -221,6 +325,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--baseline", metavar="RUN",
                     help="a sinusoid run (e.g. trained with --set inner_lr=0) drawn beside the "
                          "runs on the same tasks, as in Finn et al. 2017, Fig. 2")
+    pl.add_argument("--data-root", help=_DATA_ROOT_HELP)
     pl.set_defaults(func=cmd_plot)
     c = sub.add_parser("compare", help="one table over the runs' eval.json (seeds grouped)")
     c.add_argument("runs", nargs="+", help="evaluated run directories (mamlkit eval first)")
@@ -257,6 +362,23 @@ def _out_of_memory(error: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status. Every error a user can cause is one line on stderr.
+
+    A Ctrl-C at any moment, also while torch loads in the first seconds, is one line and 130;
+    a standard output closed by its reader (``| head -1``) ends quietly with 141, after the
+    command's files are written.
+    """
+    try:
+        return _command(argv)
+    except StdoutClosed:
+        return SIGPIPE_EXIT
+    except KeyboardInterrupt:  # outside the training loop, which stops on its own
+        print("mamlkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _command(argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the command, its errors turned into one line and status 2."""
     from mamlkit.run.errors import TrainingInterrupted
 
     args = parser().parse_args(argv)
@@ -266,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted.exit_code  # 130 for SIGINT, 143 for SIGTERM
     except known_errors() as error:
         print(f"mamlkit: error: {error}", file=sys.stderr)
+        return 2
+    except StdoutFailed as error:
+        print(f"mamlkit: error: could not print to standard output ({error}); send it "
+              "elsewhere (the files a command writes are written before it prints).",
+              file=sys.stderr)
         return 2
     except OSError as error:  # --out a file, a folder without permission, a full disk
         where = f"cannot use {error.filename}: " if error.filename else ""
@@ -278,9 +405,6 @@ def main(argv: list[str] | None = None) -> int:
               "checkpoint_inner=true (the run directory can be started again as typed).",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # outside the training loop, which stops on its own
-        print("mamlkit: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

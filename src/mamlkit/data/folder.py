@@ -8,6 +8,7 @@ zips often have, is looked through. Hidden files, ``__MACOSX`` and non-image fil
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import zipfile
 import zlib
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from mamlkit.data.cache import cache_root, file_digests, load_cached, save_cached
 from mamlkit.data.class_images import ClassImages, DataError
@@ -101,12 +103,17 @@ def _load(
     files, read, key = _open_listing(root, stack)
     files, prefix = _strip_wrapper(files)
     _check_layout(root, files, prefix)
+    decoded = _decoded_bytes(files, prefix, read, size, mode)
     cache_file = None
     if cache:
         cache_file = _cache_file(root, size, mode, resample, invert, key, cache_dir)
+        if cache_file.is_file():  # the cached tensor, read whole
+            _check_memory(root, len(files), decoded, 1, size, mode)
         cached = _load_from_cache(cache_file)
         if cached is not None:
             return cached
+    # the decoded images and their stacked copy, both held until the stack is made
+    _check_memory(root, len(files), decoded, 2, size, mode)
     arrays = _decode_all(root, files, prefix, read, size, mode, resample, invert)
     return _assemble(files, arrays, cache_file)
 
@@ -136,6 +143,73 @@ def _check_layout(root: Path, files: list[tuple[str, ...]], prefix: tuple[str, .
             f"{root / '/'.join(prefix + loose[0])} is not inside a class folder; put every "
             f"image into a sub-folder named after its class."
         )
+
+
+def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Bytes the kernel says new allocations can get without swapping (``MemAvailable``), or
+    None where it does not say (not Linux, a kernel before 3.14): then nothing is refused."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == "MemAvailable":
+                number, _, unit = value.strip().partition(" ")
+                return int(number) * (1024 if unit.strip() == "kB" else 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _decoded_bytes(
+    files: list[tuple[str, ...]],
+    prefix: tuple[str, ...],
+    read: Callable[[tuple[str, ...]], bytes],
+    size: tuple[int, int] | None,
+    mode: str,
+) -> int | None:
+    """The uint8 tensor the images decode to: images x channels x height x width bytes, the
+    size being ``size`` or else the first image's (read from its header, not decoded; all
+    must share it). None where that header does not read (decoding then names the file)."""
+    if size is None:
+        try:
+            with Image.open(io.BytesIO(read(prefix + files[0]))) as first:
+                size = (first.height, first.width)
+        except Exception:  # Pillow raises many kinds; the decoding names the file
+            return None
+    channels = 1 if mode == "L" else 3
+    return len(files) * channels * size[0] * size[1]
+
+
+def _bytes_text(count: int) -> str:
+    """``7.2 MB``, ``36.0 TB``: a byte count in decimal units, as free and df print them."""
+    value, unit = float(count), "bytes"
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB", "EB"):
+        if value < 1000 or unit == "EB":
+            break
+        value /= 1000
+    return f"{value:.1f} {unit}" if unit != "bytes" else f"{count} bytes"
+
+
+def _check_memory(
+    root: Path,
+    count: int,
+    decoded: int | None,
+    copies: int,
+    size: tuple[int, int] | None,
+    mode: str,
+) -> None:
+    """Refuse, in one sentence naming image_size, a load that needs more memory than is
+    available, before any image is decoded: the kernel would otherwise kill the process
+    without a word once it runs out (say image_size=100000, 30 GB an RGB image)."""
+    available = available_memory()
+    if decoded is None or available is None or copies * decoded <= available:
+        return
+    need = copies * decoded
+    change = "lower image_size" if size is not None else "set image_size to resize them smaller"
+    raise DataError(
+        f"The {count} images of {root} need {_bytes_text(need)} of memory to load "
+        f"({_bytes_text(decoded)} decoded), more than the {_bytes_text(available)} available; "
+        f"{change}{' (or use 1 channel)' if mode == 'RGB' else ''}."
+    )
 
 
 def _cache_file(

@@ -131,18 +131,65 @@ def group_by_seed(runs: dict[str, Path]) -> list[Group]:
 
 
 def read_eval(run: Path) -> dict[str, Any]:
-    """A run's ``eval.json``, or one sentence saying how to make it."""
+    """A run's ``eval.json``, or one sentence naming the file and saying how to make it: a
+    file that does not parse or whose fields have other types than ``evaluate`` writes (an
+    edit, a foreign tool) is refused here, before any table is built from it."""
     path = run / "eval.json"
     if not path.is_file():
         raise RunDirectoryError(f"{run} has no eval.json; run 'mamlkit eval {run}' first.")
     try:
         result = json.loads(path.read_text())
-        if not isinstance(result, dict) or not {"metric", "steps"} <= set(result):
-            raise ValueError
-    except ValueError:
-        raise RunDirectoryError(f"{path} is not an evaluation; run 'mamlkit eval {run}' "
-                                "again.") from None
+        problem = evaluation_problem(result)
+    except (ValueError, OSError) as error:  # not JSON, not UTF-8, unreadable
+        problem = type(error).__name__ if isinstance(error, OSError) else "not JSON"
+    if problem:
+        raise RunDirectoryError(f"{path} is not an evaluation ({problem}); run 'mamlkit eval "
+                                f"{run}' again.")
     return result
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_step(key: str) -> bool:
+    return key.isascii() and key.isdigit()
+
+
+def evaluation_problem(result: Any) -> str | None:
+    """What makes ``result`` other than an evaluation as ``evaluate`` writes it, or None:
+    ``metric`` a name, ``steps`` step -> {mean, ci95} numbers, optional ``num_tasks`` and
+    ``iteration`` whole numbers, ``per_task`` step -> list of numbers, and ``baselines`` and
+    ``random_policy`` evaluations of the same form."""
+    if not isinstance(result, dict):
+        return "not a JSON object"
+    if not isinstance(result.get("metric"), str):
+        return "'metric' is not a name"
+    steps = result.get("steps")
+    if not isinstance(steps, dict) or not all(
+            _is_step(k) and isinstance(v, dict) and _is_number(v.get("mean"))
+            and _is_number(v.get("ci95")) for k, v in steps.items()):
+        return "'steps' does not map inner steps to a mean and ci95"
+    for key in ("num_tasks", "iteration"):
+        if result.get(key) is not None and not (_is_number(result[key])
+                                                and float(result[key]).is_integer()):
+            return f"{key!r} is not a whole number"
+    per_task = result.get("per_task", {})
+    if not isinstance(per_task, dict) or not all(
+            _is_step(k) and isinstance(v, list) and all(map(_is_number, v))
+            for k, v in per_task.items()):
+        return "'per_task' does not map inner steps to lists of numbers"
+    baselines = result.get("baselines", {})
+    if not isinstance(baselines, dict):
+        return "'baselines' is not a JSON object"
+    nested = dict(baselines)
+    if result.get("random_policy") is not None:
+        nested["random_policy"] = result["random_policy"]
+    for name, other in nested.items():
+        problem = evaluation_problem(other)
+        if problem:
+            return f"{name!r}: {problem}"
+    return None
 
 
 def parse_steps(text: str | None) -> list[str] | None:
@@ -299,5 +346,5 @@ def compare(runs: list[str | Path], fmt: str = "md", steps: list[str] | None = N
 
 
 __all__ = ["FORMATS", "METRIC_NAMES", "Group", "baseline_rows", "check_runs", "compare",
-           "group_by_seed", "mean_ci95_across", "mean_ci_text", "metric_name", "parse_steps",
-           "read_eval", "unique_names"]
+           "evaluation_problem", "group_by_seed", "mean_ci95_across", "mean_ci_text",
+           "metric_name", "parse_steps", "read_eval", "unique_names"]

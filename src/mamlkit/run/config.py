@@ -422,6 +422,40 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
+# The keys that name files a run reads: stored absolute, so a run's config.yaml names the same
+# files from any working directory ('mamlkit eval' run elsewhere, a resume from another shell).
+PATH_KEYS = ("data_root", "class_split_file")
+# What kind of run a config describes: a resume's CONFIG must agree with the run on these.
+# Not ``algorithm``: 'train nav2d --set algorithm=anil' is resumed as 'train nav2d --resume'.
+KIND_KEYS = ("task",)
+
+
+def absolute_path(value: Any) -> Any:
+    """A path as typed (``~`` expanded) made absolute against the current directory, without
+    resolving symbolic links (the user's name for a folder stays); other values as they are."""
+    if not isinstance(value, str) or not value.strip():
+        return value  # null, or a blank or mistyped value that ``check`` names
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (overrides) with the PATH_KEYS made absolute."""
+    return {key: absolute_path(value) if key in PATH_KEYS else value
+            for key, value in values.items()}
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """``config`` with the PATH_KEYS made absolute (a config file may hold relative ones)."""
+    return dataclasses.replace(config, **{key: absolute_path(getattr(config, key))
+                                          for key in PATH_KEYS})
+
+
+def kind_differences(named: Config, run: Config) -> list[str]:
+    """``task nav2d``: the KIND_KEYS where ``named`` differs from ``run``."""
+    return [f"{key} {getattr(named, key)}" for key in KIND_KEYS
+            if getattr(named, key) != getattr(run, key)]
+
+
 def preset_dir() -> Path:
     return Path(str(resources.files("mamlkit") / "configs"))
 

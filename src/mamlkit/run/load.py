@@ -23,19 +23,22 @@ def untrained(config: config_lib.Config):
     return learner
 
 
-def load(run_dir: str | Path, which: str = "best"):
+def load(run_dir: str | Path, which: str = "best", data_root: str | Path | None = None):
     """The trained learner of a run directory; ``learner.config`` holds the run's config.
 
     ``which="best"`` takes ``best/`` where the run keeps one (meta-RL: the best validation
     post-adaptation return), else the latest checkpoint; ``"latest"`` always the latest.
     ``learner.iteration`` and ``learner.checkpoint`` say which weights were loaded. Adapt with
-    ``learner.adapt(x, y)`` (supervised) or ``learner.adapted_params(support)``.
+    ``learner.adapt(x, y)`` (supervised) or ``learner.adapted_params(support)``. ``data_root``
+    names the dataset's folder where it has moved since training (config.yaml is not changed).
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise RunDirectoryError(f"{run_dir} is not a run directory (no config.yaml).")
     config = config_lib.load(config_path)
+    if data_root is not None:
+        config.data_root = str(data_root)
     learner = untrained(config)
     kept = checkpoint.best(run_dir) if which == "best" else None
     if kept is not None:

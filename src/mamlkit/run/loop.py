@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from mamlkit.functional.schedules import cosine_lr
 from mamlkit.functional.seeding import generator_from
 from mamlkit.run import checkpoint, distributed, rundir
-from mamlkit.run.config import Config
+from mamlkit.run.config import Config, applicable_keys
 from mamlkit.run.errors import RunDirectoryError, TrainingDiverged, TrainingInterrupted
 from mamlkit.run.interrupts import Interrupts
 from mamlkit.run.memory import PeakMemory
@@ -148,12 +148,16 @@ class _Sinks:
         self.metrics.close()
 
 
-def _diverged(run_dir: Path, loss: float, iteration: int) -> TrainingDiverged:
+def _diverged(run_dir: Path, loss: float, iteration: int, config: Config) -> TrainingDiverged:
+    """The NaN stop's sentence; its advice is a command that ``--resume`` accepts (the outer
+    step's size is RESUMABLE, inner_lr is not: it changes what is learned)."""
     last = checkpoint.latest(run_dir)
     where = f"the last good checkpoint is {last}" if last else "no checkpoint yet"
+    key = "meta_lr" if "meta_lr" in applicable_keys(config) else "max_kl"  # TRPO: no meta_lr
     return TrainingDiverged(
-        f"The meta-loss became {loss} at iteration {iteration} ({where}); lower meta_lr or "
-        "inner_lr (meta-RL: or max_kl) and train again or resume.")
+        f"The meta-loss became {loss} at iteration {iteration} ({where}); resume with a "
+        f"smaller outer step (--resume --set {key}=<lower than {getattr(config, key):g}>), or "
+        "train again into a new --out with a lower inner_lr.")
 
 
 def train(config: Config | None, run_dir: str | Path, resume: bool = False,
@@ -201,6 +205,9 @@ def _build(plan: rundir.Plan, context: distributed.Context, run_dir: Path):
     if plan.checkpoint is not None:
         try:
             state = checkpoint.load(plan.checkpoint, step.learner, step.optimizer, generator)
+            if "meta_lr" in plan.changes:  # the loaded optimizer state holds the old one
+                for group in step.optimizer.param_groups:
+                    group["lr"] = plan.config.meta_lr
         except RunDirectoryError:
             raise
         except (RuntimeError, KeyError, ValueError) as error:  # a config.yaml edited by hand
@@ -285,7 +292,7 @@ def _iterate(run: _Run, start: int, stop_after: int | None) -> int:
         _schedule(step.learner, step.optimizer, config, iteration)
         loss = step.update(run.generator)
         if not math.isfinite(loss):
-            raise _diverged(run.run_dir, loss, iteration)
+            raise _diverged(run.run_dir, loss, iteration, config)
         window.append(loss)
         run.sinks.bar.update(1)
         out_of_time, interrupted = _stop_flags(run)

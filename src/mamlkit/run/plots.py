@@ -367,19 +367,21 @@ def _check_baseline(learners: dict[str, MAML], baseline: MAML, path: Path) -> No
                           f"{baseline.config.task} run and the runs are {first.task} runs.")
 
 
-def plot_runs(runs: dict[str, Path], out_dir: Path, baseline: Path | None = None) -> list[Path]:
+def plot_runs(runs: dict[str, Path], out_dir: Path, baseline: Path | None = None,
+              data_root: str | Path | None = None) -> list[Path]:
     """Every figure of ``runs`` into ``out_dir`` (PNG and PDF): learning curves with seeds of
     one experiment as one curve, then adaptation pictures of each experiment's first run.
 
     ``baseline`` (a sinusoid run, e.g. the alpha = 0 "pretrained" one) joins the learning curves
     and is drawn beside the runs on the same held-out tasks (Finn et al. 2017, Fig. 2).
+    ``data_root`` overrides the runs' dataset folder (see ``load``).
     """
     from mamlkit.run.load import load
 
     groups = group_by_seed(runs)
     learners = {}  # loaded before anything is written: no half output for a run without weights
     for group in groups:
-        learner = load(group.first)
+        learner = load(group.first, data_root=data_root)
         several = len(group.runs) > 1
         learners[f"{group.name}, seed {learner.config.seed}" if several else group.name] = learner
     if baseline is not None:
