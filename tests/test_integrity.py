@@ -3,17 +3,22 @@ to the one before, a saved config validated like user input and matched against 
 checkpoint was trained with, metrics lines of the wrong type skipped, and write errors while
 saving a checkpoint that leave the run resumable."""
 
+import hashlib
 import json
 import random
 import shutil
+import subprocess
+import sys
 
 import pytest
-from test_rundir import same_weights, small_config
+from test_rundir import same_weights, sets, small_config
 
+import mamlkit
 from mamlkit.cli import main
+from mamlkit.run import checkpoint, plots
 from mamlkit.run import metrics as metrics_lib
-from mamlkit.run import plots
 from mamlkit.run.compare import Group
+from mamlkit.run.errors import RunDirectoryError
 from mamlkit.run.loop import train
 from mamlkit.run.metrics import read_metrics
 
@@ -81,6 +86,85 @@ def _damage(last, damage: str) -> None:
         _edit_state(last, "iteration", 12)
 
 
+# --- checksummed checkpoints that fall back to the one before ---------------------------------
+
+def test_every_file_of_a_checkpoint_has_its_sha256_recorded(run):
+    for path in checkpoint.kept(run):
+        lines = (path / "SHA256SUMS").read_text().splitlines()
+        recorded = {name: digest for digest, name in (line.split("  ", 1) for line in lines)}
+        files = {p.name for p in path.iterdir()} - {"SHA256SUMS"}
+        assert set(recorded) == files >= {"model.safetensors", "optimizer.safetensors",
+                                          "state.json", "config.yaml"}
+        for name, digest in recorded.items():
+            assert hashlib.sha256((path / name).read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "random", "optimizer-bytes", "task_rng",
+                                    "param_groups", "iteration"])
+def test_resume_falls_back_from_damaged_bytes_or_values(runs, run, capsys, damage):
+    _damage(run / "checkpoints" / STEP_10, damage)
+    assert main(["train", "sinusoid", "--out", str(run), "--resume", "--no-progress"]) == 0
+    (warning,) = _warnings(capsys.readouterr().err)
+    assert f"damaged checkpoint {STEP_10}" in warning, warning
+    assert warning.endswith(f"resuming from {STEP_5}.")
+    assert same_weights(run, runs / "whole")
+    assert [r["iteration"] for r in read_metrics(run)] == [5, 10, 15, 20]
+
+
+@pytest.mark.parametrize("damage", ["task_rng", "param_groups", "iteration"])
+def test_a_checkpoint_without_checksums_is_still_parse_checked(runs, run, capsys, damage):
+    """Checkpoints written before checksums were recorded load unverified but parse-checked."""
+    for path in checkpoint.kept(run):
+        (path / "SHA256SUMS").unlink(missing_ok=True)
+        (path / "config.yaml").unlink(missing_ok=True)
+    _damage(run / "checkpoints" / STEP_10, damage)
+    assert main(["train", "sinusoid", "--out", str(run), "--resume", "--no-progress"]) == 0
+    (warning,) = _warnings(capsys.readouterr().err)
+    assert f"damaged checkpoint {STEP_10}" in warning and warning.endswith(f"from {STEP_5}.")
+    assert same_weights(run, runs / "whole")
+
+
+def test_a_checkpoint_without_checksums_still_loads_and_resumes(runs, run, capsys):
+    for path in checkpoint.kept(run):
+        (path / "SHA256SUMS").unlink(missing_ok=True)
+        (path / "config.yaml").unlink(missing_ok=True)
+    assert mamlkit.load(run).checkpoint == f"latest ({STEP_10})"
+    assert main(["train", "sinusoid", "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert _warnings(capsys.readouterr().err) == []
+    assert same_weights(run, runs / "whole")
+
+
+def test_load_eval_and_plot_fall_back_from_a_damaged_checkpoint(run, tmp_path, capsys):
+    _damage_tensors(run / "checkpoints" / STEP_10 / "model.safetensors", "zeroed")
+    learner = mamlkit.load(run)
+    assert (learner.checkpoint, learner.iteration) == (f"latest ({STEP_5})", 5)
+    (warning,) = _warnings(capsys.readouterr().err)
+    assert f"damaged checkpoint {STEP_10} (model.safetensors:" in warning
+    assert warning.endswith(f"using {STEP_5}.")
+    assert main(["eval", str(run), "--tasks", "5", "--no-progress"]) == 0
+    assert len(_warnings(capsys.readouterr().err)) == 1
+    assert json.loads((run / "eval.json").read_text())["iteration"] == 5
+    assert main(["plot", str(run), "--out", str(tmp_path / "figures")]) == 0
+    assert len(_warnings(capsys.readouterr().err)) == 1
+
+
+@pytest.mark.parametrize("pointer", [b"garbage", b"\x00\xff\xfe", b"step_00000099"])
+def test_a_garbled_latest_pointer_falls_back_to_the_newest_valid_checkpoint(run, capsys,
+                                                                            pointer):
+    (run / "checkpoints" / "latest").write_bytes(pointer)
+    learner = mamlkit.load(run)
+    assert (learner.checkpoint, learner.iteration) == (f"latest ({STEP_10})", 10)
+    assert main(["eval", str(run), "--tasks", "5", "--no-progress"]) == 0
+    assert json.loads((run / "eval.json").read_text())["iteration"] == 10
+
+
+def test_load_without_a_usable_checkpoint_is_one_sentence(run):
+    for path in checkpoint.kept(run):
+        _damage_tensors(path / "model.safetensors", "zeroed")
+    with pytest.raises(RunDirectoryError, match=r"^No usable checkpoint in .*: step_00000010 \("):
+        mamlkit.load(run)
+
+
 # --- metrics.jsonl lines of the wrong type ---------------------------------------------------
 
 def test_metrics_lines_that_are_not_records_are_skipped_with_one_warning(runs, run, capsys,
@@ -111,3 +195,34 @@ def test_a_line_cut_short_by_a_kill_is_skipped_without_a_warning(run, capsys):
     assert _warnings(capsys.readouterr().err) == []
 
 
+# --- write errors while saving a checkpoint -------------------------------------------------
+
+_LIMITED = """
+import resource, sys
+from mamlkit.cli import main
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="no file-size limits here")
+def test_a_file_size_limit_while_saving_is_one_sentence_and_the_run_resumes(tmp_path):
+    """The optimizer file (about 2 x 170 kB for 200 x 200 weights) passes no limit of 250 kB."""
+    extra = {"hidden": "[200,200]", "iterations": 20}
+    run = tmp_path / "run"
+    cli = [sys.executable, "-c", _LIMITED]
+    train(small_config(hidden=[200, 200]), tmp_path / "whole", progress=False)
+    first = ["train", "sinusoid", "--out", str(run), "--no-progress",
+             *sets(**{**extra, "iterations": 10})]
+    assert main(first) == 0
+    again = ["train", "sinusoid", "--out", str(run), "--no-progress", "--resume", "--set",
+             "iterations=20"]
+    limited = subprocess.run([*cli, str(250_000), *again], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=300)
+    assert limited.returncode == 2, limited.stderr
+    line = _error_line(limited.stderr)
+    assert "step_00000015" in line and "--resume" in line
+    assert checkpoint.latest(run).name == STEP_10
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {STEP_5, STEP_10, "latest"}
+    assert main(again) == 0
+    assert same_weights(run, tmp_path / "whole")

@@ -337,6 +337,9 @@ def test_verify_reads_each_file_of_a_checkpoint(tmp_path):
     path = checkpoint.latest(run)
     assert checkpoint.verify(path)["iteration"] == 5
     (path / "state.json").write_text(json.dumps({"iteration": 5}))
+    with pytest.raises(RunDirectoryError, match="state.json: its bytes do not match the sha256"):
+        checkpoint.verify(path)
+    (path / "SHA256SUMS").unlink()  # as written before sums were recorded: parse-checked
     with pytest.raises(RunDirectoryError, match="state.json: lacks param_groups"):
         checkpoint.verify(path)
     (path / "model.safetensors").unlink()

@@ -721,6 +721,11 @@ _HEADER = ("# mamlkit run config: the keys that apply to this run, by section; "
            "left-out keys keep their defaults\n")
 
 
+def yaml_text(config: Config) -> str:
+    """``config.yaml``'s text: the keys that apply by section, then the ``unused_keys``."""
+    return _HEADER + format_sections(config, unused=True)
+
+
 def save(config: Config, path: Path) -> None:
     """Write ``config.yaml``: the keys that apply, so a run's file shows what shaped it, and
     the ``unused_keys`` last, so that ``load`` gives back ``config`` field for field.
@@ -729,11 +734,10 @@ def save(config: Config, path: Path) -> None:
     step, so a crash or a full disk never leaves a half-written config behind.
     """
     path = Path(path)
-    text = _HEADER + format_sections(config, unused=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+            stream.write(yaml_text(config))
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the config from other readers

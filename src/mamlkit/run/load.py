@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -30,26 +31,43 @@ def load(run_dir: str | Path, which: str = "best"):
     post-adaptation return), else the latest checkpoint; ``"latest"`` always the latest.
     ``learner.iteration`` and ``learner.checkpoint`` say which weights were loaded. Adapt with
     ``learner.adapt(x, y)`` (supervised) or ``learner.adapted_params(support)``.
+
+    Each checkpoint is checked against its sums as a resume checks it; a damaged latest
+    checkpoint is skipped for the one before, with one warning line.
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise RunDirectoryError(f"{run_dir} is not a run directory (no config.yaml).")
     config = config_lib.load(config_path)
-    learner = untrained(config)
     kept = checkpoint.best(run_dir) if which == "best" else None
+    found = _checkpoint_of(run_dir, best_kept=kept is not None)
+    learner = untrained(config)
     if kept is not None:
         path, iteration = kept
         learner.checkpoint = f"best (iteration {iteration})"
     else:
-        path = checkpoint.latest(run_dir)
-        if path is None:
+        if found.path is None:
             raise RunDirectoryError(f"{run_dir} holds no checkpoint yet.")
-        iteration = int(path.name.split("_")[-1])
+        note = checkpoint.skipped_note(found, "using")
+        if note:
+            print(f"mamlkit: warning: {note}.", file=sys.stderr)
+        path, iteration = found.path, found.iteration
         learner.checkpoint = f"latest ({path.name})"
     checkpoint.load_model(path, learner)
     learner.iteration = iteration
     return learner
+
+
+def _checkpoint_of(run_dir: Path, best_kept: bool) -> checkpoint.Usable:
+    """The newest checkpoint that reads back; where ``best/`` is what loads, damaged
+    checkpoints are no reason to refuse it."""
+    try:
+        return checkpoint.usable(run_dir)
+    except RunDirectoryError:
+        if not best_kept:
+            raise
+        return checkpoint.Usable(None, 0, [])
 
 
 __all__ = ["load", "untrained"]

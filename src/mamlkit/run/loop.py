@@ -190,15 +190,7 @@ def _build(plan: rundir.Plan, context: distributed.Context, run_dir: Path):
     step = make_step(plan.config, context, run_dir)
     generator = generator_from(plan.config.seed + 1)
     if plan.checkpoint is not None:
-        try:
-            checkpoint.load(plan.checkpoint, step.learner, step.optimizer, generator)
-        except RunDirectoryError:
-            raise
-        except (RuntimeError, KeyError, ValueError) as error:  # a config.yaml edited by hand
-            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise RunDirectoryError(f"{plan.checkpoint} does not fit the model that "
-                                    f"config.yaml describes ({first.rstrip('.:')}); restore "
-                                    "config.yaml or train into a new --out.") from None
+        checkpoint.load(plan.checkpoint, step.learner, step.optimizer, generator)
     return step, generator
 
 
@@ -257,7 +249,8 @@ def _iterate(run: _Run, start: int, stop_after: int | None) -> int:
             window = []
         saved = iteration % config.checkpoint_every == 0 or last
         if run.context.is_main and saved:
-            checkpoint.save(run.run_dir, iteration, step.learner, step.optimizer, run.generator)
+            checkpoint.save(run.run_dir, iteration, step.learner, step.optimizer, run.generator,
+                            config=config)
         if interrupted and iteration < config.iterations:
             _stop_on_signal(run, iteration, saved)
         if out_of_time:
@@ -304,7 +297,8 @@ def _stop_on_signal(run: _Run, iteration: int, saved: bool) -> None:
     """Checkpoint ``iteration`` (unless just done) and raise TrainingInterrupted."""
     if run.context.is_main and not saved:
         step = run.step
-        checkpoint.save(run.run_dir, iteration, step.learner, step.optimizer, run.generator)
+        checkpoint.save(run.run_dir, iteration, step.learner, step.optimizer, run.generator,
+                        config=run.config)
     signum = run.interrupts.signum or signal.SIGTERM  # a rank whose peer got the signal
     raise TrainingInterrupted(f"interrupted at iteration {iteration}; checkpoint written; "
                               "continue with --resume", signum, iteration)
