@@ -6,6 +6,7 @@ saving a checkpoint that leave the run resumable."""
 import hashlib
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -163,6 +164,54 @@ def test_load_without_a_usable_checkpoint_is_one_sentence(run):
         _damage_tensors(path / "model.safetensors", "zeroed")
     with pytest.raises(RunDirectoryError, match=r"^No usable checkpoint in .*: step_00000010 \("):
         mamlkit.load(run)
+
+
+# --- a run's config.yaml checked like user input and against its checkpoint's copy -------------
+
+def test_a_truncated_config_yaml_is_refused_and_kept_as_it_is(run, capsys):
+    lines = (run / "config.yaml").read_text().splitlines(keepends=True)
+    truncated = "".join(lines[:len(lines) // 2])
+    (run / "config.yaml").write_text(truncated)
+    argv = ["train", "sinusoid", "--out", str(run), "--resume", "--no-progress"]
+    assert main([*argv, "--set", "iterations=30"]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert f"{run / 'config.yaml'} differs from the config {STEP_10} was trained with" in line
+    assert (run / "config.yaml").read_text() == truncated  # not replaced by defaults
+    assert main(["eval", str(run), "--tasks", "5", "--no-progress"]) == 2
+    assert "differs from the config" in _error_line(capsys.readouterr().err)
+    with pytest.raises(RunDirectoryError, match="differs from the config"):
+        mamlkit.load(run)
+
+
+@pytest.mark.parametrize("edit", [("meta_batch_size: 4", "meta_batch_size: 0"),
+                                  ("hidden: [40, 40]", "hidden: [41, 40]")])
+@pytest.mark.parametrize("copy", [True, False], ids=["checkpoint-copy", "old-checkpoints"])
+def test_a_bad_value_in_config_yaml_is_one_sentence_everywhere(run, tmp_path, capsys, edit,
+                                                               copy):
+    if not copy:
+        for path in checkpoint.kept(run):
+            (path / "SHA256SUMS").unlink(missing_ok=True)
+            (path / "config.yaml").unlink(missing_ok=True)
+    text = (run / "config.yaml").read_text()
+    assert edit[0] in text
+    (run / "config.yaml").write_text(text.replace(*edit))
+    key = edit[0].split(":")[0]
+    if key == "hidden" and not copy:  # valid values, but weights of another shape
+        key = "does not fit the model that config.yaml describes (model.0.weight is [40, 1]"
+    for argv in (["eval", str(run), "--tasks", "5", "--no-progress"],
+                 ["plot", str(run), "--out", str(tmp_path / "figures")],
+                 ["train", "sinusoid", "--out", str(run), "--resume", "--no-progress"]):
+        assert main(argv) == 2
+        assert key in _error_line(capsys.readouterr().err)
+    with pytest.raises(RunDirectoryError, match=re.escape(key)):
+        mamlkit.load(run)
+
+
+def test_a_config_yaml_edit_of_a_key_a_resume_may_change_is_accepted(run, capsys):
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("eval_tasks: 600", "eval_tasks: 7"))
+    assert mamlkit.load(run).config.eval_tasks == 7
+    assert _warnings(capsys.readouterr().err) == []
 
 
 # --- metrics.jsonl lines of the wrong type ---------------------------------------------------

@@ -526,18 +526,20 @@ def resolve(preset: str, overrides: dict[str, Any]) -> Config:
     return config
 
 
-def check(config: Config) -> None:
+def check(config: Config, machine: bool = True) -> None:
     """Refuse values no run can use, with one sentence that names the key and what it needs.
 
     Each key's own range comes from its metadata (``choices``, ``bounds``, ``nonempty``), so a
     new key is checked where it is declared; the rules below cover what depends on several keys
-    or on this machine.
+    or on this machine (``machine=False`` leaves those out: a run's saved config read back on
+    another machine, whose ``device`` a resume may still change).
     """
     kinds = field_types()
     for f in dataclasses.fields(Config):
         _check_key(f.name, getattr(config, f.name), f.metadata, kinds[f.name])
     _check_supervised(config)
-    _check_device(config)
+    if machine:
+        _check_device(config)
     _check_family(config)
     _check_rl(config)
 

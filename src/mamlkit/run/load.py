@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mamlkit.run import checkpoint
+from mamlkit.run import checkpoint, rundir
 from mamlkit.run import config as config_lib
 from mamlkit.run.build import build_learner, build_network, build_tasks
 from mamlkit.run.errors import RunDirectoryError
@@ -32,16 +32,18 @@ def load(run_dir: str | Path, which: str = "best"):
     ``learner.iteration`` and ``learner.checkpoint`` say which weights were loaded. Adapt with
     ``learner.adapt(x, y)`` (supervised) or ``learner.adapted_params(support)``.
 
-    Each checkpoint is checked against its sums as a resume checks it; a damaged latest
-    checkpoint is skipped for the one before, with one warning line.
+    The run's files are checked as a resume checks them: ``config.yaml`` like user input and
+    against the copy its checkpoint was trained with, each checkpoint against its sums; a
+    damaged latest checkpoint is skipped for the one before, with one warning line.
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise RunDirectoryError(f"{run_dir} is not a run directory (no config.yaml).")
-    config = config_lib.load(config_path)
+    config = rundir.read_config(config_path)
     kept = checkpoint.best(run_dir) if which == "best" else None
     found = _checkpoint_of(run_dir, best_kept=kept is not None)
+    rundir.check_trained(config, found, config_path)
     learner = untrained(config)
     if kept is not None:
         path, iteration = kept
@@ -61,7 +63,7 @@ def load(run_dir: str | Path, which: str = "best"):
 
 def _checkpoint_of(run_dir: Path, best_kept: bool) -> checkpoint.Usable:
     """The newest checkpoint that reads back; where ``best/`` is what loads, damaged
-    checkpoints are no reason to refuse it."""
+    checkpoints are no reason to refuse it (there is then no copy of the config to match)."""
     try:
         return checkpoint.usable(run_dir)
     except RunDirectoryError:
