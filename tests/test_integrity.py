@@ -3,8 +3,10 @@ to the one before, a saved config validated like user input and matched against 
 checkpoint was trained with, metrics lines of the wrong type skipped, and write errors while
 saving a checkpoint that leave the run resumable."""
 
+import errno
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -270,8 +272,47 @@ def test_a_file_size_limit_while_saving_is_one_sentence_and_the_run_resumes(tmp_
                              cwd=tmp_path, timeout=300)
     assert limited.returncode == 2, limited.stderr
     line = _error_line(limited.stderr)
-    assert "step_00000015" in line and "--resume" in line
+    assert "step_00000015" in line and "(File too large); raise the file-size limit" in line
+    assert line.endswith("then --resume goes on from step_00000010.")
     assert checkpoint.latest(run).name == STEP_10
     assert {p.name for p in (run / "checkpoints").iterdir()} == {STEP_5, STEP_10, "latest"}
     assert main(again) == 0
     assert same_weights(run, tmp_path / "whole")
+
+
+class _FullDisk:
+    """A file whose first write stops half-way with ENOSPC, as on a disk that fills up."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stream.close()
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_saving_leaves_the_checkpoints_before_as_they_were(runs, run, capsys,
+                                                                             monkeypatch):
+    """ENOSPC half-way through the optimizer file of checkpoint 15 (the disk fills there)."""
+    real_open = open
+
+    def filling(path, mode="r", *args, **kwargs):
+        stream = real_open(path, mode, *args, **kwargs)
+        return _FullDisk(stream) if str(path).endswith("optimizer.safetensors") else stream
+
+    monkeypatch.setattr(checkpoint, "open", filling, raising=False)
+    assert main(["train", "sinusoid", "--out", str(run), "--resume", "--no-progress"]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert line == (f"mamlkit: error: Could not write checkpoint step_00000015 into "
+                    f"{run / 'checkpoints'} ({os.strerror(errno.ENOSPC)}); free disk space, "
+                    f"then --resume goes on from {STEP_10}.")
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {STEP_5, STEP_10, "latest"}
+    monkeypatch.undo()
+    assert main(["train", "sinusoid", "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert same_weights(run, runs / "whole")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import json
 import math
@@ -202,9 +203,17 @@ def _unwritten(run_dir: Path, final: Path, error: OSError) -> RunDirectoryError:
     previous = latest(run_dir)
     then = (f"--resume goes on from {previous.name}" if previous is not None
             else "--resume trains it again from iteration 0")
-    return RunDirectoryError(
-        f"Could not write checkpoint {final.name} into {final.parent} "
-        f"({_short(error)}); free disk space or raise the file-size limit, then {then}.")
+    return RunDirectoryError(f"Could not write checkpoint {final.name} into {final.parent} "
+                             f"({_short(error)}); {_remedy(error, run_dir)}, then {then}.")
+
+
+def _remedy(error: OSError, run_dir: Path) -> str:
+    """What to change after a failed write, by its cause."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space"
+    if error.errno == errno.EFBIG:
+        return "raise the file-size limit (ulimit -f)"
+    return f"make {run_dir} writable"
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -477,8 +486,8 @@ def save_best(run_dir: Path, learner: nn.Module, iteration: int, value: float) -
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RunDirectoryError(f"Could not write the best model into {final} "
-                                f"({_short(error)}); free disk space or raise the file-size "
-                                "limit, then continue with --resume.") from None
+                                f"({_short(error)}); {_remedy(error, run_dir)}, then continue "
+                                "with --resume.") from None
     old = run_dir / ".best.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
