@@ -66,9 +66,10 @@ def _warn_once(path: Path, bad: list[tuple[int, str]]) -> None:
     _warned.add(key)
     number, line = bad[0]
     shown = line if len(line) <= 40 else line[:37] + "..."
-    lines = "line" if len(bad) == 1 else "lines"
-    print(f"mamlkit: warning: skipped {len(bad)} {lines} of {path} that are no metrics record "
-          f"(the first, line {number}: {shown}).", file=sys.stderr)
+    what = "line of {} that is no metrics record" if len(bad) == 1 else (
+        "lines of {} that are no metrics records")
+    print(f"mamlkit: warning: skipped {len(bad)} {what.format(path)} (the first, line {number}: "
+          f"{shown}).", file=sys.stderr)
 
 
 def trim_metrics(run_dir: str | Path, iteration: int) -> None:
