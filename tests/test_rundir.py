@@ -337,6 +337,9 @@ def test_verify_reads_each_file_of_a_checkpoint(tmp_path):
     path = checkpoint.latest(run)
     assert checkpoint.verify(path)["iteration"] == 5
     (path / "state.json").write_text(json.dumps({"iteration": 5}))
+    with pytest.raises(RunDirectoryError, match="state.json: its bytes do not match the sha256"):
+        checkpoint.verify(path)
+    (path / "SHA256SUMS").unlink()  # as written before sums were recorded: parse-checked
     with pytest.raises(RunDirectoryError, match="state.json: lacks param_groups"):
         checkpoint.verify(path)
     (path / "model.safetensors").unlink()
@@ -359,8 +362,8 @@ def test_a_config_yaml_edited_to_another_model_is_one_sentence(tmp_path, capsys)
     text = (run / "config.yaml").read_text()
     (run / "config.yaml").write_text(text.replace("hidden: [40, 40]", "hidden: [20, 20]"))
     assert main(["train", "sinusoid", "--out", str(run), "--resume", "--no-progress"]) == 2
-    assert "step_00000005 does not fit the model that config.yaml describes (" in \
-        one_error_line(capsys)
+    assert ("differs from the config step_00000005 was trained with (hidden: [20, 20] "
+            "instead of [40, 40]); restore it with 'cp ") in one_error_line(capsys)
 
 
 def test_a_damaged_best_json_is_one_sentence(tmp_path, capsys):

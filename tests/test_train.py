@@ -1,5 +1,6 @@
 """The training loop end to end: reproducibility, exact resume, divergence, run directories."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import mamlkit
-from mamlkit.run import checkpoint
+from mamlkit.run import checkpoint, loop
 from mamlkit.run.config import resolve
 from mamlkit.run.loop import RunDirectoryError, TrainingDiverged, train
 
@@ -48,16 +49,18 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, first_order):
     assert iterations == [5, 10, 15, 20]
 
 
-def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path,
+                                                                             monkeypatch):
     run = tmp_path / "run"
     train(small_config(), run, progress=False)
     good = weights(run)
-    # continue the finished run with an absurd step size: the loss overflows at once
-    (run / "config.yaml").write_text((run / "config.yaml").read_text()
-                                     .replace("iterations: 20", "iterations: 40")
-                                     .replace("inner_lr: 0.01", "inner_lr: 1.0e+30"))
+    # continue the finished run with an absurd step size: the loss overflows at once (the
+    # learner is built so; a config.yaml edited to say it is refused by its checkpoint's copy)
+    build = loop.make_step
+    monkeypatch.setattr(loop, "make_step", lambda config, *args: build(
+        dataclasses.replace(config, inner_lr=1e30), *args))
     with pytest.raises(TrainingDiverged, match="iteration 21.*step_00000020"):
-        train(small_config(), run, resume=True, progress=False)
+        train(None, run, resume=True, progress=False, overrides={"iterations": 40})
     after = weights(run)
     assert all(torch.equal(good[k], after[k]) for k in good)
 

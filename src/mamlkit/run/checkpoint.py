@@ -1,14 +1,21 @@
 """Checkpoints that resume exactly: safetensors weights plus a JSON of optimizer and loop state.
 
 Each checkpoint is a directory written under a temporary name, synced and renamed into place, and
-the ``latest`` pointer is replaced atomically, so a kill never leaves a half-written checkpoint;
-``usable`` still checks every file before a resume (a power cut or a full disk can truncate what
-the kernel had not yet written) and falls back to the previous checkpoint kept.
+the ``latest`` pointer is replaced atomically, so a kill never leaves a half-written checkpoint.
+Every file of a checkpoint (and of ``best/``) has its sha256 recorded in ``SHA256SUMS`` (the
+format of ``sha256sum -c``) when written, and each read checks it: a power cut, a full disk or a
+flipped bit that leaves the files parseable but wrong is found, and ``usable`` falls back to the
+previous checkpoint kept. Checkpoints written before sums were recorded have none; they load
+unverified, but every value is still parse-checked. A checkpoint also keeps the ``config.yaml``
+it was trained with, so a run's own ``config.yaml`` can be matched against it.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import errno
+import hashlib
 import json
 import math
 import os
@@ -18,15 +25,20 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as tensors_from_bytes
+from safetensors.torch import save as tensors_to_bytes
 from torch import nn
 
+from mamlkit.run import config as config_lib
 from mamlkit.run.errors import RunDirectoryError
 
 KEEP = 2
+SUMS, CONFIG = "SHA256SUMS", "config.yaml"
 _NAME = re.compile(r"step_\d{8}")
+_FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
 _STATE_KEYS = ("iteration", "param_groups", "optimizer_scalars", "task_rng", "torch_rng")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def _sync(path: Path) -> None:
@@ -50,6 +62,63 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    """Each file synced to disk, then ``SHA256SUMS`` of them all, then the folder's entries.
+
+    Written with Python's own file objects, so a full disk or a file-size limit is an OSError
+    like any other (safetensors' own writer turns it into a SafetensorError).
+    """
+    sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n"
+                   for name, data in sorted(files.items()))
+    for name, data in [*files.items(), (SUMS, sums.encode())]:
+        with open(folder / name, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+    _sync(folder)
+
+
+def _read_sums(folder: Path) -> dict[str, str] | None:
+    """``SHA256SUMS`` as {file name: sha256}; None where none was written (older checkpoints)."""
+    try:
+        text = (folder / SUMS).read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RunDirectoryError(f"{SUMS}: {_short(error)}") from None
+    sums = {}
+    for line in text.splitlines():
+        digest, _, name = line.partition("  ")
+        if not _DIGEST.fullmatch(digest) or not name:
+            raise RunDirectoryError(f"{SUMS}: a line is not 'sha256  file' ({line[:40]!r})")
+        sums[name] = digest
+    return sums
+
+
+def _read_files(folder: Path, names: tuple[str, ...],
+                optional: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """The bytes of ``names`` (and of each ``optional`` one the sums list), each checked
+    against the folder's ``SHA256SUMS`` where it has one.
+
+    RunDirectoryError ``"<file>: <why>"`` for the first file missing, unreadable or changed.
+    """
+    sums = _read_sums(folder)
+    listed = [name for name in optional if sums is not None and name in sums]
+    files = {}
+    for name in (*names, *listed):
+        try:
+            data = (folder / name).read_bytes()
+        except OSError as error:
+            raise RunDirectoryError(f"{name}: {_short(error)}") from None
+        if sums is not None and name not in sums:
+            raise RunDirectoryError(f"{SUMS}: lists no sha256 of {name}")
+        if sums is not None and hashlib.sha256(data).hexdigest() != sums[name]:
+            raise RunDirectoryError(f"{name}: its bytes do not match the sha256 recorded in "
+                                    f"{SUMS}")
+        files[name] = data
+    return files
+
+
 def _rng_to_text(state: torch.Tensor) -> str:
     return base64.b64encode(state.numpy().tobytes()).decode()
 
@@ -59,21 +128,46 @@ def _rng_from_text(text: str) -> torch.Tensor:
 
 
 def save(run_dir: Path, iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-         generator: torch.Generator, extra: dict[str, Any] | None = None) -> Path:
+         generator: torch.Generator, extra: dict[str, Any] | None = None,
+         config: config_lib.Config | None = None) -> Path:
     """Write checkpoint ``iteration`` and point ``latest`` at it; keep the last KEEP of them
     (and none past ``iteration``).
 
     ``model`` is the module whose whole state is saved: the learner, so that meta-parameters
-    beyond the network's weights (Meta-SGD rates, MAML++ per-step parameters) resume exactly.
+    beyond the network's weights (Meta-SGD rates, MAML++ per-step parameters) resume exactly;
+    ``config``, the run's, is kept beside it. A write that fails (a full disk, a file-size
+    limit) leaves the checkpoints before as they were and raises RunDirectoryError in one
+    sentence.
     """
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{iteration:08d}"
     tmp = root / f".step_{iteration:08d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              tmp / "model.safetensors")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _write_files(tmp, _checkpoint_files(iteration, model, optimizer, generator, extra,
+                                            config))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _sync(root)
+        _write_text_atomic(root / "latest", final.name)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (root / "latest.tmp").unlink(missing_ok=True)
+        raise _unwritten(run_dir, final, error) from None
+    # newer ones are from a branch a resume abandoned (say a damaged checkpoint skipped)
+    newer = [p for p in kept(run_dir) if p.name > final.name]
+    older = [p for p in kept(run_dir) if p.name <= final.name][KEEP:]
+    for old in newer + older:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _checkpoint_files(iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      generator: torch.Generator, extra: dict[str, Any] | None,
+                      config: config_lib.Config | None) -> dict[str, bytes]:
+    """A checkpoint's files as bytes: weights, optimizer tensors, loop state, config."""
     opt = optimizer.state_dict()
     tensors, state_meta = {}, {}
     for index, state in opt["state"].items():
@@ -83,7 +177,6 @@ def save(run_dir: Path, iteration: int, model: nn.Module, optimizer: torch.optim
                 tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
             else:
                 state_meta[str(index)][key] = value
-    save_file(tensors, tmp / "optimizer.safetensors")
     loop_state = {
         "iteration": iteration,
         "param_groups": opt["param_groups"],
@@ -92,19 +185,35 @@ def save(run_dir: Path, iteration: int, model: nn.Module, optimizer: torch.optim
         "torch_rng": _rng_to_text(torch.get_rng_state()),
         **(extra or {}),
     }
-    (tmp / "state.json").write_text(json.dumps(loop_state))
-    for path in (*tmp.iterdir(), tmp):
-        _sync(path)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _sync(root)
-    _write_text_atomic(root / "latest", final.name)
-    # newer ones are from a branch a resume abandoned (say a damaged checkpoint skipped)
-    newer = [p for p in kept(run_dir) if p.name > final.name]
-    older = [p for p in kept(run_dir) if p.name <= final.name][KEEP:]
-    for old in newer + older:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    files = {"model.safetensors": _weights_bytes(model),
+             "optimizer.safetensors": tensors_to_bytes(tensors),
+             "state.json": json.dumps(loop_state).encode()}
+    if config is not None:
+        files[CONFIG] = config_lib.yaml_text(config).encode()
+    return files
+
+
+def _weights_bytes(model: nn.Module) -> bytes:
+    return tensors_to_bytes({k: v.detach().cpu().contiguous()
+                             for k, v in model.state_dict().items()})
+
+
+def _unwritten(run_dir: Path, final: Path, error: OSError) -> RunDirectoryError:
+    """The one sentence for a checkpoint that could not be written."""
+    previous = latest(run_dir)
+    then = (f"--resume goes on from {previous.name}" if previous is not None
+            else "--resume trains it again from iteration 0")
+    return RunDirectoryError(f"Could not write checkpoint {final.name} into {final.parent} "
+                             f"({_short(error)}); {_remedy(error, run_dir)}, then {then}.")
+
+
+def _remedy(error: OSError, run_dir: Path) -> str:
+    """What to change after a failed write, by its cause."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space"
+    if error.errno == errno.EFBIG:
+        return "raise the file-size limit (ulimit -f)"
+    return f"make {run_dir} writable"
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -129,39 +238,107 @@ def kept(run_dir: Path) -> list[Path]:
                   reverse=True)
 
 
-def verify(path: Path) -> dict[str, Any]:
-    """The loop state of checkpoint ``path`` if each of its files reads back whole.
+class Contents(NamedTuple):
+    """A checkpoint read back whole: its loop state, tensors and the config it was trained
+    with (None in checkpoints written before a copy was kept)."""
 
-    Raises RunDirectoryError naming the first unreadable file and why (a truncated or empty
-    file, broken JSON, missing keys); the tensors' bytes are not re-read, only the safetensors
-    headers, which cover the files' exact lengths.
+    state: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+    config: str | None
+
+
+def read(path: Path) -> Contents:
+    """Every file of checkpoint ``path``, checked against its sums and parsed.
+
+    Raises RunDirectoryError naming the first damaged file and why (missing, truncated,
+    changed since it was written, or a value no checkpoint holds).
     """
-    for name in ("model.safetensors", "optimizer.safetensors"):
-        try:
-            with safe_open(str(path / name), "pt"):
-                pass
-        except (OSError, SafetensorError) as error:
-            raise RunDirectoryError(f"{name}: {_short(error)}") from None
+    files = _read_files(path, _FILES, optional=(CONFIG,))
+    weights = _tensors(files, "model.safetensors")
+    optimizer = _tensors(files, "optimizer.safetensors")
+    state = _loop_state(files["state.json"], path.name)
+    if any(not re.fullmatch(r"\d+\..+", key) for key in optimizer):
+        raise RunDirectoryError("optimizer.safetensors: holds tensors of no parameter")
+    config = files[CONFIG].decode("utf-8", errors="replace") if CONFIG in files else None
+    return Contents(state, weights, optimizer, config)
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """The loop state of checkpoint ``path`` if each of its files reads back whole."""
+    return read(path).state
+
+
+def _tensors(files: dict[str, bytes], name: str) -> dict[str, torch.Tensor]:
     try:
-        state = json.loads((path / "state.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return tensors_from_bytes(files[name])
+    except (SafetensorError, ValueError, TypeError) as error:
+        raise RunDirectoryError(f"{name}: {_short(error)}") from None
+
+
+def _loop_state(data: bytes, name: str) -> dict[str, Any]:
+    """``state.json`` parsed, with each value of the type and form a checkpoint writes."""
+    try:
+        state = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RunDirectoryError(f"state.json: {_short(error)}") from None
     missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
-    if missing or not isinstance(state["iteration"], int):
-        raise RunDirectoryError(f"state.json: lacks {', '.join(missing) or 'an iteration'}")
+    if missing:
+        raise RunDirectoryError(f"state.json: lacks {', '.join(missing)}")
+    problem = _state_problem(state, name)
+    if problem:
+        raise RunDirectoryError(f"state.json: {problem}")
     return state
 
 
+def _state_problem(state: dict[str, Any], name: str) -> str | None:
+    """What is wrong with a loop state's values, or None."""
+    iteration = state["iteration"]
+    if type(iteration) is not int or iteration < 0:
+        return f"iteration is {iteration!r}, not a count of iterations"
+    if _NAME.fullmatch(name) and iteration != int(name[5:]):
+        return f"iteration {iteration} is not the checkpoint's {int(name[5:])}"
+    groups = state["param_groups"]
+    if not isinstance(groups, list) or not groups or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list)
+            and all(type(i) is int for i in g["params"]) for g in groups):
+        return "param_groups is not a list of parameter groups"
+    scalars = state["optimizer_scalars"]
+    if not isinstance(scalars, dict) or not all(
+            k.isdigit() and isinstance(v, dict) for k, v in scalars.items()):
+        return "optimizer_scalars is not a mapping of parameter indices"
+    for key in ("task_rng", "torch_rng"):
+        if not _is_rng_state(state[key]):
+            return f"{key} is not the state of a random number generator"
+    return None
+
+
+def _is_rng_state(text: Any) -> bool:
+    """Whether ``text`` is base64 of a CPU generator's state (the length torch accepts)."""
+    if not isinstance(text, str):
+        return False
+    try:
+        state = torch.frombuffer(bytearray(base64.b64decode(text, validate=True)),
+                                 dtype=torch.uint8)
+        torch.Generator().set_state(state.clone())
+    except (binascii.Error, ValueError, RuntimeError):
+        return False
+    return True
+
+
 class Usable(NamedTuple):
-    """The checkpoint a resume starts from, its iteration, and those skipped (and why)."""
+    """The checkpoint a resume starts from, its iteration, those skipped (and why), and the
+    config text it was trained with (None where it keeps none)."""
 
     path: Path | None
     iteration: int
     skipped: list[str]
+    config: str | None = None
 
 
 def usable(run_dir: Path) -> Usable:
-    """The newest checkpoint that verifies: the ``latest`` pointer's first, then the others.
+    """The newest checkpoint that reads back whole: the ``latest`` pointer's first, then the
+    others, newest first (a garbled pointer only costs the order).
 
     ``Usable(None, 0, [])`` when the run holds no checkpoint; RunDirectoryError in one sentence
     when it holds some but none reads back.
@@ -172,13 +349,24 @@ def usable(run_dir: Path) -> Usable:
     skipped = []
     for path in candidates:
         try:
-            return Usable(path, verify(path)["iteration"], skipped)
+            contents = read(path)
         except RunDirectoryError as error:
             skipped.append(f"{path.name} ({error})")
+            continue
+        return Usable(path, contents.state["iteration"], skipped, contents.config)
     if skipped:
         raise RunDirectoryError(f"No usable checkpoint in {run_dir / 'checkpoints'}: "
-                                f"{'; '.join(skipped)}.")
+                                f"{'; '.join(skipped)}; restore one or train into a new --out.")
     return Usable(None, 0, [])
+
+
+def skipped_note(found: Usable, going_on: str) -> str | None:
+    """The warning for damaged checkpoints ``usable`` passed over (``going_on``: "resuming
+    from", "using"), or None."""
+    if not found.skipped or found.path is None:
+        return None
+    return (f"skipped the damaged checkpoint {'; '.join(found.skipped)}; {going_on} "
+            f"{found.path.name}")
 
 
 def _short(error: BaseException) -> str:
@@ -190,13 +378,13 @@ def _short(error: BaseException) -> str:
 def remove_partial(run_dir: Path) -> None:
     """Delete what a kill in the middle of ``save`` or ``save_best`` can leave behind.
 
-    A complete ``best/`` written under its temporary name, or the previous one moved aside,
-    is renamed back into place first, so no kept model is lost.
+    A ``best/`` written whole under its temporary name, or the previous one moved aside, is
+    renamed back into place first, so no kept model is lost.
     """
     best_dir, tmp, old = run_dir / "best", run_dir / ".best.tmp", run_dir / ".best.old"
     if not best_dir.exists():
         for candidate in (tmp, old):
-            if (candidate / "best.json").is_file() and (candidate / "model.safetensors").is_file():
+            if _reads_back(candidate):
                 os.replace(candidate, best_dir)
                 break
     for path in (tmp, old, *(run_dir / "checkpoints").glob(".step_*.tmp")):
@@ -204,53 +392,102 @@ def remove_partial(run_dir: Path) -> None:
     (run_dir / "checkpoints" / "latest.tmp").unlink(missing_ok=True)
 
 
-def load_model(path: Path, model: nn.Module) -> None:
-    """Load the weights into ``model``: the learner (model plus learned rates and the like).
-
-    Checkpoints written before learners saved their own state hold the bare model's weights
-    (no ``model.`` prefix); those load into ``model.model``.
-    """
+def _reads_back(best_dir: Path) -> bool:
     try:
-        weights = load_file(path / "model.safetensors")
-    except (OSError, SafetensorError) as error:
-        raise RunDirectoryError(f"{path / 'model.safetensors'} is unreadable ({_short(error)}); "
-                                "the run directory is damaged.") from None
+        _read_files(best_dir, ("model.safetensors", "best.json"))
+    except RunDirectoryError:
+        return False
+    return True
+
+
+def load_model(path: Path, model: nn.Module) -> None:
+    """Load the weights of ``path`` (a checkpoint or ``best/``) into ``model``: the learner
+    (model plus learned rates and the like), checked against the folder's sums."""
+    try:
+        weights = _tensors(_read_files(path, ("model.safetensors",)), "model.safetensors")
+    except RunDirectoryError as error:
+        raise _damaged(path, error) from None
+    _load_weights(path, weights, model)
+
+
+def _load_weights(path: Path, weights: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Checkpoints written before learners saved their own state hold the bare model's
+    weights (no ``model.`` prefix); those load into ``model.model``."""
     inner = getattr(model, "model", None)
-    if (isinstance(inner, nn.Module) and set(weights) != set(model.state_dict())
-            and set(weights) == set(inner.state_dict())):
-        inner.load_state_dict(weights)
-        return
-    model.load_state_dict(weights)
+    try:
+        if (isinstance(inner, nn.Module) and set(weights) != set(model.state_dict())
+                and set(weights) == set(inner.state_dict())):
+            inner.load_state_dict(weights)
+            return
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise _misfit(path, error) from None
+
+
+def _damaged(path: Path, error: RunDirectoryError) -> RunDirectoryError:
+    if path.name == "best":
+        return RunDirectoryError(f"{path} is damaged ({error}); delete {path} and the run "
+                                 "keeps its best model anew from the next validation.")
+    return RunDirectoryError(f"{path} is damaged ({error}); delete it and the checkpoint "
+                             "before is used.")
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape "
+                            r"torch\.Size\((\[[^]]*\])\) from checkpoint, the shape in current "
+                            r"model is torch\.Size\((\[[^]]*\])\)")
+
+
+def _misfit(path: Path, error: BaseException) -> RunDirectoryError:
+    """Weights or optimizer state that read back whole but fit another model than the one the
+    run's ``config.yaml`` describes: one sentence naming the first tensor that differs."""
+    text = str(error)
+    mismatch = _SIZE_MISMATCH.search(text)
+    if mismatch:
+        name, saved, built = mismatch.groups()
+        detail = f"{name} is {saved} in the checkpoint and {built} in the model"
+    else:
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        detail = " ".join(lines[:2]).rstrip(".:") if lines else type(error).__name__
+    return RunDirectoryError(f"{path} does not fit the model that config.yaml describes "
+                             f"({detail}); restore config.yaml or train into a new --out.")
 
 
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
          generator: torch.Generator) -> dict[str, Any]:
     """Restore model, optimizer and random number generators; returns the loop state."""
-    load_model(path, model)
-    loop_state = json.loads((path / "state.json").read_text())
-    tensors = load_file(path / "optimizer.safetensors")
+    contents = read(path)
+    _load_weights(path, contents.weights, model)
+    loop_state = contents.state
     state: dict[int, dict[str, Any]] = {}
     for index, scalars in loop_state["optimizer_scalars"].items():
         state[int(index)] = dict(scalars)
-    for key, value in tensors.items():
+    for key, value in contents.optimizer.items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": loop_state["param_groups"]})
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": loop_state["param_groups"]})
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise _misfit(path, error) from None
     generator.set_state(_rng_from_text(loop_state["task_rng"]))
     torch.set_rng_state(_rng_from_text(loop_state["torch_rng"]))
     return loop_state
 
 
 def save_best(run_dir: Path, learner: nn.Module, iteration: int, value: float) -> None:
-    """Write ``best/`` (weights and a JSON) under a temporary name and rename it into place."""
+    """Write ``best/`` (weights, a JSON and their sums) under a temporary name and rename it
+    into place; a failed write leaves the ``best/`` before as it was."""
     final, tmp = run_dir / "best", run_dir / ".best.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()},
-              tmp / "model.safetensors")
-    (tmp / "best.json").write_text(json.dumps({"iteration": iteration, "val_post": value}))
-    for path in (*tmp.iterdir(), tmp):
-        _sync(path)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _write_files(tmp, {"model.safetensors": _weights_bytes(learner),
+                           "best.json": json.dumps({"iteration": iteration,
+                                                    "val_post": value}).encode()})
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunDirectoryError(f"Could not write the best model into {final} "
+                                f"({_short(error)}); {_remedy(error, run_dir)}, then continue "
+                                "with --resume.") from None
     old = run_dir / ".best.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -279,11 +516,13 @@ def best(run_dir: Path) -> tuple[Path, int] | None:
 
 
 def _best_json(path: Path) -> dict[str, Any]:
-    """``best/best.json``, or RunDirectoryError in one sentence if it does not read back."""
+    """``best/best.json``, checked against the sums, or RunDirectoryError in one sentence."""
     try:
-        values = json.loads((path / "best.json").read_text())
+        values = json.loads(_read_files(path, ("best.json",))["best.json"])
         return {"iteration": int(values["iteration"]), "val_post": float(values["val_post"])}
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as error:
+    except RunDirectoryError as error:
+        raise _damaged(path, error) from None
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError) as error:
         raise RunDirectoryError(
             f"{path / 'best.json'} is unreadable ({_short(error)}); delete {path} and the run "
             "keeps its best model anew from the next validation.") from None

@@ -562,18 +562,20 @@ def resolve(preset: str, overrides: dict[str, Any]) -> Config:
     return config
 
 
-def check(config: Config) -> None:
+def check(config: Config, machine: bool = True) -> None:
     """Refuse values no run can use, with one sentence that names the key and what it needs.
 
     Each key's own range comes from its metadata (``choices``, ``bounds``, ``nonempty``), so a
     new key is checked where it is declared; the rules below cover what depends on several keys
-    or on this machine.
+    or on this machine (``machine=False`` leaves those out: a run's saved config read back on
+    another machine, whose ``device`` a resume may still change).
     """
     kinds = field_types()
     for f in dataclasses.fields(Config):
         _check_key(f.name, getattr(config, f.name), f.metadata, kinds[f.name])
     _check_supervised(config)
-    _check_device(config)
+    if machine:
+        _check_device(config)
     _check_family(config)
     _check_rl(config)
 
@@ -757,6 +759,11 @@ _HEADER = ("# mamlkit run config: the keys that apply to this run, by section; "
            "left-out keys keep their defaults\n")
 
 
+def yaml_text(config: Config) -> str:
+    """``config.yaml``'s text: the keys that apply by section, then the ``unused_keys``."""
+    return _HEADER + format_sections(config, unused=True)
+
+
 def save(config: Config, path: Path) -> None:
     """Write ``config.yaml``: the keys that apply, so a run's file shows what shaped it, and
     the ``unused_keys`` last, so that ``load`` gives back ``config`` field for field.
@@ -765,11 +772,10 @@ def save(config: Config, path: Path) -> None:
     step, so a crash or a full disk never leaves a half-written config behind.
     """
     path = Path(path)
-    text = _HEADER + format_sections(config, unused=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+            stream.write(yaml_text(config))
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the config from other readers

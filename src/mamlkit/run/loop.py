@@ -203,18 +203,10 @@ def _build(plan: rundir.Plan, context: distributed.Context, run_dir: Path):
     generator = generator_from(plan.config.seed + 1)
     window: list[float] = []
     if plan.checkpoint is not None:
-        try:
-            state = checkpoint.load(plan.checkpoint, step.learner, step.optimizer, generator)
-            if "meta_lr" in plan.changes:  # the loaded optimizer state holds the old one
-                for group in step.optimizer.param_groups:
-                    group["lr"] = plan.config.meta_lr
-        except RunDirectoryError:
-            raise
-        except (RuntimeError, KeyError, ValueError) as error:  # a config.yaml edited by hand
-            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise RunDirectoryError(f"{plan.checkpoint} does not fit the model that "
-                                    f"config.yaml describes ({first.rstrip('.:')}); restore "
-                                    "config.yaml or train into a new --out.") from None
+        state = checkpoint.load(plan.checkpoint, step.learner, step.optimizer, generator)
+        if "meta_lr" in plan.changes:  # the loaded optimizer state holds the old one
+            for group in step.optimizer.param_groups:
+                group["lr"] = plan.config.meta_lr
         window = _restore_window(plan.checkpoint, state, step)
     return step, generator, window
 
@@ -352,7 +344,7 @@ def _save(run: _Run, iteration: int, window: list[float]) -> None:
     if run.context.is_main:
         step = run.step
         checkpoint.save(run.run_dir, iteration, step.learner, step.optimizer, run.generator,
-                        extra)
+                        extra, config=run.config)
 
 
 def _stop_on_signal(run: _Run, iteration: int, window: list[float], saved: bool) -> None:

@@ -14,6 +14,7 @@ a temporary name and renamed into place.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -140,12 +141,13 @@ def _plan_resume(run_dir: Path, overrides: dict[str, Any] | None) -> Plan:
         raise RunDirectoryError(f"Nothing to resume in {run_dir}: it holds no run "
                                 f"({CONFIG} is missing).")
     saved = read_config(run_dir / CONFIG)
-    config, changes = apply_changes(saved, overrides)
     found = checkpoint.usable(run_dir)
+    check_trained(saved, found, run_dir / CONFIG)
+    config, changes = apply_changes(saved, overrides)
     notes = []
-    if found.skipped:
-        notes.append(f"skipped the damaged checkpoint {'; '.join(found.skipped)}; resuming "
-                     f"from {found.path.name}")
+    skipped = checkpoint.skipped_note(found, "resuming from")
+    if skipped:
+        notes.append(skipped)
     if found.path is None:
         notes.append(f"{run_dir} holds no checkpoint yet; training it again from iteration 0 "
                      f"with its {CONFIG}")
@@ -159,14 +161,40 @@ def _plan_resume(run_dir: Path, overrides: dict[str, Any] | None) -> Plan:
 
 
 def read_config(path: Path) -> Config:
-    """A run's ``config.yaml``, or RunDirectoryError in one sentence if it does not read back."""
+    """A run's ``config.yaml``, checked like user input (all but what depends on this
+    machine), or RunDirectoryError in one sentence if it does not read back or holds a value
+    no run can use."""
     try:
-        return config_lib.load(path)
+        config = config_lib.load(path)
+        config_lib.check(config, machine=False)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError, TypeError,
             AttributeError, ValueError) as error:
         reason = " ".join(str(error).split()).rstrip(".") or type(error).__name__
         raise RunDirectoryError(f"{path} does not load ({reason}); restore it or train into a "
                                 "new --out.") from None
+    return config
+
+
+def check_trained(config: Config, found: checkpoint.Usable, path: Path) -> None:
+    """Refuse a run's config that differs from the copy its checkpoint was trained with in a
+    key a resume may not change (a file truncated, damaged or edited by hand): using it would
+    go on, or evaluate, with other hyper-parameters or another model. Checkpoints written
+    before they kept a copy are not matched."""
+    if found.path is None or found.config is None:
+        return
+    try:
+        trained = config_lib.from_dict(yaml.safe_load(found.config) or {})
+    except (yaml.YAMLError, ConfigError, TypeError, AttributeError, ValueError):
+        return  # a copy from another version of mamlkit: nothing to match against
+    differences = [f"{key}: {json.dumps(getattr(config, key))} instead of "
+                   f"{json.dumps(getattr(trained, key))}" for key in config_lib.field_types()
+                   if key not in RESUMABLE and getattr(config, key) != getattr(trained, key)]
+    if differences:
+        copy = found.path / checkpoint.CONFIG
+        raise RunDirectoryError(
+            f"{path} differs from the config {found.path.name} was trained with "
+            f"({', '.join(differences[:4])}{', ...' if len(differences) > 4 else ''}); "
+            f"restore it with 'cp {copy} {path}' or train into a new --out.")
 
 
 def apply_changes(saved: Config, overrides: dict[str, Any] | None) -> tuple[Config,
@@ -174,9 +202,11 @@ def apply_changes(saved: Config, overrides: dict[str, Any] | None) -> tuple[Conf
     """``saved`` with a resume's ``--set`` values; only the RESUMABLE keys may differ.
 
     Values equal to the saved ones are no change, so repeating the original command's
-    ``--set`` pairs with ``--resume`` works.
+    ``--set`` pairs with ``--resume`` works. The result is checked like user input, this
+    machine included (``device=cuda`` where there is no GPU).
     """
     if not overrides:
+        config_lib.check(saved)
         return saved, {}
     config = config_lib.from_dict(overrides, saved)
     changes = {key: getattr(config, key) for key in overrides
@@ -236,5 +266,5 @@ def write_config(config: Config, path: Path) -> None:
     config_lib.save(config, path)
 
 
-__all__ = ["CONFIG", "LOCK", "RESUMABLE", "Plan", "RunLock", "apply_changes", "begin", "plan",
-           "read_config", "write_config"]
+__all__ = ["CONFIG", "LOCK", "RESUMABLE", "Plan", "RunLock", "apply_changes", "begin",
+           "check_trained", "plan", "read_config", "write_config"]
