@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import one_error_line
 
 from mamlkit.cli import main
 
@@ -109,12 +110,6 @@ def test_ctrl_c_while_torch_loads_is_one_line(tmp_path, argv):
 
 # --- item 8: a run directory of another kind, data that moved, a NaN stop, a bad eval.json ----
 
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err and len(lines) == 1, err
-    assert lines[0].startswith("mamlkit: error: ")
-    return lines[0]
 
 
 def test_resume_under_a_preset_of_another_task_is_refused(run, tmp_path, capsys):

@@ -12,13 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import slow_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mamlkit.cli import main
@@ -157,18 +157,7 @@ def assert_tensorboard_holds_the_metrics(run: Path) -> None:
         assert tensorboard_scalars(run, purge) == expected
 
 
-_SLOW_CLI = textwrap.dedent("""
-    import sys, time
-    from mamlkit.run import steps
-    update = steps.SupervisedStep.update
-    def slow(self, generator):  # the same numbers, slowly enough to be killed mid-run
-        loss = update(self, generator)
-        time.sleep(0.05)
-        return loss
-    steps.SupervisedStep.update = slow
-    from mamlkit.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
+_SLOW_CLI = slow_cli(0.05)
 
 
 def _kill_after_record(argv: list[str], run: Path, iteration: int, cwd: Path) -> None:

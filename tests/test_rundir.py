@@ -10,12 +10,12 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from datetime import datetime
 
 import pytest
 import torch
+from cli_helpers import one_error_line, slow_cli
 from safetensors.torch import load_file, save_file
 
 import mamlkit
@@ -50,12 +50,6 @@ def same_weights(a, b) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err and len(lines) == 1, err
-    assert lines[0].startswith("mamlkit: error: ")
-    return lines[0]
 
 
 # --- 1. nothing is written until the build succeeds --------------------------------------------
@@ -175,18 +169,7 @@ def test_interrupts_restore_the_previous_handlers():
     assert {s: signal.getsignal(s) for s in interrupts.SIGNALS} == before
 
 
-_SLOW_CLI = textwrap.dedent("""
-    import sys, time
-    from mamlkit.run import steps
-    update = steps.SupervisedStep.update
-    def slow(self, generator):  # the same numbers, slowly enough to be signalled mid-run
-        loss = update(self, generator)
-        time.sleep(0.1)
-        return loss
-    steps.SupervisedStep.update = slow
-    from mamlkit.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
+_SLOW_CLI = slow_cli(0.1)
 
 
 @pytest.mark.slow
