@@ -146,8 +146,8 @@ class Config:
     device: str = _key("run", "auto", "auto | cpu | cuda (supervised runs; meta-RL runs on the "
                        "CPU)", ("auto", "cpu", "cuda"))
     eval_inner_lr: float | list[float] | None = _key(
-        "run", None, "fine-tuning step size at evaluation, or one per step (the last repeats); "
-        "null: inner_lr, or the preset's for alpha=0 runs", bounds=_AT_LEAST_0, nonempty=True)
+        "run", None, "evaluation's step size, or one per step (last repeats); null: "
+        "inner_lr (alpha=0: the preset's)", bounds=_AT_LEAST_0, nonempty=True)
     eval_steps: list[int] = _key("run", [0, 1, 2, 5, 10], "inner steps at which evaluation "
                                  "reports the adapted metric", bounds=_AT_LEAST_0, nonempty=True)
     eval_tasks: int = _key("run", 600, "held-out tasks of 'mamlkit eval'", bounds=_AT_LEAST_1)
