@@ -212,3 +212,49 @@ def test_a_stock_network_meta_trains_on_omniglot_from_python(tmp_path, monkeypat
         optimizer.step()
     curve = learner.adaptation_curve(tasks.sample(40, generator), [0, 1], "accuracy")
     assert curve[1].mean() > curve_before[1].mean() + 0.15
+
+
+class Recurrent(nn.Module):
+    """A sequence regressor with a stock LSTM (no vmap batching rule) after dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop, self.rnn, self.head = nn.Dropout(0.2), nn.LSTM(3, 6, batch_first=True), \
+            nn.Linear(6, 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(self.drop(x))
+        return self.head(out[:, -1])
+
+
+def sequence_batch(tasks=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    def side():
+        return torch.randn(tasks, 4, 5, 3, generator=g), torch.randn(tasks, 4, 1, generator=g)
+    return TaskBatch(side(), side())
+
+
+def test_an_lstm_meta_trains_with_auto_batching_as_the_loop_does(caplog, monkeypatch):
+    """auto finds at the first meta-step that vmap cannot batch the LSTM, says so once, and
+    loops from then on: the same parameters as batching='loop', dropout's draws included."""
+    torch.manual_seed(0)
+    model = Recurrent()
+    vmaps = []
+    real_vmap = torch.func.vmap
+    monkeypatch.setattr(torch.func, "vmap", lambda *a, **k: vmaps.append(1) or real_vmap(*a, **k))
+    trained = []
+    for batching in ("auto", "loop"):
+        learner = MAML(copy.deepcopy(model), inner_lr=0.1, batching=batching)
+        optimizer = torch.optim.Adam(learner.parameters(), lr=0.01)
+        torch.manual_seed(1)
+        with caplog.at_level(logging.WARNING, logger="mamlkit"):
+            for step in range(3):
+                optimizer.zero_grad()
+                learner.meta_loss(sequence_batch(seed=step)).backward()
+                optimizer.step()
+        trained.append(learner.state_dict())
+    for name, value in trained[0].items():
+        assert torch.equal(value, trained[1][name]), name
+    assert len(vmaps) == 1  # tried once, remembered
+    said = [r.getMessage() for r in caplog.records if "vmap" in r.getMessage()]
+    assert len(said) == 1 and "layer 'rnn' (LSTM)" in said[0] and "aten::lstm" in said[0], said
