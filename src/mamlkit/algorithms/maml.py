@@ -32,7 +32,7 @@ from mamlkit.functional.meta import PerStep
 from mamlkit.functional.select import select_names
 from mamlkit.functional.stacked import supports_task_stacking
 from mamlkit.functional.task_batch import TaskBatch
-from mamlkit.functional.task_loss import TaskLoss, as_task_loss
+from mamlkit.functional.task_loss import TaskLoss, as_task_loss, model_arguments
 from mamlkit.models.batch_norm import (
     exact_batch_norm,
     has_torch_batch_norm,
@@ -271,12 +271,14 @@ class MAML(nn.Module):
         return MF.trajectory(ops, self.params(), support, self.rates(inner_lr, steps), steps,
                              self.first_order, self.adapt_names, self.per_step())[-1]
 
-    def forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
-        """The model's prediction with ``params`` (adapted ones) or with theta."""
+    def forward(self, x: Any, params: dict[str, Tensor] | None = None) -> Tensor:
+        """The model's prediction with ``params`` (adapted ones) or with theta; a tuple or dict
+        ``x`` holds several inputs (``functional.task_loss.model_arguments``)."""
         if params is None:
             per_step = self.per_step()
             if not per_step:
-                return self.model(x)
+                args, kwargs = model_arguments(self.model, x)
+                return self.model(*args, **kwargs)
             params = {**self.params(), **per_step[0]}
         return MF.forward(self.model, params, self.buffers_dict(), x)
 
