@@ -75,11 +75,17 @@ elif not any(isinstance(f, _RegisterWhenGymnasiumLoads) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegisterWhenGymnasiumLoads())
 
 
+# Sub-packages that ``mamlkit.<name>`` loads on first use (``mamlkit.tasks.omniglot_tasks``)
+_PACKAGES = ("algorithms", "data", "envs", "functional", "models", "rl", "run", "tasks")
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
+    if name in _PACKAGES:
+        return import_module(f"mamlkit.{name}")
     raise AttributeError(f"module 'mamlkit' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+    return sorted({*globals(), *_LAZY, *_PACKAGES})
