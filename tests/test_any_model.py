@@ -212,3 +212,131 @@ def test_a_stock_network_meta_trains_on_omniglot_from_python(tmp_path, monkeypat
         optimizer.step()
     curve = learner.adaptation_curve(tasks.sample(40, generator), [0, 1], "accuracy")
     assert curve[1].mean() > curve_before[1].mean() + 0.15
+
+
+class Recurrent(nn.Module):
+    """A sequence regressor with a stock LSTM (no vmap batching rule) after dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop, self.rnn, self.head = nn.Dropout(0.2), nn.LSTM(3, 6, batch_first=True), \
+            nn.Linear(6, 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(self.drop(x))
+        return self.head(out[:, -1])
+
+
+def sequence_batch(tasks=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    def side():
+        return torch.randn(tasks, 4, 5, 3, generator=g), torch.randn(tasks, 4, 1, generator=g)
+    return TaskBatch(side(), side())
+
+
+def test_an_lstm_meta_trains_with_auto_batching_as_the_loop_does(caplog, monkeypatch):
+    """auto finds at the first meta-step that vmap cannot batch the LSTM, says so once, and
+    loops from then on: the same parameters as batching='loop', dropout's draws included."""
+    torch.manual_seed(0)
+    model = Recurrent()
+    vmaps = []
+    real_vmap = torch.func.vmap
+    monkeypatch.setattr(torch.func, "vmap", lambda *a, **k: vmaps.append(1) or real_vmap(*a, **k))
+    trained = []
+    for batching in ("auto", "loop"):
+        learner = MAML(copy.deepcopy(model), inner_lr=0.1, batching=batching)
+        optimizer = torch.optim.Adam(learner.parameters(), lr=0.01)
+        torch.manual_seed(1)
+        with caplog.at_level(logging.WARNING, logger="mamlkit"):
+            for step in range(3):
+                optimizer.zero_grad()
+                learner.meta_loss(sequence_batch(seed=step)).backward()
+                optimizer.step()
+        trained.append(learner.state_dict())
+    for name, value in trained[0].items():
+        assert torch.equal(value, trained[1][name]), name
+    assert len(vmaps) == 1  # tried once, remembered
+    said = [r.getMessage() for r in caplog.records if "vmap" in r.getMessage()]
+    assert len(said) == 1 and "layer 'rnn' (LSTM)" in said[0] and "aten::lstm" in said[0], said
+
+
+class Gated(nn.Module):
+    """``forward(x, aux)``: two inputs; stacks tasks itself (``[T, ...]`` parameters and
+    ``[T, N, ...]`` inputs broadcast through the matrix products)."""
+
+    supports_task_stacking = True
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Parameter(torch.randn(3, 2)), nn.Parameter(torch.randn(2, 2))
+        self.out = nn.Parameter(torch.randn(2, 1))
+
+    def forward(self, x, aux):
+        return (torch.tanh(x @ self.a) * (aux @ self.b)) @ self.out
+
+
+def two_input_batch(as_dict=False, tasks=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    def side():
+        x, aux = (torch.randn(tasks, 5, n, generator=g, dtype=torch.float64) for n in (3, 2))
+        y = torch.randn(tasks, 5, 1, generator=g, dtype=torch.float64)
+        return ({"x": x, "aux": aux} if as_dict else (x, aux)), y
+    return TaskBatch(side(), side())
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_a_model_of_two_inputs_takes_a_tuple_or_dict_x_on_every_path(as_dict):
+    """x = (x, aux) is passed as positional arguments, {"x": .., "aux": ..} as keyword ones."""
+    torch.manual_seed(0)
+    model = Gated().double()
+    batch = two_input_batch(as_dict)
+    grads = {}
+    for batching in ("auto", "vmap", "loop", "stacked"):
+        learner = MAML(copy.deepcopy(model), inner_lr=0.1, inner_steps=2, batching=batching)
+        learner.meta_loss(batch).backward()
+        grads[batching] = [p.grad for p in learner.parameters()]
+    for batching, found in grads.items():
+        for g, expected in zip(found, grads["loop"], strict=True):
+            torch.testing.assert_close(g, expected, msg=batching)
+    learner = MAML(model, inner_lr=0.1)
+    (x, y), _ = batch.support, None
+    one = {k: v[0] for k, v in x.items()} if as_dict else tuple(v[0] for v in x)
+    adapted = learner.adapt(one, y[0])
+    assert learner(one, adapted).shape == learner(one).shape == (5, 1)
+
+
+class Mixed(nn.Module):
+    """``forward(x, aux)`` of standard layers, stacked by nobody."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(3, 4), nn.Linear(2, 4), nn.Linear(4, 1)
+
+    def forward(self, x, aux):
+        return self.out(torch.relu(self.a(x) + self.b(aux)))
+
+
+def test_a_model_of_two_inputs_of_standard_layers_runs_batched_and_says_why_not_stacked():
+    torch.manual_seed(0)
+    model, batch = Mixed().double(), two_input_batch()
+    grads = {}
+    for batching in ("auto", "vmap", "loop"):
+        learner = MAML(copy.deepcopy(model), inner_lr=0.1, batching=batching)
+        learner.meta_loss(batch).backward()
+        grads[batching] = [p.grad for p in learner.parameters()]
+    assert MAML(model, 0.1).batching.kind == "vmap"
+    for batching in ("auto", "vmap"):
+        for g, expected in zip(grads[batching], grads["loop"], strict=True):
+            torch.testing.assert_close(g, expected)
+    with pytest.raises(ValueError, match=r"forward's second input 'aux'.*; choose auto, vmap or "
+                                         r"loop\.$"):
+        MAML(model, 0.1, batching="stacked")
+
+
+def test_the_inputs_of_a_model_of_two_inputs_are_checked_against_the_targets():
+    x, aux, y = torch.randn(4, 5, 3), torch.randn(4, 6, 2), torch.randn(4, 5, 1)
+    with pytest.raises(ValueError, match=r"^TaskBatch support x\[1\] has shape \[4, 6, 2\] but y "
+                                         r"\[4, 5, 1\]"):
+        TaskBatch(((x, aux), y), ((x, aux), y))
+    with pytest.raises(ValueError, match=r"^TaskBatch query x\['aux'\] has shape"):
+        TaskBatch(((x, x), y), ({"x": x, "aux": aux}, y))

@@ -273,7 +273,7 @@ def test_a_file_size_limit_while_saving_is_one_sentence_and_the_run_resumes(tmp_
     assert limited.returncode == 2, limited.stderr
     line = _error_line(limited.stderr)
     assert "step_00000015" in line and "(File too large); raise the file-size limit" in line
-    assert line.endswith("then --resume goes on from step_00000010.")
+    assert line.endswith("then --resume (resume=True) goes on from step_00000010.")
     assert checkpoint.latest(run).name == STEP_10
     assert {p.name for p in (run / "checkpoints").iterdir()} == {STEP_5, STEP_10, "latest"}
     assert main(again) == 0
@@ -311,7 +311,7 @@ def test_a_full_disk_while_saving_leaves_the_checkpoints_before_as_they_were(run
     line = _error_line(capsys.readouterr().err)
     assert line == (f"mamlkit: error: Could not write checkpoint step_00000015 into "
                     f"{run / 'checkpoints'} ({os.strerror(errno.ENOSPC)}); free disk space, "
-                    f"then --resume goes on from {STEP_10}.")
+                    f"then --resume (resume=True) goes on from {STEP_10}.")
     assert {p.name for p in (run / "checkpoints").iterdir()} == {STEP_5, STEP_10, "latest"}
     monkeypatch.undo()
     assert main(["train", "sinusoid", "--out", str(run), "--resume", "--no-progress"]) == 0

@@ -245,3 +245,12 @@ def test_training_and_loading_leave_mujoco_tensorboard_and_plots_for_first_use(l
     writing, matplotlib when a plot is drawn."""
     heavy, _ = loaded["training"]
     assert not heavy & {"mujoco", "matplotlib", "tensorboard"}, heavy
+
+
+def test_the_packages_load_on_first_use_of_their_name():
+    """``import mamlkit`` then ``mamlkit.tasks.omniglot_tasks``, as the README writes it."""
+    shown = subprocess.run(
+        [sys.executable, "-c", "import mamlkit\nprint(mamlkit.tasks.omniglot_tasks.__name__, "
+                               "'tasks' in dir(mamlkit))"],
+        capture_output=True, text=True)
+    assert shown.stdout.split() == ["omniglot_tasks", "True"], shown.stderr

@@ -365,3 +365,17 @@ def test_real_omniglot_counts_checksums_and_fast_cached_load(real_cache):
         Image.open(io.BytesIO(first)).convert("L").resize((28, 28), Image.Resampling.LANCZOS)
     )
     assert np.array_equal(data.images[data.labels == 964][0].numpy(), expected)
+
+
+def test_load_image_folder_takes_channels_as_the_command_line_does(tmp_path):
+    root = tmp_path / "pets"
+    make_class_folder(root)
+    gray, rgb = (load_image_folder(root, image_size=12, channels=c) for c in (1, 3))
+    assert torch.equal(gray.images, load_image_folder(root, image_size=12, mode="L").images)
+    assert torch.equal(rgb.images, load_image_folder(root, image_size=12, mode="RGB").images)
+    with pytest.raises(ValueError, match=r"^channels must be 1 \(grayscale\) or 3 \(RGB\); "
+                                         r"got 2\.$"):
+        load_image_folder(root, channels=2)
+    with pytest.raises(ValueError, match=r"^channels=1 and mode='RGB' disagree; give one of "
+                                         r"them\.$"):
+        load_image_folder(root, channels=1, mode="RGB")

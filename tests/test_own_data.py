@@ -182,3 +182,25 @@ def test_a_custom_task_distribution_trains_through_the_loop_from_python(tmp_path
     result = custom.evaluate(a, tasks=Waves())
     assert result["metric"] == "mse" and result["num_tasks"] == 40
     assert result["steps"]["1"]["mean"] < result["steps"]["0"]["mean"]
+
+
+def test_a_task_distribution_without_loss_or_metric_is_told_what_to_add(tmp_path):
+    from torch import nn
+
+    from mamlkit.run import custom
+
+    class NoLoss:
+        metric = "mse"
+
+        def sample(self, num_tasks, generator):
+            raise AssertionError("not reached")
+
+    config = custom.config(iterations=2)
+    for tasks, missing in ((NoLoss(), "loss"), (type("NoMetric", (NoLoss,), {"loss": "mse",
+                                                                             "metric": None})(),
+                                                "metric")):
+        with pytest.raises(TypeError, match=rf"^The task distribution {type(tasks).__name__} "
+                                            rf"has no {missing} attribute; give it {missing} ="):
+            custom.train(config, tmp_path / "run", tasks=tasks, model=nn.Linear(1, 1),
+                         progress=False)
+    assert not (tmp_path / "run").exists()

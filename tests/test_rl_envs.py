@@ -1,6 +1,9 @@
 """Navigation2D and the half-cheetah tasks: rewards, clipping, task sampling, gymnasium ids, and
 the batched versions against the single gymnasium environments."""
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -163,3 +166,41 @@ def test_nav2d_batch_equals_gymnasium():
             o, r, terminated, *_ = env.step(actions[t, i, 0].numpy())
             assert torch.equal(obs[i, 0], torch.from_numpy(o))
             assert float(reward[i, 0]) == pytest.approx(r, abs=1e-7) and terminated == done[i, 0]
+
+
+def _fresh_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+MAMLKIT_IDS = ["mamlkit/AntDir-v0", "mamlkit/AntVel-v0", "mamlkit/HalfCheetahDir-v0",
+               "mamlkit/HalfCheetahVel-v0", "mamlkit/Navigation2D-v0"]
+
+
+@pytest.mark.parametrize("imports", ["import mamlkit, gymnasium", "import gymnasium, mamlkit"])
+def test_gymnasium_makes_mamlkits_ids_after_import_mamlkit_in_either_order(imports):
+    """Registered on ``import mamlkit`` (whether gymnasium comes first or later), with no
+    simulator and no torch loaded until ``make``."""
+    pytest.importorskip("mujoco")
+    done = _fresh_python(
+        f"{imports}\nimport sys\n"
+        "print(sorted(m for m in ('mujoco', 'torch') if m in sys.modules))\n"
+        "print(sorted(i for i in gymnasium.registry if i.startswith('mamlkit/')))\n"
+        "env = gymnasium.make('mamlkit/HalfCheetahVel-v0')\n"
+        "env.unwrapped.reset_task(env.unwrapped.sample_tasks(1, seed=0)[0])\n"
+        "env.reset(seed=0)\nenv.step(env.action_space.sample())\n"
+        "print(env.spec.max_episode_steps, env.unwrapped.task)\n")
+    assert done.returncode == 0, done.stderr
+    loaded, ids, made = done.stdout.splitlines()
+    assert loaded == "[]" and ids == str(MAMLKIT_IDS)
+    assert made.startswith("200 {'velocity': ")
+
+
+def test_import_mamlkit_loads_neither_gymnasium_nor_mujoco_and_needs_neither():
+    shown = _fresh_python("import sys\nimport mamlkit\n"
+                          "print(sorted(m for m in ('gymnasium', 'mujoco') if m in sys.modules))")
+    assert shown.returncode == 0 and shown.stdout.strip() == "[]", shown.stderr
+    missing = _fresh_python(  # an install without gymnasium: the usual error, from gymnasium
+        "import sys\nsys.modules['gymnasium'] = None\nimport mamlkit\n"
+        "try:\n    import gymnasium\nexcept ImportError as e:\n    print(type(e).__name__)\n")
+    assert missing.returncode == 0 and missing.stdout.strip() == "ModuleNotFoundError", \
+        missing.stderr

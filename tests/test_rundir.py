@@ -95,7 +95,7 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_trained_again(tmp_path
     train(small_config(log_every=1), tmp_path / "logged", progress=False, stop_after=3)
     assert main(["train", "sinusoid", "--out", str(tmp_path / "logged"), "--no-progress",
                  *sets(log_every=1)]) == 2
-    assert "--resume to train it again from iteration 0" in one_error_line(capsys)
+    assert "--resume (resume=True) to train it again from iteration 0" in one_error_line(capsys)
     train(None, run, resume=True, progress=False)  # no checkpoint: again from iteration 0
     assert "holds no checkpoint yet" in capsys.readouterr().err
     assert same_weights(run, tmp_path / "whole")
@@ -236,7 +236,8 @@ def test_resume_takes_data_root_and_eval_keys_and_refuses_others_by_name(tmp_pat
     assert main([*base, "--set", "inner_lr=0.5", "--set", "seed=3", "--set",
                  "threads=1"]) == 2
     line = one_error_line(capsys)
-    assert "--resume can change only iterations" in line and "not inner_lr, seed;" in line
+    assert "--resume (resume=True) can change only iterations" in line
+    assert "not inner_lr, seed;" in line
     assert main([*base, "--set", "iterations=10"]) == 2
     assert "below the iteration the run has reached (20)" in one_error_line(capsys)
     assert main([*base, "--data-root", str(tmp_path / "data"), "--set", "eval_tasks=50",
@@ -502,3 +503,20 @@ def test_missing_simulators_are_one_sentence(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "needs gymnasium and MuJoCo" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_errors_of_the_python_api_name_its_arguments_beside_the_flags(tmp_path):
+    """``train`` is called from Python too: a refusal names resume=True and run_dir as well as
+    --resume and --out."""
+    run = tmp_path / "run"
+    train(small_config(iterations=5), run, progress=False)
+    with pytest.raises(RunDirectoryError, match=r"pass --resume \(resume=True\) to continue it "
+                                                r"or --out \(another run_dir\) for a new one\.$"):
+        train(small_config(iterations=5), run, progress=False)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunDirectoryError, match=r"pass --out \(run_dir\) a folder"):
+        train(small_config(), tmp_path / "file", progress=False)
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"^--resume \(resume=True\) can change only .* with --out \(another "
+                             r"run_dir\) for that\.$"):
+        train(None, run, resume=True, progress=False, overrides={"seed": 5})

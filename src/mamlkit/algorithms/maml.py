@@ -18,7 +18,13 @@ from torch.utils import _pytree as pytree
 from mamlkit import functional as MF
 from mamlkit.algorithms.arguments import check_inner_lr, check_step_counts, check_steps
 from mamlkit.functional.adapt import InnerLR, is_zero
-from mamlkit.functional.batching import Batching, TaskOps, choose_batching, resolve_batching
+from mamlkit.functional.batching import (
+    Batching,
+    TaskOps,
+    auto_batching,
+    choose_batching,
+    resolve_batching,
+)
 from mamlkit.functional.checkpointed import checkpointed_task_losses
 from mamlkit.functional.chunked import chunked_meta_loss
 from mamlkit.functional.losses import LossFn
@@ -26,7 +32,7 @@ from mamlkit.functional.meta import PerStep
 from mamlkit.functional.select import select_names
 from mamlkit.functional.stacked import supports_task_stacking
 from mamlkit.functional.task_batch import TaskBatch
-from mamlkit.functional.task_loss import TaskLoss, as_task_loss
+from mamlkit.functional.task_loss import TaskLoss, as_task_loss, model_arguments
 from mamlkit.models.batch_norm import (
     exact_batch_norm,
     has_torch_batch_norm,
@@ -78,7 +84,7 @@ def model_batching(batching: str | Batching, model: nn.Module, chunk_size: int |
         return resolve_batching(batching, model, chunk_size)
     kind = choose_batching(model)
     if kind != "loop":
-        return Batching(kind, chunk_size)
+        return auto_batching(kind, chunk_size)
     problem = stacking_problem(model)
     if problem is None:
         return _derived_stacking(model, chunk_size)
@@ -154,8 +160,9 @@ class MAML(nn.Module):
     def rebatch(self) -> None:
         """Choose the batching again for where the model now is (``auto`` only)."""
         if self.batching_choice == "auto":
-            self.batching = model_batching("auto", self.model, self.batching.chunk_size,
-                                           announce=False)
+            chosen = model_batching("auto", self.model, self.batching.chunk_size, announce=False)
+            if chosen != self.batching:  # the same kind keeps what it learnt (LoopFallback)
+                self.batching = chosen
 
     def rates(self, inner_lr: InnerLR | None = None, steps: int | None = None) -> InnerLR:
         """The inner step sizes to use: ``inner_lr`` if given (checked), else the learner's
@@ -264,12 +271,14 @@ class MAML(nn.Module):
         return MF.trajectory(ops, self.params(), support, self.rates(inner_lr, steps), steps,
                              self.first_order, self.adapt_names, self.per_step())[-1]
 
-    def forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
-        """The model's prediction with ``params`` (adapted ones) or with theta."""
+    def forward(self, x: Any, params: dict[str, Tensor] | None = None) -> Tensor:
+        """The model's prediction with ``params`` (adapted ones) or with theta; a tuple or dict
+        ``x`` holds several inputs (``functional.task_loss.model_arguments``)."""
         if params is None:
             per_step = self.per_step()
             if not per_step:
-                return self.model(x)
+                args, kwargs = model_arguments(self.model, x)
+                return self.model(*args, **kwargs)
             params = {**self.params(), **per_step[0]}
         return MF.forward(self.model, params, self.buffers_dict(), x)
 

@@ -59,26 +59,39 @@ def _listing(
     return files, lambda f: archive.read(names[f]), file_digests(root)["sha256"]
 
 
+def image_mode(mode: str | None, channels: int | None) -> str:
+    """PIL's mode from ``mode`` or ``channels`` (1 or 3), which must agree if both are given."""
+    if channels is not None and channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB); got {channels}.")
+    if mode is not None and mode not in ("L", "RGB"):
+        raise ValueError(f"mode must be 'L' (grayscale) or 'RGB'; got {mode!r}.")
+    from_channels = None if channels is None else ("L" if channels == 1 else "RGB")
+    if mode is not None and from_channels is not None and mode != from_channels:
+        raise ValueError(f"channels={channels} and mode={mode!r} disagree; give one of them.")
+    return mode or from_channels or "L"
+
+
 def load_image_folder(
     root: str | os.PathLike[str],
     *,
     image_size: int | tuple[int, int] | None = None,
-    mode: str = "L",
+    mode: str | None = None,
     resample: str = "lanczos",
     invert: bool = False,
     cache: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    channels: int | None = None,
 ) -> ClassImages:
     """Read ``root`` (a folder or a .zip) into uint8 images, one class per sub-folder.
 
-    ``mode="L"`` gives grayscale ``[N, H, W]``, ``mode="RGB"`` gives ``[N, 3, H, W]``.
+    ``mode="L"`` (or ``channels=1``, the default) gives grayscale ``[N, H, W]``, ``mode="RGB"``
+    (or ``channels=3``, as the command line's key says it) gives ``[N, 3, H, W]``.
     ``image_size`` (an int or ``(height, width)``) resizes every image with ``resample``; without
     it all images must share one size. ``invert`` maps v to 255 - v (dark strokes become bright).
     ``cache=True`` stores the decoded tensor under ``cache_dir`` (default ``$MAMLKIT_CACHE``),
     keyed by the files' names, sizes and modification times (a zip: its SHA-256).
     """
-    if mode not in ("L", "RGB"):
-        raise ValueError(f"mode must be 'L' (grayscale) or 'RGB'; got {mode!r}.")
+    mode = image_mode(mode, channels)
     if resample not in RESAMPLE:
         raise ValueError(f"resample must be one of {sorted(RESAMPLE)}; got {resample!r}.")
     size = image_size_pair(image_size)

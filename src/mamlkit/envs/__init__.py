@@ -3,8 +3,7 @@
 ``gymnasium.make("mamlkit/Navigation2D-v0")`` (horizon 100), ``"mamlkit/HalfCheetahVel-v0"`` and
 ``"mamlkit/HalfCheetahDir-v0"``, ``"mamlkit/AntVel-v0"`` and ``"mamlkit/AntDir-v0"`` (horizon
 200, the paper's) give single environments with ``sample_tasks(n, seed)`` and
-``reset_task(task)`` once ``mamlkit.envs`` is imported (or with
-``gymnasium.make("mamlkit.envs:mamlkit/Navigation2D-v0")``, which imports it);
+``reset_task(task)`` after ``import mamlkit`` (``mamlkit.GYMNASIUM_IDS`` registers them);
 ``make_batch_env("nav2d" | "cheetah-vel" | "cheetah-dir" | "ant-vel" | "ant-dir")`` gives the
 ``BatchEnv`` that the samplers in ``mamlkit.rl`` step for a whole meta-batch at once.
 
@@ -18,28 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium as gym
-
 from mamlkit.envs.base import BatchEnv
 from mamlkit.envs.navigation import Navigation2D, Navigation2DBatch, expert_action
 
 BATCH_ENVS = ("nav2d", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir")
-
-
-def _register() -> None:
-    specs = {
-        "mamlkit/Navigation2D-v0": ("mamlkit.envs.navigation:Navigation2D", 100),
-        "mamlkit/HalfCheetahVel-v0": ("mamlkit.envs.half_cheetah:HalfCheetahVel", 200),
-        "mamlkit/HalfCheetahDir-v0": ("mamlkit.envs.half_cheetah:HalfCheetahDir", 200),
-        "mamlkit/AntVel-v0": ("mamlkit.envs.ant:AntVel", 200),
-        "mamlkit/AntDir-v0": ("mamlkit.envs.ant:AntDir", 200),
-    }
-    for env_id, (entry_point, steps) in specs.items():
-        if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry_point, max_episode_steps=steps)
-
-
-_register()
 
 
 def make_batch_env(name: str, **kwargs: Any) -> BatchEnv:

@@ -12,13 +12,17 @@ one task, where ``ops`` offers the task's loss, an inner step and the model's fo
   ``stacked_forward`` (``models/stacking.py`` derives one for models of standard layers); ``fn``
   then sees parameters and data with a leading task dimension and gets ``[T]``-shaped values.
 
-``choose_batching`` picks the strategy measured fastest and exact for a model.
+``choose_batching`` picks the strategy measured fastest and exact for a model; where it picks
+``vmap`` for ``auto``, ``LoopFallback`` remembers an operation that ``vmap`` cannot batch (an
+LSTM's) once the first call meets it, and the loop runs from then on.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -36,6 +40,8 @@ from mamlkit.functional.task_batch import leaves, take
 from mamlkit.functional.task_loss import StackedForward, TaskLoss, forward
 
 BATCHINGS: tuple[str, ...] = ("vmap", "loop", "stacked")
+
+log = logging.getLogger("mamlkit")
 
 
 @dataclass(frozen=True)
@@ -107,18 +113,73 @@ def _stack(outputs: list[Any], dim_fn: Callable[[list[Tensor]], Tensor]) -> Any:
     return pytree.tree_unflatten([dim_fn(list(c)) for c in columns], spec)
 
 
+def _unbatchable(error: RuntimeError) -> bool:
+    """torch.func's own refusals (an operation without a batching rule, ``.item()``, control
+    flow on a tensor, in-place writes into an unbatched tensor): a loop over tasks runs them."""
+    message = str(error)
+    return "Batching rule not implemented" in message or message.startswith("vmap:")
+
+
+def _innermost_layer(model: nn.Module, trace: TracebackType | None) -> str:
+    """The deepest submodule of ``model`` whose ``forward`` the traceback passes through."""
+    names = {id(m): name for name, m in model.named_modules()}
+    found = ""
+    while trace is not None:
+        module = trace.tb_frame.f_locals.get("self")
+        if isinstance(module, nn.Module) and id(module) in names and names[id(module)]:
+            found = f"layer '{names[id(module)]}' ({type(module).__name__})"
+        trace = trace.tb_next
+    return found or type(model).__name__
+
+
+def _operation(error: RuntimeError) -> str:
+    """``aten::lstm.input`` from torch.func's message, else its first sentence."""
+    words = [w.rstrip(".") for w in str(error).split() if w.startswith("aten::")]
+    return words[0] if words else str(error).strip().splitlines()[0].rstrip(".")
+
+
+@dataclass
+class LoopFallback:
+    """What ``auto`` learnt on its first vmap call: an operation vmap cannot batch (then every
+    later call loops over tasks), or that the calls so far went through."""
+
+    problem: str | None = None
+
+    def note(self, model: nn.Module, error: RuntimeError) -> None:
+        self.problem = f"{_innermost_layer(model, error.__traceback__)} calls {_operation(error)}"
+        log.warning("mamlkit: %s runs its tasks in a loop (batching='loop'), not in one vmap: "
+                    "%s, which torch.func.vmap cannot batch.", type(model).__name__, self.problem)
+
+
+def _rng_states(devices: set[torch.device]) -> list[tuple[torch.device, Tensor]]:
+    """The generators a failed vmap call may have drawn from (dropout before the layer)."""
+    states = [(torch.device("cpu"), torch.get_rng_state())]
+    return states + [(d, torch.cuda.get_rng_state(d)) for d in devices if d.type == "cuda"]
+
+
+def _restore(states: list[tuple[torch.device, Tensor]]) -> None:
+    for device, state in states:
+        if device.type == "cpu":
+            torch.set_rng_state(state)
+        else:
+            torch.cuda.set_rng_state(state, device)
+
+
 @dataclass(frozen=True)
 class Batching:
     """``vmap`` | ``loop`` | ``stacked``, with ``chunk_size`` tasks per call (None: default).
 
     ``stacked_forward`` (stacked only) runs the model for a chunk of tasks, for models that do
-    not stack tasks themselves; it is how, not what, so equality and hashing ignore it.
+    not stack tasks themselves; ``fallback`` (vmap only, what ``auto`` gives) loops over tasks
+    once an operation without a vmap rule is met, saying so once. Both are how, not what, so
+    equality and hashing ignore them.
     """
 
     kind: str = "vmap"
     chunk_size: int | None = None
     stacked_forward: StackedForward | None = field(default=None, compare=False, hash=False,
                                                    repr=False)
+    fallback: LoopFallback | None = field(default=None, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in BATCHINGS:
@@ -156,9 +217,19 @@ class Batching:
         def one(p: Params, d: Any) -> Any:
             return fn(ops, p, d)
 
-        if self.kind == "vmap":
-            return torch.func.vmap(one, in_dims=(0 if batched_params else None, 0),
-                                   randomness="different", chunk_size=self.chunk_size)(params, data)
+        if self.kind == "vmap" and (self.fallback is None or self.fallback.problem is None):
+            run = torch.func.vmap(one, in_dims=(0 if batched_params else None, 0),
+                                  randomness="different", chunk_size=self.chunk_size)
+            if self.fallback is None:
+                return run(params, data)
+            rng = _rng_states({t.device for t in leaves((params, data))})
+            try:
+                return run(params, data)
+            except RuntimeError as error:
+                if not _unbatchable(error):
+                    raise
+                self.fallback.note(model, error)
+                _restore(rng)  # the loop draws what a loop from the start would have drawn
         num_tasks = leaves(data)[0].shape[0]
         return _stack([one(take(params, i) if batched_params else params, take(data, i))
                        for i in range(num_tasks)], torch.stack)
@@ -192,14 +263,20 @@ def choose_batching(model: nn.Module) -> str:
     return "vmap"
 
 
+def auto_batching(kind: str, chunk_size: int | None = None) -> Batching:
+    """``auto``'s choice ``kind``: vmap with a fallback to the loop (``LoopFallback``)."""
+    return Batching(kind, chunk_size, fallback=LoopFallback() if kind == "vmap" else None)
+
+
 def resolve_batching(batching: str | Batching, model: nn.Module,
                      chunk_size: int | None = None) -> Batching:
     """A ``Batching`` from ``"auto"``, a kind or a ``Batching`` (checked against the model)."""
     if isinstance(batching, Batching):
         result = batching
+    elif batching == "auto":
+        result = auto_batching(choose_batching(model), chunk_size)
     else:
-        kind = choose_batching(model) if batching == "auto" else batching
-        result = Batching(kind, chunk_size)
+        result = Batching(batching, chunk_size)
     if (result.kind == "stacked" and result.stacked_forward is None
             and not supports_task_stacking(model)):
         raise ValueError(f"{type(model).__name__} does not support batching='stacked'; "
@@ -207,5 +284,5 @@ def resolve_batching(batching: str | Batching, model: nn.Module,
     return result
 
 
-__all__ = ["BATCHINGS", "Batching", "StackedOps", "TaskOps", "choose_batching",
-           "has_torch_batch_norm", "resolve_batching"]
+__all__ = ["BATCHINGS", "Batching", "LoopFallback", "StackedOps", "TaskOps", "auto_batching",
+           "choose_batching", "has_torch_batch_norm", "resolve_batching"]

@@ -68,8 +68,8 @@ def _described(data: Any) -> str:
 
 def supervised_pair(data: Any) -> tuple[Tensor, Tensor]:
     """One task's ``(x, y)``, or one sentence: unpacking a bare tensor of two examples would
-    silently take its rows for x and y. ``x`` may be any input of the model (a dict of tensors
-    for a model of several inputs)."""
+    silently take its rows for x and y. ``x`` may be any input of the model (a tuple or dict of
+    tensors for a model of several inputs: ``task_loss.model_arguments``)."""
     if not isinstance(data, tuple | list) or isinstance(data, StepData) or len(data) != 2:
         raise ValueError("A (prediction, target) loss needs each task's data as an (x, y) pair: "
                          "pass TaskBatch(support=(x, y), query=(x, y)) and learner.adapt(x, y); "
@@ -87,15 +87,28 @@ def _check_bare_tensor(support: Any, query: Any) -> None:
                              f"a tensor of shape {list(data.shape)}.")
 
 
+def _inputs(x: Any) -> list[tuple[str, Tensor]]:
+    """The tensors of an input ``x`` by how to name them: ``x``, ``x[1]``, ``x['aux']``."""
+    if isinstance(x, Tensor):
+        return [("x", x)]
+    if type(x) is tuple:
+        return [(f"x[{i}]", t) for i, t in enumerate(x) if isinstance(t, Tensor)]
+    if isinstance(x, dict):
+        return [(f"x[{k!r}]", t) for k, t in x.items() if isinstance(t, Tensor)]
+    return []
+
+
 def _check_pair(name: str, pair: Any) -> None:
-    """Supervised data ``(x, y)``: the same number of examples per task in x and y."""
-    if type(pair) is not tuple or len(pair) != 2 or not all(isinstance(t, Tensor) for t in pair):
+    """Supervised data ``(x, y)``: the same number of examples per task in x (each of its
+    tensors, for a model of several inputs) and y."""
+    if type(pair) is not tuple or len(pair) != 2 or not isinstance(pair[1], Tensor):
         return
-    x, y = pair
-    if x.dim() >= 2 and y.dim() >= 2 and x.shape[:2] != y.shape[:2]:
-        raise ValueError(f"TaskBatch {name} x has shape {list(x.shape)} but y {list(y.shape)}: "
-                         f"x holds {x.shape[1]} examples per task and y {y.shape[1]}; they "
-                         "must agree ([tasks, shots, ...] both).")
+    y = pair[1]
+    for what, x in _inputs(pair[0]):
+        if x.dim() >= 2 and y.dim() >= 2 and x.shape[:2] != y.shape[:2]:
+            raise ValueError(f"TaskBatch {name} {what} has shape {list(x.shape)} but y "
+                             f"{list(y.shape)}: {what} holds {x.shape[1]} examples per task and "
+                             f"y {y.shape[1]}; they must agree ([tasks, shots, ...] both).")
 
 
 @dataclass(frozen=True)
@@ -103,9 +116,11 @@ class TaskBatch:
     """Support and query data of several tasks, stacked on a leading task dimension.
 
     ``support = (x, y)`` and ``query = (x, y)`` with shapes ``[tasks, shots, ...]`` for
-    supervised tasks; any pytree of tensors (a batch of episodes, ``StepData`` with one entry
-    per inner step) for others. ``loss`` is the task loss when the tasks bring their own
-    (imitation, policy gradient); ``None`` leaves it to the learner.
+    supervised tasks; ``x`` of a model of several inputs is a tuple (positional arguments,
+    ``forward(x, aux)``) or a dict (keyword arguments) of such tensors; any pytree of tensors
+    (a batch of episodes, ``StepData`` with one entry per inner step) for others. ``loss`` is
+    the task loss when the tasks bring their own (imitation, policy gradient); ``None`` leaves it
+    to the learner.
     """
 
     support: Any
@@ -115,7 +130,8 @@ class TaskBatch:
     def __post_init__(self) -> None:
         if isinstance(self.support, tuple | list) and not isinstance(self.support, StepData) \
                 and len(self.support) != 2 and all(isinstance(t, Tensor) for t in self.support):
-            raise ValueError("TaskBatch needs support=(x, y) and query=(x, y).")
+            raise ValueError("TaskBatch needs support=(x, y) and query=(x, y), where x of a model "
+                             "of several inputs is a tuple or dict: ((x, aux), y).")
         _check_bare_tensor(self.support, self.query)
         for name, pair in (("support", self.support), ("query", self.query)):
             _check_pair(name, pair)

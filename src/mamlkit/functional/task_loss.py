@@ -7,6 +7,7 @@ is that function; ``SupervisedLoss`` turns a (prediction, target) loss such as M
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,10 +23,36 @@ from mamlkit.functional.task_batch import supervised_pair
 StackedForward = Callable[[nn.Module, Mapping[str, Tensor], Mapping[str, Tensor], Any], Any]
 
 
+def _accepts(model: nn.Module, *args: Any, **kwargs: Any) -> bool:
+    try:
+        inspect.signature(model.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):  # ValueError: no signature to read (a builtin)
+        return False
+    return True
+
+
+def model_arguments(model: nn.Module, x: Any) -> tuple[tuple, dict[str, Any]]:
+    """The positional and keyword arguments that input ``x`` stands for.
+
+    A tuple ``(x, aux)`` is several positional inputs and a dict ``{"x": .., "aux": ..}``
+    keyword inputs, when ``model.forward`` takes them so; otherwise (``forward(self, inputs)``
+    that unpacks its input itself, as before) ``x`` is the one input.
+    """
+    if isinstance(x, tuple) and _accepts(model, *x):
+        return x, {}
+    if isinstance(x, dict) and all(isinstance(k, str) for k in x) and _accepts(model, **x):
+        return (), x
+    return (x,), {}
+
+
 def forward(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
             x: Any) -> Any:
-    """``model(x)`` with the given parameters and buffers instead of the module's own."""
-    return functional_call(model, (dict(params), dict(buffers)), (x,))
+    """``model(x)`` with the given parameters and buffers instead of the module's own
+    (``model_arguments``: a tuple or dict ``x`` may hold several inputs)."""
+    if isinstance(x, Tensor):  # the common case, without reading the signature
+        return functional_call(model, (dict(params), dict(buffers)), (x,))
+    args, kwargs = model_arguments(model, x)
+    return functional_call(model, (dict(params), dict(buffers)), args, kwargs)
 
 
 class TaskLoss:
@@ -79,4 +106,4 @@ def as_task_metric(metric: str | LossFn | TaskLoss) -> TaskLoss:
 
 
 __all__ = ["StackedForward", "SupervisedLoss", "TaskLoss", "as_task_loss", "as_task_metric",
-           "forward"]
+           "forward", "model_arguments"]

@@ -31,7 +31,7 @@ from safetensors.torch import save as tensors_to_bytes
 from torch import nn
 
 from mamlkit.run import config as config_lib
-from mamlkit.run.errors import RunDirectoryError
+from mamlkit.run.errors import NEW_OUT, RESUME, RunDirectoryError
 
 KEEP = 2
 SUMS, CONFIG = "SHA256SUMS", "config.yaml"
@@ -201,8 +201,8 @@ def _weights_bytes(model: nn.Module) -> bytes:
 def _unwritten(run_dir: Path, final: Path, error: OSError) -> RunDirectoryError:
     """The one sentence for a checkpoint that could not be written."""
     previous = latest(run_dir)
-    then = (f"--resume goes on from {previous.name}" if previous is not None
-            else "--resume trains it again from iteration 0")
+    then = (f"{RESUME} goes on from {previous.name}" if previous is not None
+            else f"{RESUME} trains it again from iteration 0")
     return RunDirectoryError(f"Could not write checkpoint {final.name} into {final.parent} "
                              f"({_short(error)}); {_remedy(error, run_dir)}, then {then}.")
 
@@ -356,7 +356,7 @@ def usable(run_dir: Path) -> Usable:
         return Usable(path, contents.state["iteration"], skipped, contents.config)
     if skipped:
         raise RunDirectoryError(f"No usable checkpoint in {run_dir / 'checkpoints'}: "
-                                f"{'; '.join(skipped)}; restore one or train into a new --out.")
+                                f"{'; '.join(skipped)}; restore one or train into {NEW_OUT}.")
     return Usable(None, 0, [])
 
 
@@ -449,7 +449,7 @@ def _misfit(path: Path, error: BaseException) -> RunDirectoryError:
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
         detail = " ".join(lines[:2]).rstrip(".:") if lines else type(error).__name__
     return RunDirectoryError(f"{path} does not fit the model that config.yaml describes "
-                             f"({detail}); restore config.yaml or train into a new --out.")
+                             f"({detail}); restore config.yaml or train into {NEW_OUT}.")
 
 
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -36,6 +36,11 @@ class Components:
     val_tasks: Any = None
     test_tasks: Any = None
 
+    def __post_init__(self) -> None:
+        for tasks in (self.tasks, self.val_tasks, self.test_tasks):
+            if tasks is not None:
+                check_tasks(tasks)
+
     def split(self, split: str) -> Any:
         """The tasks of ``split``: train; val (default: train's); test (default: val's)."""
         if split == "train":
@@ -46,6 +51,17 @@ class Components:
 
 
 _ACTIVE: list[Components] = []
+
+
+def check_tasks(tasks: Any) -> None:
+    """The attributes a run reads from a task distribution, each missing one in one sentence
+    (not an AttributeError from deep in the loop)."""
+    for name, names in (("loss", "'mse', 'cross_entropy'"),
+                        ("metric", "'mse', 'accuracy', 'cross_entropy'")):
+        if getattr(tasks, name, None) is None:
+            raise TypeError(f"The task distribution {type(tasks).__name__} has no {name} "
+                            f"attribute; give it {name} = {names}, a (prediction, target) "
+                            "function or a mamlkit.functional.TaskLoss.")
 
 
 def active() -> Components | None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+# The options a message may tell a user to change, named for the command line and for the
+# Python calls that take them (run.loop.train, run.custom.train): one message serves both.
+RESUME = "--resume (resume=True)"
+OUT = "--out (run_dir)"
+NEW_OUT = "--out (another run_dir)"
+
 
 class TrainingDiverged(RuntimeError):
     """The meta-loss became NaN or infinite; the message names the last good checkpoint."""
@@ -32,4 +38,5 @@ class TrainingInterrupted(Exception):
         return 128 + self.signum
 
 
-__all__ = ["RunDirectoryError", "TrainingDiverged", "TrainingInterrupted"]
+__all__ = ["NEW_OUT", "OUT", "RESUME", "RunDirectoryError", "TrainingDiverged",
+           "TrainingInterrupted"]

@@ -26,7 +26,7 @@ import yaml
 from mamlkit.run import checkpoint, provenance
 from mamlkit.run import config as config_lib
 from mamlkit.run.config import Config, ConfigError
-from mamlkit.run.errors import RunDirectoryError
+from mamlkit.run.errors import NEW_OUT, OUT, RESUME, RunDirectoryError
 from mamlkit.run.metrics import read_metrics, trim_metrics
 
 try:
@@ -110,8 +110,8 @@ def plan(run_dir: Path, config: Config | None, resume: bool, overrides: dict[str
     An existing directory is locked first, so the decision cannot race another process.
     """
     if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirectoryError(f"{run_dir} is a file, not a directory; pass --out a folder "
-                                "for the run.")
+        raise RunDirectoryError(f"{run_dir} is a file, not a directory; pass {OUT} a "
+                                "folder for the run.")
     if run_dir.is_dir():
         lock.acquire()
     if resume:
@@ -125,13 +125,13 @@ def _plan_fresh(run_dir: Path, config: Config) -> Plan:
     """A new run; a directory left by a start that failed before any record is reused."""
     has_config = (run_dir / CONFIG).exists()
     if checkpoint.kept(run_dir) or checkpoint.latest(run_dir) is not None:
-        raise RunDirectoryError(f"{run_dir} already holds a run; pass --resume to continue it "
-                                "or --out for a new one.")
+        raise RunDirectoryError(f"{run_dir} already holds a run; pass {RESUME} to continue "
+                                f"it or {NEW_OUT} for a new one.")
     if has_config and read_metrics(run_dir):
         raise RunDirectoryError(
             f"{run_dir} already holds a run that stopped before its first checkpoint; pass "
-            "--resume to train it again from iteration 0 with its config.yaml, or --out for a "
-            "new one.")
+            f"{RESUME} to train it again from iteration 0 with its config.yaml, or {NEW_OUT} "
+            "for a new one.")
     return Plan(config, resume=False, reuse=has_config)
 
 
@@ -153,7 +153,7 @@ def _plan_resume(run_dir: Path, overrides: dict[str, Any] | None) -> Plan:
                      f"with its {CONFIG}")
     if config.iterations < found.iteration:
         raise ConfigError(f"iterations={config.iterations} is below the iteration the run has "
-                          f"reached ({found.iteration}); --resume can only extend a run.")
+                          f"reached ({found.iteration}); {RESUME} can only extend a run.")
     if "iterations" in changes and config.cosine_meta_lr:
         notes.append(f"the cosine meta_lr schedule now ends at iteration {config.iterations}; "
                      f"the {found.iteration} iterations done followed the old end")
@@ -170,8 +170,8 @@ def read_config(path: Path) -> Config:
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError, TypeError,
             AttributeError, ValueError) as error:
         reason = " ".join(str(error).split()).rstrip(".") or type(error).__name__
-        raise RunDirectoryError(f"{path} does not load ({reason}); restore it or train into a "
-                                "new --out.") from None
+        raise RunDirectoryError(f"{path} does not load ({reason}); restore it or train into "
+                                f"{NEW_OUT}.") from None
     return config
 
 
@@ -194,7 +194,7 @@ def check_trained(config: Config, found: checkpoint.Usable, path: Path) -> None:
         raise RunDirectoryError(
             f"{path} differs from the config {found.path.name} was trained with "
             f"({', '.join(differences[:4])}{', ...' if len(differences) > 4 else ''}); "
-            f"restore it with 'cp {copy} {path}' or train into a new --out.")
+            f"restore it with 'cp {copy} {path}' or train into {NEW_OUT}.")
 
 
 def apply_changes(saved: Config, overrides: dict[str, Any] | None) -> tuple[Config,
@@ -213,8 +213,8 @@ def apply_changes(saved: Config, overrides: dict[str, Any] | None) -> tuple[Conf
                if getattr(config, key) != getattr(saved, key)}
     refused = [key for key in changes if key not in RESUMABLE]
     if refused:
-        raise ConfigError(f"--resume can change only {', '.join(RESUMABLE)}, not "
-                          f"{', '.join(refused)}; train a new run with --out for that.")
+        raise ConfigError(f"{RESUME} can change only {', '.join(RESUMABLE)}, not "
+                          f"{', '.join(refused)}; train a new run with {NEW_OUT} for that.")
     config_lib.check(config)
     return config, changes
 

@@ -281,10 +281,8 @@ def folder_tasks(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}.")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB); got {channels}.")
-    data = load_image_folder(root, image_size=image_size, mode="L" if channels == 1 else "RGB",
-                             invert=invert, cache=cache)
+    data = load_image_folder(root, image_size=image_size, channels=channels, invert=invert,
+                             cache=cache)
     classes = split_classes(data.class_names, class_split)[split]
     if len(classes) < ways:
         raise DataError(f"The {split} split holds {len(classes)} of the folder's "
