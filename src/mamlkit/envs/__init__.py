@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium as gym
+try:
+    import gymnasium as gym
+except ImportError:  # no rl extra: the batched environments import, the gymnasium ids are not
+    gym = None  # registered (the RL runs say which extra to install: run/build.py)
 
 from mamlkit.envs.base import BatchEnv
 from mamlkit.envs.navigation import Navigation2D, Navigation2DBatch, expert_action
@@ -39,7 +42,8 @@ def _register() -> None:
             gym.register(id=env_id, entry_point=entry_point, max_episode_steps=steps)
 
 
-_register()
+if gym is not None:
+    _register()
 
 
 def make_batch_env(name: str, **kwargs: Any) -> BatchEnv:
