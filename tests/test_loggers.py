@@ -97,7 +97,7 @@ def wandb_sessions(run: Path) -> list[dict]:
 
 def test_wandb_offline_logs_config_and_records_and_a_resume_continues_its_run(tmp_path,
                                                                               monkeypatch):
-    pytest.importorskip("wandb", reason="the wandb extra is not installed "
+    wandb = pytest.importorskip("wandb", reason="the wandb extra is not installed "
                                         "(pip install 'mamlkit[wandb]')")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
@@ -108,6 +108,7 @@ def test_wandb_offline_logs_config_and_records_and_a_resume_continues_its_run(tm
     train(config, run, progress=False, stop_after=6)  # killed after 6; checkpoint 4
     stored = (run / "wandb" / "mamlkit-run-id").read_text().strip()
     train(None, run, resume=True, progress=False)
+    wandb.teardown()  # W&B's service writes the offline file after finish(); wait for it
 
     first, second = wandb_sessions(run)
     assert first["id"] == second["id"] == stored
