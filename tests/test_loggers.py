@@ -5,6 +5,7 @@ skipped where its optional extra is not installed."""
 import importlib.util
 import json
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,26 @@ def test_wandb_offline_logs_config_and_records_and_a_resume_continues_its_run(tm
         assert {key: logged[record["iteration"]][key] for key in record
                 if key != "iteration"} == {k: v for k, v in record.items() if k != "iteration"}
     assert [row["_step"] for row in second["history"]] == [6, 8]
+
+
+def test_a_wandb_run_that_does_not_start_is_one_sentence_and_the_start_can_be_rerun(
+        tmp_path, monkeypatch, capsys):
+    """W&B refusing to start (no login, no network) stops the run with one line; the directory
+    holds no record, so the same command runs once W&B is left out or fixed."""
+    import types
+
+    from mamlkit.cli import main
+
+    def refuse(**settings):
+        raise RuntimeError("api_key not configured (no-tty). call wandb.login(key=...)")
+
+    fake = types.SimpleNamespace(init=refuse, Settings=dict)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    run = tmp_path / "run"
+    args = ["train", "sinusoid", "--out", str(run), "--no-progress", "--set", "iterations=2"]
+    assert main([*args, "--set", "loggers=[jsonl,wandb]"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("mamlkit: error: W&B did not start a run (api_key not configured (no-tty). "
+                   "call wandb.login(key=...)); log in with 'wandb login', set "
+                   "WANDB_MODE=offline, or leave wandb out of loggers.\n")
+    assert main([*args, "--set", "loggers=[jsonl]"]) == 0

@@ -186,9 +186,9 @@ class Config:
                                  bounds=_AT_LEAST_1)
     time_limit: float | None = _key("run", None, "minutes; stop (with a checkpoint) once "
                                     "exceeded; null: no limit", bounds=_ABOVE_0)
-    loggers: list[str] = _key("run", default_loggers(), "where records go: jsonl (metrics.jsonl, "
-                              "always) | tensorboard | wandb; default: jsonl and tensorboard "
-                              "where installed", nonempty=True)
+    loggers: list[str] = _key("run", default_loggers(), "where records go: jsonl (always) | "
+                              "tensorboard | wandb; default: jsonl, tensorboard if installed",
+                              nonempty=True)
     algorithm: str = _key("family", "maml", "maml | metasgd | anil | mamlpp | reptile | imaml | "
                           "pretrained (classification baseline)", ALGORITHMS)
     adapt: list[str] | None = _key("inner", None, "glob patterns of inner-loop parameters; null: "

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from mamlkit.run.config import Config
+from mamlkit.run.config import Config, ConfigError
 from mamlkit.run.metrics import read_metrics
 
 WANDB_ID = "mamlkit-run-id"  # in run_dir/wandb/, beside W&B's own files of the run
@@ -79,10 +79,15 @@ class WandbLogger:
         folder = run_dir / "wandb"
         folder.mkdir(exist_ok=True)
         run_id = _wandb_id(folder / WANDB_ID)
-        self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT") or run_dir.resolve().parent.name,
-            name=run_dir.name, id=run_id, resume="allow", dir=str(run_dir),
-            config=config.to_dict(), settings=wandb.Settings(console="off"))
+        try:
+            self.run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT") or run_dir.resolve().parent.name,
+                name=run_dir.name, id=run_id, resume="allow", dir=str(run_dir),
+                config=config.to_dict(), settings=wandb.Settings(console="off"))
+        except Exception as error:  # no login, no network: W&B's own errors, of many types
+            reason = " ".join(str(error).split()).rstrip(".") or type(error).__name__
+            raise ConfigError(f"W&B did not start a run ({reason}); log in with 'wandb login', "
+                              "set WANDB_MODE=offline, or leave wandb out of loggers.") from None
 
     def log(self, record: dict[str, Any]) -> None:
         step = int(record["iteration"])
