@@ -174,7 +174,8 @@ def test_the_check_needs_the_roots_lazy_table(tmp_path):
 
 # Heavy third-party modules that `import torch` does not load (checked below), so that finding
 # them absent says something about mamlkit.
-HEAVY = ("PIL", "gymnasium", "mujoco", "matplotlib", "tensorboard", "yaml", "safetensors")
+HEAVY = ("PIL", "gymnasium", "mujoco", "matplotlib", "tensorboard", "wandb", "yaml",
+         "safetensors")
 # One interpreter imports these in order (torch once, not once per check). What a step may not
 # load shrinks from step to step, so a module found after a step was loaded by that step: the
 # earlier steps were checked not to load it.
@@ -240,11 +241,11 @@ def test_learners_and_the_command_line_leave_simulators_plots_and_images_for_fir
         assert not heavy & {"PIL", "gymnasium", "mujoco", "matplotlib", "tensorboard"}, step
 
 
-def test_training_and_loading_leave_mujoco_tensorboard_and_plots_for_first_use(loaded):
-    """The MuJoCo environments load when a MuJoCo task is built, TensorBoard when a run starts
-    writing, matplotlib when a plot is drawn."""
+def test_training_and_loading_leave_mujoco_trackers_and_plots_for_first_use(loaded):
+    """The MuJoCo environments load when a MuJoCo task is built, TensorBoard and W&B when a
+    run starts writing to them, matplotlib when a plot is drawn."""
     heavy, _ = loaded["training"]
-    assert not heavy & {"mujoco", "matplotlib", "tensorboard"}, heavy
+    assert not heavy & {"mujoco", "matplotlib", "tensorboard", "wandb"}, heavy
 
 
 def test_the_packages_load_on_first_use_of_their_name():

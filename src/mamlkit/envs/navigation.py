@@ -15,11 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium import spaces
 from torch import Tensor
+
+try:
+    import gymnasium as gym
+    from gymnasium import spaces
+except ImportError:  # no rl extra: the batched environment and the expert still import
+    gym = spaces = None
 
 from mamlkit.envs.base import Generators
 from mamlkit.functional.seeding import generator_from
@@ -99,7 +103,7 @@ class Navigation2DBatch:
         return expert_action(self._state, self._goals)
 
 
-class Navigation2D(gym.Env):
+class Navigation2D(gym.Env if gym is not None else object):
     """The single-environment gymnasium version (``gymnasium.make("mamlkit/Navigation2D-v0")``).
 
     ``reset(options={"task": task})`` or ``reset_task(task)`` sets the goal.
@@ -109,6 +113,9 @@ class Navigation2D(gym.Env):
 
     def __init__(self, task: dict | None = None, reward: str = "distance",
                  done_threshold: float | None = 0.01) -> None:
+        if gym is None:
+            raise ImportError("Navigation2D is a gymnasium environment: pip install "
+                              "'mamlkit[rl]'.")
         self.reward_kind = _check_reward(reward)
         self.done_threshold = done_threshold
         self.observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)

@@ -48,16 +48,25 @@ def build_model(config: Config, image_shape: tuple[int, int, int] | None = None)
     raise ConfigError(f"Unknown model {config.model!r}; choose mlp, conv4 or resnet12.")
 
 
+RL_EXTRA = "The RL presets need the rl extra: pip install 'mamlkit[rl]'."
+
+
 def build_env(config: Config):
-    """The batched environment of an RL task; missing simulators are one sentence."""
+    """The batched environment of an RL task; a missing simulator (the ``rl`` extra, which
+    ``pip install mamlkit`` leaves out) is one sentence, another import error names itself."""
     try:
-        from mamlkit.envs import make_batch_env
+        import gymnasium  # noqa: F401
 
         if config.task.startswith(("cheetah", "ant")):
             import mujoco  # noqa: F401
-    except ImportError as error:
-        raise ConfigError(f"task {config.task} needs gymnasium and MuJoCo ({error}); install "
-                          "them with pip install 'gymnasium[mujoco]>=1.0' 'mujoco>=3.1'.") from None
+    except ModuleNotFoundError:
+        raise ConfigError(RL_EXTRA) from None
+    except ImportError as error:  # installed but broken (a library of MuJoCo's, say)
+        raise ConfigError(f"task {config.task} needs gymnasium and MuJoCo, which do not "
+                          f"import ({error}); reinstall them with pip install "
+                          "'mamlkit[rl]'.") from None
+    from mamlkit.envs import make_batch_env
+
     kwargs = {} if config.horizon is None else {"horizon": config.horizon}
     return make_batch_env(config.task, **kwargs)
 

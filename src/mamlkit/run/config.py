@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import math
 import os
+import sys
 import tempfile
 import types
 import typing
@@ -39,6 +41,30 @@ MODEL_OF_TASK = {"sinusoid": ("mlp",), "omniglot": ("conv4", "resnet12"),
 OMNIGLOT_DRAWINGS = 20  # drawings per character: a task's support plus query images per class
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes this; the task stream seeds with seed + 1
 CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+# --- loggers: where a run's records go (run/loggers.py writes them) ---
+# Each logger and the package it needs, which is also the name of the pip extra that brings it;
+# jsonl (metrics.jsonl) needs none and is mandatory: resume, eval and plot read it.
+LOGGER_PACKAGES: dict[str, str | None] = {"jsonl": None, "tensorboard": "tensorboard",
+                                          "wandb": "wandb"}
+
+
+def installed(package: str) -> bool:
+    """Whether ``import package`` would find it, without importing it (a name set to None in
+    ``sys.modules``, as a test does to play a missing package, counts as missing)."""
+    if package in sys.modules:
+        return sys.modules[package] is not None
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def default_loggers() -> list[str]:
+    """metrics.jsonl, and TensorBoard where it is installed: a lean install trains without it
+    and without a warning; a run's config.yaml names what it wrote."""
+    return ["jsonl", "tensorboard"] if installed("tensorboard") else ["jsonl"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +186,9 @@ class Config:
                                  bounds=_AT_LEAST_1)
     time_limit: float | None = _key("run", None, "minutes; stop (with a checkpoint) once "
                                     "exceeded; null: no limit", bounds=_ABOVE_0)
+    loggers: list[str] = _key("run", default_loggers(), "where records go: jsonl (always) | "
+                              "tensorboard | wandb; default: jsonl, tensorboard if installed",
+                              nonempty=True)
     algorithm: str = _key("family", "maml", "maml | metasgd | anil | mamlpp | reptile | imaml | "
                           "pretrained (classification baseline)", ALGORITHMS)
     adapt: list[str] | None = _key("inner", None, "glob patterns of inner-loop parameters; null: "
@@ -574,6 +603,7 @@ def check(config: Config, machine: bool = True) -> None:
     for f in dataclasses.fields(Config):
         _check_key(f.name, getattr(config, f.name), f.metadata, kinds[f.name])
     _check_supervised(config)
+    _check_loggers(config, machine)
     if machine:
         _check_device(config)
     _check_family(config)
@@ -659,6 +689,24 @@ def _check_folder(config: Config) -> None:
     if len(config.class_split) != 3 or abs(sum(config.class_split) - 1) > 1e-6:
         raise ConfigError(f"Config key 'class_split' needs three fractions (train, val, test) "
                           f"that add up to 1, got {config.class_split}.")
+
+
+def _check_loggers(config: Config, machine: bool) -> None:
+    """Known loggers, jsonl among them; on this machine, each one's package installed."""
+    for name in config.loggers:
+        if name not in LOGGER_PACKAGES:
+            raise ConfigError(f"Config key 'loggers' holds {name!r}, which is no logger; choose "
+                              f"among {', '.join(LOGGER_PACKAGES)}.")
+    if "jsonl" not in config.loggers:
+        raise ConfigError(f"Config key 'loggers' must hold jsonl (metrics.jsonl is the record "
+                          f"that resume, eval and plot read), got {config.loggers}; add jsonl, "
+                          "e.g. loggers=[jsonl,tensorboard].")
+    for name in config.loggers if machine else ():
+        package = LOGGER_PACKAGES[name]
+        if package is not None and not installed(package):
+            raise ConfigError(f"Config key 'loggers' names {name}, which needs the {package} "
+                              f"extra: pip install 'mamlkit[{package}]' (or leave {name} out of "
+                              "loggers).")
 
 
 def _check_device(config: Config) -> None:

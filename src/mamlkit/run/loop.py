@@ -4,7 +4,6 @@ signals, torchrun and the NaN stop, for every kind of task; the per-kind part is
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 import signal
@@ -13,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -25,8 +24,8 @@ from mamlkit.run import checkpoint, distributed, rundir
 from mamlkit.run.config import Config, applicable_keys
 from mamlkit.run.errors import RunDirectoryError, TrainingDiverged, TrainingInterrupted
 from mamlkit.run.interrupts import Interrupts
+from mamlkit.run.loggers import Logger, close_loggers, open_loggers
 from mamlkit.run.memory import PeakMemory
-from mamlkit.run.metrics import read_metrics
 from mamlkit.run.steps import make_step
 
 T = TypeVar("T")
@@ -51,23 +50,13 @@ def _schedule(learner, optimizer: torch.optim.Optimizer, config: Config,
             group["lr"] = lr
 
 
-def write_record(metrics: TextIO, events: Any, iteration: int, began: float,
+def write_record(loggers: list[Logger], iteration: int, began: float,
                  record: dict[str, float | int]) -> None:
-    """One line of ``metrics.jsonl`` (with the iteration and elapsed seconds), then the same
-    record in TensorBoard's events: these hold only what the metrics hold."""
+    """One record (with the iteration and elapsed seconds) to every logger, metrics.jsonl
+    first: the others hold only what the metrics hold."""
     record = {"iteration": iteration, "seconds": round(time.perf_counter() - began, 3), **record}
-    metrics.write(json.dumps(record) + "\n")
-    metrics.flush()
-    events.add(record)
-
-
-class _Discard:
-    """Stands in for the metrics file and TensorBoard writer on ranks other than 0."""
-
-    def write(self, *args) -> None: ...
-    def flush(self) -> None: ...
-    def add(self, *args) -> None: ...
-    def close(self) -> None: ...
+    for logger in loggers:
+        logger.log(record)
 
 
 def _on_main(context: distributed.Context, fn: Callable[[], T]) -> T:
@@ -118,34 +107,25 @@ def _picklable(error: BaseException) -> bool:
 
 @dataclass
 class _Sinks:
-    """Where a run's records go: ``metrics.jsonl``, TensorBoard, the progress bar (rank 0)."""
+    """Where a run's records go: the loggers (``loggers.py``) and the progress bar, on rank 0;
+    other ranks have no loggers and a disabled bar."""
 
-    metrics: Any
-    events: Any
+    loggers: list[Logger]
     bar: Any
 
     @staticmethod
     def open(run_dir: Path, config: Config, start: int, progress: bool,
              main: bool) -> _Sinks:
-        """Open the records; TensorBoard's events are rebuilt from ``metrics.jsonl``, which
-        ``rundir.begin`` has trimmed to the checkpoint (see ``events.py``)."""
-        from mamlkit.run.events import EventLog  # tensorboard's protobufs: only to train
-
-        events = (EventLog.rebuild(run_dir / "tensorboard", read_metrics(run_dir)) if main
-                  else _Discard())
-        try:
-            metrics = (run_dir / "metrics.jsonl").open("a") if main else _Discard()
-        except BaseException:
-            events.close()
-            raise
+        """Open the loggers config.loggers names, after ``rundir.begin`` has trimmed
+        ``metrics.jsonl`` to the checkpoint (the loggers follow from it)."""
+        sinks = open_loggers(run_dir, config) if main else []
         bar = tqdm(total=config.iterations, initial=start, disable=not progress or not main,
                    desc=run_dir.name, unit="it", dynamic_ncols=True)
-        return _Sinks(metrics, events, bar)
+        return _Sinks(sinks, bar)
 
     def close(self) -> None:
         self.bar.close()
-        self.events.close()
-        self.metrics.close()
+        close_loggers(self.loggers)
 
 
 def _diverged(run_dir: Path, loss: float, iteration: int, config: Config) -> TrainingDiverged:
@@ -333,7 +313,7 @@ def _record(run: _Run, iteration: int, window: list[float], peak: PeakMemory,
     if run.context.is_main and (iteration % config.val_every == 0 or last):
         record.update(step.validation(run.run_dir, iteration))
     if record:
-        write_record(run.sinks.metrics, run.sinks.events, iteration, run.began, record)
+        write_record(run.sinks.loggers, iteration, run.began, record)
         peak.reset()  # the next window holds meta-steps only, not these evaluations
     return logged
 

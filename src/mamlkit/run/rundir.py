@@ -35,16 +35,16 @@ except ImportError:  # Windows: no advisory locks; one process per run directory
     fcntl = None  # type: ignore[assignment]
 
 CONFIG, LOCK = "config.yaml", ".lock"
-# Keys a resume may change: where and how fast it runs, how long, how it is evaluated, and
-# the size of the outer step from here on (meta_lr, the cosine schedule's end, TRPO's max_kl:
-# what the advice after a NaN stop says to lower); none of them changes the meta-steps already
-# taken (``iterations`` moves the end only, except for the cosine meta_lr schedule, which
-# ``plan`` warns about). run.json records each change.
-RESUMABLE = ("iterations", "time_limit", "data_root", "device", "threads", "meta_lr",
+# Keys a resume may change: where and how fast it runs, how long, where its records go, how it
+# is evaluated, and the size of the outer step from here on (meta_lr, the cosine schedule's end,
+# TRPO's max_kl: what the advice after a NaN stop says to lower); none of them changes the
+# meta-steps already taken (``iterations`` moves the end only, except for the cosine meta_lr
+# schedule, which ``plan`` warns about). run.json records each change.
+RESUMABLE = ("iterations", "time_limit", "data_root", "device", "threads", "loggers", "meta_lr",
              "min_meta_lr", "max_kl",
              *(key for key in config_lib.field_types() if key.startswith("eval_")))
 # What a start leaves in a directory; cleared when a failed start's directory is reused.
-_OUTPUTS = (provenance.NAME, "metrics.jsonl", "tensorboard", "best", "checkpoints")
+_OUTPUTS = (provenance.NAME, "metrics.jsonl", "tensorboard", "wandb", "best", "checkpoints")
 
 
 class RunLock:
