@@ -85,3 +85,26 @@ def test_importing_the_functional_core_loads_torch_only():
     assert out[0] == "[]", f"importing mamlkit.functional loaded {out[0]}"
     modules = eval(out[1])  # noqa: S307 - our own repr of a list of names
     assert all(m == "mamlkit" or m.startswith("mamlkit.functional") for m in modules), modules
+
+
+def test_supervised_training_imports_without_the_simulators():
+    """gymnasium and MuJoCo serve meta-RL alone: a machine without them (a GPU image, say) still
+    trains and evaluates supervised runs, and ``mamlkit.envs`` loads, its gymnasium environment
+    failing only when it is used."""
+    code = ("import importlib.abc, sys\n"
+            "class Hide(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.partition('.')[0] in ('gymnasium', 'mujoco'):\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, Hide())\n"
+            "import mamlkit.cli, mamlkit.run.loop, mamlkit.run.evaluate, mamlkit.envs\n"
+            "from mamlkit.run.config import resolve\n"
+            "from mamlkit.run.load import untrained\n"
+            "untrained(resolve('sinusoid', {}))\n"
+            "try:\n"
+            "    mamlkit.envs.Navigation2D\n"
+            "except ModuleNotFoundError as error:\n"
+            "    print(error.name)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "gymnasium"

@@ -18,17 +18,32 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium as gym
-
 from mamlkit.envs.base import BatchEnv
-from mamlkit.envs.navigation import Navigation2D, Navigation2DBatch, expert_action
+from mamlkit.envs.navigation import Navigation2DBatch, expert_action
+
+try:
+    import gymnasium as gym
+except ModuleNotFoundError as missing:  # supervised runs (a GPU image, say) need no simulator
+    if missing.name != "gymnasium":
+        raise
+    gym = None
 
 BATCH_ENVS = ("nav2d", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir")
 
 
+def __getattr__(name: str) -> Any:
+    """``Navigation2D`` is a gymnasium environment: loaded on first use, so that this package (and
+    ``mamlkit.rl``, which supervised training imports) loads where gymnasium is not installed."""
+    if name == "Navigation2D":
+        from mamlkit.envs.navigation_gym import Navigation2D
+
+        return Navigation2D
+    raise AttributeError(f"module 'mamlkit.envs' has no attribute {name!r}")
+
+
 def _register() -> None:
     specs = {
-        "mamlkit/Navigation2D-v0": ("mamlkit.envs.navigation:Navigation2D", 100),
+        "mamlkit/Navigation2D-v0": ("mamlkit.envs.navigation_gym:Navigation2D", 100),
         "mamlkit/HalfCheetahVel-v0": ("mamlkit.envs.half_cheetah:HalfCheetahVel", 200),
         "mamlkit/HalfCheetahDir-v0": ("mamlkit.envs.half_cheetah:HalfCheetahDir", 200),
         "mamlkit/AntVel-v0": ("mamlkit.envs.ant:AntVel", 200),
@@ -39,7 +54,8 @@ def _register() -> None:
             gym.register(id=env_id, entry_point=entry_point, max_episode_steps=steps)
 
 
-_register()
+if gym is not None:
+    _register()
 
 
 def make_batch_env(name: str, **kwargs: Any) -> BatchEnv:
