@@ -215,12 +215,16 @@ def _sync() -> None:
 
 def time_steps(work: Workload, impls, repeats: int, warmup: int = 2,
                failed: dict[str, str] | None = None,
-               states: dict[str, nn.Module] | None = None) -> dict[str, list[float]]:
+               states: dict[str, nn.Module] | None = None,
+               cuda_peaks: dict[str, float] | None = None) -> dict[str, list[float]]:
     """Seconds of every meta-step, warm-up steps included (the first holds any compilation).
 
     A ``+compile`` implementation that raises or falls back to eager goes into ``failed`` with
-    its reason and out of the timing. ``states`` receives each implementation's model."""
+    its reason and out of the timing. ``states`` receives each implementation's model; on CUDA
+    ``cuda_peaks`` the most the allocator held during one of its steps, in MB (this process's
+    models and batches included: what a training process of that kind would need)."""
     failed = {} if failed is None else failed
+    cuda_peaks = {} if cuda_peaks is None else cuda_peaks
     base = work.make_model().to(DEVICE)
     states = {} if states is None else states
     states.update({name: _copy(base) for name in impls})
@@ -233,6 +237,8 @@ def time_steps(work: Workload, impls, repeats: int, warmup: int = 2,
                 continue
             model, opt = states[name], optimizers[name]
             _sync()
+            if DEVICE.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(DEVICE)
             start = time.perf_counter()
             if work.sampling_timed:
                 batch = batch_of(work, r).to(DEVICE)
@@ -247,6 +253,9 @@ def time_steps(work: Workload, impls, repeats: int, warmup: int = 2,
             opt.step()
             _sync()
             times[name].append(time.perf_counter() - start)
+            if DEVICE.type == "cuda":
+                cuda_peaks[name] = max(cuda_peaks.get(name, 0.0),
+                                       torch.cuda.max_memory_allocated(DEVICE) / 2**20)
             step = getattr(fn, "steps", {}).get(id(model))
             if getattr(step, "failed", None):
                 failed[name] = f"fell back to eager: {step.failed}"
@@ -340,7 +349,9 @@ def main() -> None:
             impls.pop("plain loop")
         failed: dict[str, str] = {}
         models: dict[str, nn.Module] = {}
-        all_times = time_steps(work, impls, args.repeats, args.warmup, failed, models)
+        cuda_peaks: dict[str, float] = {}
+        all_times = time_steps(work, impls, args.repeats, args.warmup, failed, models,
+                               cuda_peaks)
         times = {n: t[args.warmup:] for n, t in all_times.items()}
         agreement = compiled_vs_eager(work, every, {n: m for n, m in models.items()
                                                     if n not in failed})
@@ -356,6 +367,7 @@ def main() -> None:
             rows[name] = {"ms": ms, "speedup_vs_plain": plain / ms if plain else None,
                           "speedup_vs_learn2learn": l2l / ms if l2l else None, "peak_mb": mem,
                           "first_ms": all_times[name][0] * 1e3,
+                          "cuda_peak_mb": cuda_peaks.get(name),
                           "compiled_vs_eager": agreement.get(name)}
             vs_plain = f"{plain / ms:.2f}x" if plain else "-"
             vs_l2l = f"{l2l / ms:.2f}x" if l2l else "-"
