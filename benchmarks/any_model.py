@@ -424,11 +424,12 @@ def main() -> None:
     rows: list[dict] = []
     for key in args.workload:
         rows += run_workload(key, args)
-        if args.json:  # after every workload: a run stopped by a time limit keeps the rest
+        # after every workload: a run stopped by a time limit keeps what it measured
+        if args.json:
             args.json.write_text(json.dumps(old + rows, indent=1) + "\n")
+        if args.markdown:
+            args.markdown.write_text(table(rows) + "\n")
     print("\n" + table(rows))
-    if args.markdown:
-        args.markdown.write_text(table(rows) + "\n")
 
 
 if __name__ == "__main__":

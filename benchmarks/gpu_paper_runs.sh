@@ -61,7 +61,8 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --data-root) data_root=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        --minutes) minutes=$2; shift 2 ;;
+        --minutes) minutes=$2; shift 2
+                   [[ "$minutes" =~ ^[1-9][0-9]*$ ]] || { echo "--minutes takes whole minutes" >&2; exit 2; } ;;
         --device) device=$2; shift 2 ;;
         --peers) peers=$2; shift 2 ;;
         --resume-from) resume_from=$2; shift 2 ;;
@@ -103,6 +104,9 @@ if [ "$smoke" = 1 ]; then device=${device:-cpu}; else device=${device:-cuda}; fi
 mkdir -p "$out" || exit 2
 out="$(cd "$out" && pwd)"
 case "$data_root" in /*) ;; *) data_root="$(cd "$data_root" && pwd)" || exit 2 ;; esac
+# the paths given are read from here on in the repository's root
+[ -n "$resume_from" ] && [ -d "$resume_from" ] && resume_from="$(cd "$resume_from" && pwd)"
+[ -n "$choice_file" ] && choice_file="$(cd "$(dirname "$choice_file")" && pwd)/$(basename "$choice_file")"
 work="$(mktemp -d "${TMPDIR:-/tmp}/gpu_paper_runs.XXXXXX")"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$repo/src${peers:+:$(cd "$peers" && pwd)}${PYTHONPATH:+:$PYTHONPATH}"
 cd "$repo" || exit 2
@@ -132,7 +136,6 @@ else
 fi
 deadline=$(( minutes * 60 ))
 failures=()
-now() { echo "$SECONDS"; }
 left() { echo $(( deadline - SECONDS )); }
 step() { echo; echo "=== [$(date -u +%H:%M:%S), ${SECONDS}s of $deadline] $*"; }
 fail() { echo "!!! $*"; failures+=("$*"); }
