@@ -18,6 +18,12 @@ says how close to what the CPU can do for these convolutions the step runs.
     bash benchmarks/install_peers.sh          # learn2learn (and higher)
     python benchmarks/any_model.py --workload conv4-seq-1 conv4-1 --memory
     python benchmarks/any_model.py --workload resnet12-1 --repeats 3 --warmup 1 --memory
+
+On a GPU (``--device cuda``) steps are timed between ``torch.cuda.synchronize`` calls, peak memory
+is the allocator's peak above what was allocated before the step, and ``--batchings stacked vmap``
+adds rows of mamlkit with that batching forced (``auto`` on a GPU keeps a stock-BN network in a
+loop); such a row whose float64 meta-gradient disagrees with the plain loop is reported and not
+timed (vmap over stock batch norm is inexact at second order).
 """
 
 from __future__ import annotations
@@ -48,6 +54,20 @@ from mamlkit.models import Conv4, ResNet12, TaskBatchNorm  # noqa: E402
 from mamlkit.run.memory import PeakMemory, rss_mb  # noqa: E402
 
 CHUNKS: list[int] = []  # --chunk-sizes: extra mamlkit rows
+BATCHINGS: list[str] = []  # --batchings: extra mamlkit rows with a forced batching
+DEVICE = torch.device("cpu")
+TASKS: int | None = None  # --tasks: the first N tasks of every meta-batch (quick runs)
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def batch_of(work: Workload, seed: int) -> TaskBatch:
+    """The workload's meta-batch on DEVICE (its first TASKS tasks, if set)."""
+    batch = work.make_batch(seed)
+    return (batch if TASKS is None else batch[:TASKS]).to(DEVICE)
 
 
 def conv4_sequential(ways: int = 5, hidden: int = 64, running_stats: bool = True
@@ -115,9 +135,10 @@ Step = Callable[[TaskBatch], None]
 Maker = Callable[[nn.Module, Workload], Step]
 
 
-def mamlkit_step(model: nn.Module, work: Workload, chunk_size: int | None = None) -> Step:
+def mamlkit_step(model: nn.Module, work: Workload, chunk_size: int | None = None,
+                 batching: str = "auto") -> Step:
     learner = MAML(model, work.inner_lr, work.steps, loss_fn="cross_entropy",
-                   chunk_size=chunk_size)
+                   batching=batching, chunk_size=chunk_size)
 
     def step(batch: TaskBatch) -> None:
         learner.meta_loss(batch).backward()
@@ -161,11 +182,15 @@ def learn2learn_step(model: nn.Module, work: Workload) -> Step:
     return step
 
 
-def implementations(chunk_sizes: Sequence[int] = ()) -> dict[str, Maker]:
-    """mamlkit (``auto``; also with each of ``chunk_sizes``), the plain loop, learn2learn."""
+def implementations(chunk_sizes: Sequence[int] = (), batchings: Sequence[str] = ()
+                    ) -> dict[str, Maker]:
+    """mamlkit (``auto``; also with each of ``chunk_sizes`` and ``batchings``), the plain loop,
+    learn2learn."""
     impls: dict[str, Maker] = {"mamlkit auto": mamlkit_step, "plain loop": plain_loop_step}
     for size in chunk_sizes:
         impls[f"mamlkit chunk_size={size}"] = functools.partial(mamlkit_step, chunk_size=size)
+    for batching in batchings:
+        impls[f"mamlkit {batching}"] = functools.partial(mamlkit_step, batching=batching)
     problem = peers.available_peers().get("learn2learn")
     if problem is None:
         impls["learn2learn"] = learn2learn_step
@@ -174,24 +199,46 @@ def implementations(chunk_sizes: Sequence[int] = ()) -> dict[str, Maker]:
     return impls
 
 
-def check_gradients(work: Workload, impls, tasks: int | None = None) -> None:
-    """Every meta-gradient must match the plain loop's in float64 (1e-9 relative) first."""
-    base = work.make_model().double()
-    batch = peers.double_batch(work.make_batch(123))
+def check_gradients(work: Workload, impls, tasks: int | None = None) -> list[str]:
+    """Every meta-gradient must match the plain loop's in float64 (1e-9 relative) first.
+
+    A forced-batching row (``--batchings``) that fails (raises or disagrees) is returned, to be
+    left out of the timing; any other disagreement stops the benchmark."""
+    base = work.make_model().to(DEVICE).double()
+    batch = peers.double_batch(batch_of(work, 123))
     batch = batch if tasks is None else batch[:tasks]
-    grads = {}
+    grads, dropped = {}, []
+    forced = {f"mamlkit {b}" for b in BATCHINGS}
     for name, make in impls.items():
         model = copy.deepcopy(base)
-        make(model, work)(batch)
+        try:
+            make(model, work)(batch)
+        except Exception as error:
+            if name not in forced:
+                raise
+            print(f"# {name} fails ({type(error).__name__}: {str(error)[:120]}); not timed")
+            dropped.append(name)
+            continue
         grads[name] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    reference = grads["plain loop"]
+    scale = reference.abs().max().item()
+    for name in [n for n in grads if n in forced]:
+        error = (grads.pop(name) - reference).abs().max().item()
+        if error > 1e-9 * max(scale, 1e-6):
+            print(f"# float64 gradient check {name} max |diff| {error:.1e} (largest "
+                  f"{scale:.1e}) MISMATCH: not timed")
+            dropped.append(name)
+        else:
+            print(f"# float64 gradient check {name} max |diff| {error:.1e} ok")
     peers.check_against_plain_loop(grads)
+    return dropped
 
 
 # --- timing, memory, the ceiling --------------------------------------------------------------
 
 def time_steps(work: Workload, impls, repeats: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per meta-step of every implementation, interleaved (A, B, C, A, B, C, ...)."""
-    base = work.make_model()
+    base = work.make_model().to(DEVICE)
     steps, optimizers = {}, {}
     for name, make in impls.items():
         model = copy.deepcopy(base)
@@ -199,12 +246,14 @@ def time_steps(work: Workload, impls, repeats: int, warmup: int) -> dict[str, li
         optimizers[name] = torch.optim.Adam(model.parameters(), lr=1e-3)
     times: dict[str, list[float]] = {name: [] for name in impls}
     for r in range(warmup + repeats):
-        batch = work.make_batch(r)
+        batch = batch_of(work, r)
         for name in impls:
+            _sync()
             start = time.perf_counter()
             optimizers[name].zero_grad(set_to_none=True)
             steps[name](batch)
             optimizers[name].step()
+            _sync()
             if r >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times
@@ -213,20 +262,39 @@ def time_steps(work: Workload, impls, repeats: int, warmup: int) -> dict[str, li
 def peak_memory_child(key: str, impl: str) -> None:
     """In a fresh process: the peak resident-set growth of one meta-step, in MB."""
     work = WORKLOADS[key]
-    model, batch = work.make_model(), work.make_batch(0)
-    step = implementations(CHUNKS)[impl](model, work)
+    model, batch = work.make_model().to(DEVICE), batch_of(work, 0)
+    step = implementations(CHUNKS, BATCHINGS)[impl](model, work)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    before = rss_mb()
-    peak = PeakMemory(torch.device("cpu"))  # VmHWM from here on
+    cuda = DEVICE.type == "cuda"
+    before = torch.cuda.memory_allocated(DEVICE) / 2**20 if cuda else rss_mb()
+    peak = PeakMemory(DEVICE)  # VmHWM (CPU) or the allocator's peak (CUDA) from here on
     step(batch)
     optimizer.step()
     print(json.dumps({"peak_mb": peak.read() - before}))
 
 
+def cuda_peak_memory(work: Workload, make: Maker) -> float:
+    """The allocator's peak above what was allocated before one meta-step, in MB, in this
+    process (CUDA's counters, unlike the resident set, see only this step's tensors)."""
+    model = work.make_model().to(DEVICE)
+    step = make(model, work)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch = batch_of(work, 0)
+    _sync()
+    before = torch.cuda.memory_allocated(DEVICE) / 2**20
+    peak = PeakMemory(DEVICE)
+    step(batch)
+    optimizer.step()
+    _sync()
+    return peak.read() - before
+
+
 def peak_memory(key: str, impl: str) -> float:
     chunks = [str(c) for c in CHUNKS]
+    tasks = ["--tasks", str(TASKS)] if TASKS else []
     out = subprocess.run([sys.executable, __file__, "--child-memory", key, impl,
-                          "--chunk-sizes", *chunks], capture_output=True, text=True,
+                          "--chunk-sizes", *chunks, "--batchings", *BATCHINGS,
+                          "--device", str(DEVICE), *tasks], capture_output=True, text=True,
                          check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
@@ -241,8 +309,8 @@ def conv_flops(fn: Callable[[], None]) -> float:
 
 def step_flops(work: Workload) -> float:
     """Convolution FLOPs of one meta-step, counted on the plain loop (one task, times tasks)."""
-    batch = work.make_batch(0)
-    step = plain_loop_step(work.make_model(), work)
+    batch = batch_of(work, 0)
+    step = plain_loop_step(work.make_model().to(DEVICE), work)
     return conv_flops(lambda: step(batch[:1])) * batch.num_tasks
 
 
@@ -265,8 +333,10 @@ def train_gflops(model: nn.Module, x: Tensor, y: Tensor, repeats: int) -> float:
     flops = conv_flops(once)
     times = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         once()
+        _sync()
         times.append(time.perf_counter() - start)
     return flops / statistics.median(times) / 1e9
 
@@ -275,7 +345,7 @@ def ceiling(work: Workload, repeats: int) -> float:
     """GFLOP/s of convolution of a plain training step of the same network (stock batch norm)
     on the meta-batch's images in one batch (all, or ``ceiling_images``), no meta-learning,
     NCHW or channels-last, whichever is faster: what this CPU does at most for these convs."""
-    model, batch = stock_batch_norm(work.make_model()), work.make_batch(0)
+    model, batch = stock_batch_norm(work.make_model()).to(DEVICE), batch_of(work, 0)
     x = torch.cat([batch.support[0].flatten(0, 1), batch.query[0].flatten(0, 1)])
     y = torch.cat([batch.support[1].flatten(0, 1), batch.query[1].flatten(0, 1)])
     x, y = x[:work.ceiling_images], y[:work.ceiling_images]
@@ -286,9 +356,12 @@ def ceiling(work: Workload, repeats: int) -> float:
 
 def run_workload(key: str, args: argparse.Namespace) -> list[dict]:
     work = WORKLOADS[key]
-    print(f"\n## {work.name}, 2nd order, 1 thread, median of {args.repeats}")
-    impls = implementations(CHUNKS)
-    check_gradients(work, impls, args.check_tasks)
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "1 thread"
+    tasks = f", first {TASKS} tasks" if TASKS else ""
+    print(f"\n## {work.name}{tasks}, 2nd order, {where}, median of {args.repeats}", flush=True)
+    impls = implementations(CHUNKS, BATCHINGS)
+    for name in check_gradients(work, impls, args.check_tasks):
+        impls.pop(name)
     times = time_steps(work, impls, args.repeats, args.warmup)
     peak = ceiling(work, max(3, args.repeats // 2))
     flops = step_flops(work)
@@ -298,13 +371,14 @@ def run_workload(key: str, args: argparse.Namespace) -> list[dict]:
     rows = []
     for name, ms in medians.items():
         rows.append({
-            "workload": work.name, "implementation": name, "ms": ms,
+            "workload": work.name + tasks, "device": where, "implementation": name, "ms": ms,
             "vs_plain": medians["plain loop"] / ms,
             "vs_l2l": medians["learn2learn"] / ms if "learn2learn" in medians else None,
             "of_ceiling": flops / (ms / 1e3) / 1e9 / peak,
-            "peak_mb": peak_memory(key, name) if args.memory else None,
+            "peak_mb": None if not args.memory else cuda_peak_memory(work, impls[name])
+            if DEVICE.type == "cuda" else peak_memory(key, name),
             "times_ms": [t * 1e3 for t in times[name]]})
-        print(table([rows[-1]], header=False))
+        print(table([rows[-1]], header=False), flush=True)
     return rows
 
 
@@ -330,18 +404,32 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append the rows to this JSON file")
     parser.add_argument("--chunk-sizes", nargs="*", type=int, default=[],
                         help="also mamlkit with these chunk sizes")
+    parser.add_argument("--batchings", nargs="*", default=[],
+                        choices=["auto", "vmap", "loop", "stacked"],
+                        help="also mamlkit with each of these batchings forced")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--tasks", type=int, help="only the first N tasks of each meta-batch")
+    parser.add_argument("--markdown", type=Path, help="write the table here")
     parser.add_argument("--child-memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    global DEVICE, TASKS
+    DEVICE, TASKS = torch.device(args.device), args.tasks
     CHUNKS[:] = args.chunk_sizes
+    BATCHINGS[:] = args.batchings
     if args.child_memory:
         peak_memory_child(*args.child_memory)
         return
-    rows = [row for key in args.workload for row in run_workload(key, args)]
+    old = json.loads(args.json.read_text()) if args.json and args.json.is_file() else []
+    rows: list[dict] = []
+    for key in args.workload:
+        rows += run_workload(key, args)
+        # after every workload: a run stopped by a time limit keeps what it measured
+        if args.json:
+            args.json.write_text(json.dumps(old + rows, indent=1) + "\n")
+        if args.markdown:
+            args.markdown.write_text(table(rows) + "\n")
     print("\n" + table(rows))
-    if args.json:
-        old = json.loads(args.json.read_text()) if args.json.is_file() else []
-        args.json.write_text(json.dumps(old + rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

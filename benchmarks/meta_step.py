@@ -9,6 +9,17 @@ implementation (``--memory``), since torch's CPU allocations are invisible to tr
     python benchmarks/meta_step.py                       # all workloads, 1 thread
     python benchmarks/meta_step.py --workload conv4-1 --memory
     bash benchmarks/install_peers.sh                     # to include learn2learn and higher
+
+Which batching trains the 20-way paper presets fastest on a GPU (benchmarks/gpu_paper_runs.sh):
+
+    python benchmarks/meta_step.py --device cuda --workload conv4-20w1s conv4-20w5s \
+        --impls mamlkit-stacked mamlkit-vmap --compile --json choice.json
+
+``--compile`` adds ``mamlkit-vmap+compile``: the training loop's own ``torch.compile`` of the
+meta-loss (``mamlkit.run.scale.meta_loss_fn``, static shapes). Its first step holds the
+compilation (``first_ms`` in the JSON); a compile that fails or falls back to eager is reported
+and not timed. It is not in the float64 check (that would compile a second time); its float32
+meta-gradient is compared with the eager vmap's (``compiled_vs_eager``) instead.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +46,7 @@ from mamlkit import MAML, Sinusoid, TaskBatch  # noqa: E402
 from mamlkit import functional as MF  # noqa: E402
 from mamlkit.models import Conv4, mlp  # noqa: E402
 from mamlkit.run.memory import PeakMemory, rss_mb  # noqa: E402
+from mamlkit.run.scale import compile_blocker, meta_loss_fn  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,17 @@ WORKLOADS = {
     "conv4-5-fo": Workload("conv4 5w1s (32 tasks, 5+75 images, 5 steps, 1st order)",
                            lambda: Conv4(ways=5), lambda s: omniglot_shaped_batch(32, seed=s),
                            "cross_entropy", 0.1, 5, True),
+    # the shapes of the paper presets omniglot-20w1s and omniglot-20w5s (64 filters)
+    "conv4-20w1s": Workload("conv4 20w1s (16 tasks, 20+300 images, 5 steps, 2nd order)",
+                            lambda: Conv4(ways=20),
+                            lambda s: omniglot_shaped_batch(16, 20, 1, seed=s),
+                            "cross_entropy", 0.1, 5, False),
+    "conv4-20w5s": Workload("conv4 20w5s (16 tasks, 100+300 images, 5 steps, 2nd order)",
+                            lambda: Conv4(ways=20),
+                            lambda s: omniglot_shaped_batch(16, 20, 5, seed=s),
+                            "cross_entropy", 0.1, 5, False),
 }
+TASKS: int | None = None  # --tasks: the first N tasks of every meta-batch (quick runs)
 if (OMNIGLOT_ROOT / "images_background.zip").is_file():
     WORKLOADS["omniglot-5w1s"] = Workload(
         "real Omniglot 5w1s sampled in the step (32 tasks, 5+75 images, 1 step, 2nd order)",
@@ -101,16 +124,31 @@ else:
     print(f"# real Omniglot workload skipped: no zips in {OMNIGLOT_ROOT}")
 
 
-def implementations(work: Workload) -> dict[str, Callable[[nn.Module, TaskBatch], torch.Tensor]]:
-    """Name -> function(model, batch) returning the meta-loss (not yet backpropagated)."""
-    loss_fn = MF.resolve_loss(work.loss)
-    learners: dict[int, MAML] = {}
+def batch_of(work: Workload, seed: int) -> TaskBatch:
+    batch = work.make_batch(seed)
+    return batch if TASKS is None else batch[:TASKS]
 
-    def ours(batching: str):
+
+def implementations(work: Workload, with_compile: bool = False
+                    ) -> dict[str, Callable[[nn.Module, TaskBatch], torch.Tensor]]:
+    """Name -> function(model, batch) returning the meta-loss (not yet backpropagated).
+
+    A ``+compile`` function has a ``steps`` dict: its ``CompiledMetaLoss`` per model (whose
+    ``failed`` says whether it fell back to eager)."""
+    loss_fn = MF.resolve_loss(work.loss)
+    learners: dict[int, tuple[MAML, Callable]] = {}
+
+    def ours(batching: str, compiled: bool = False):
         def run(model, batch):
-            learner = learners.setdefault(id(model), MAML(
-                model, work.inner_lr, work.steps, work.first_order, work.loss, batching))
-            return learner.meta_loss(batch)
+            if id(model) not in learners:
+                learner = MAML(model, work.inner_lr, work.steps, work.first_order, work.loss,
+                               batching)
+                with warnings.catch_warnings():  # a blocker is checked below, not warned
+                    warnings.simplefilter("ignore")
+                    learners[id(model)] = (learner, meta_loss_fn(learner, compiled))
+                run.steps[id(model)] = learners[id(model)][1]
+            return learners[id(model)][1](batch)
+        run.steps = {}
         return run
 
     def peer(fn):
@@ -121,6 +159,17 @@ def implementations(work: Workload) -> dict[str, Callable[[nn.Module, TaskBatch]
 
     impls = {"mamlkit": ours("auto"), "mamlkit-vmap": ours("vmap"), "mamlkit-loop": ours("loop"),
              "plain loop": peer(peers.plain_loop_meta_loss)}
+    if isinstance(work.make_model(), Conv4):
+        impls["mamlkit-stacked"] = ours("stacked")
+    if with_compile:
+        for batching in ("vmap", "stacked") if "mamlkit-stacked" in impls else ("vmap",):
+            learner = MAML(work.make_model(), work.inner_lr, work.steps, work.first_order,
+                           work.loss, batching)
+            blocker = compile_blocker(learner)
+            if blocker is None:
+                impls[f"mamlkit-{batching}+compile"] = ours(batching, compiled=True)
+            else:
+                print(f"# mamlkit-{batching}+compile skipped: {blocker}")
     available = peers.available_peers()
     for name, fn in (("learn2learn", peers.learn2learn_meta_loss),
                      ("higher", peers.higher_meta_loss)):
@@ -139,9 +188,11 @@ def check_gradients(work: Workload, impls) -> None:
     by float32 rounding amplified through the inner steps.
     """
     base = work.make_model().to(DEVICE).double()
-    batch = peers.double_batch(work.make_batch(123).to(DEVICE))
+    batch = peers.double_batch(batch_of(work, 123).to(DEVICE))
     grads = {}
     for name, fn in impls.items():
+        if name.endswith("+compile"):
+            continue
         model = _copy(base)
         fn(model, batch).backward()
         grads[name] = torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -162,26 +213,76 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(work: Workload, impls, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+def time_steps(work: Workload, impls, repeats: int, warmup: int = 2,
+               failed: dict[str, str] | None = None,
+               states: dict[str, nn.Module] | None = None,
+               cuda_peaks: dict[str, float] | None = None) -> dict[str, list[float]]:
+    """Seconds of every meta-step, warm-up steps included (the first holds any compilation).
+
+    A ``+compile`` implementation that raises or falls back to eager goes into ``failed`` with
+    its reason and out of the timing. ``states`` receives each implementation's model; on CUDA
+    ``cuda_peaks`` the most the allocator held during one of its steps, in MB (this process's
+    models and batches included: what a training process of that kind would need)."""
+    failed = {} if failed is None else failed
+    cuda_peaks = {} if cuda_peaks is None else cuda_peaks
     base = work.make_model().to(DEVICE)
-    states = {name: _copy(base) for name in impls}
+    states = {} if states is None else states
+    states.update({name: _copy(base) for name in impls})
     optimizers = {n: torch.optim.Adam(m.parameters(), lr=1e-3) for n, m in states.items()}
     times: dict[str, list[float]] = {name: [] for name in impls}
     for r in range(warmup + repeats):
-        batch = work.make_batch(r).to(DEVICE)
+        batch = batch_of(work, r).to(DEVICE)
         for name, fn in impls.items():
+            if name in failed:
+                continue
             model, opt = states[name], optimizers[name]
             _sync()
+            if DEVICE.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(DEVICE)
             start = time.perf_counter()
             if work.sampling_timed:
-                batch = work.make_batch(r).to(DEVICE)
+                batch = batch_of(work, r).to(DEVICE)
             opt.zero_grad(set_to_none=True)
-            fn(model, batch).backward()
+            try:
+                fn(model, batch).backward()
+            except Exception as error:
+                if not name.endswith("+compile"):
+                    raise
+                failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+                continue
             opt.step()
             _sync()
-            if r >= warmup:
-                times[name].append(time.perf_counter() - start)
+            times[name].append(time.perf_counter() - start)
+            if DEVICE.type == "cuda":
+                cuda_peaks[name] = max(cuda_peaks.get(name, 0.0),
+                                       torch.cuda.max_memory_allocated(DEVICE) / 2**20)
+            step = getattr(fn, "steps", {}).get(id(model))
+            if getattr(step, "failed", None):
+                failed[name] = f"fell back to eager: {step.failed}"
+    for name in failed:
+        print(f"# {name} not timed: {failed[name]}")
+        times.pop(name, None)
     return times
+
+
+def compiled_vs_eager(work: Workload, impls, models: dict[str, nn.Module]) -> dict[str, float]:
+    """Max |g_compiled - g_eager| / max |g_eager| of the float32 meta-gradients on one batch,
+    for each timed ``+compile`` implementation (its model in ``models``, so that it is not
+    compiled again; ``impls`` holds its eager twin, run on a copy of that model)."""
+    batch = batch_of(work, 123).to(DEVICE)
+    out = {}
+    for name in (n for n in models if n.endswith("+compile")):
+        eager_name = name.removesuffix("+compile")
+        grads = {}
+        for which, model in ((name, models[name]), (eager_name, _copy(models[name]))):
+            model.zero_grad(set_to_none=True)
+            impls[which](model, batch).backward()
+            grads[which] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        scale = grads[eager_name].abs().max().item()
+        out[name] = (grads[name] - grads[eager_name]).abs().max().item() / max(scale, 1e-12)
+        print(f"# float32 meta-gradient {name} against {eager_name}: max rel. diff "
+              f"{out[name]:.1e}")
+    return out
 
 
 def peak_memory_child(workload: str, impl: str) -> None:
@@ -207,8 +308,15 @@ def peak_memory(workload: str, impl: str, threads: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    parser.add_argument("--workload", nargs="+", choices=[*WORKLOADS, "all"], default=["all"])
+    parser.add_argument("--impls", nargs="+", metavar="NAME",
+                        help="time only these implementations (the plain loop still anchors "
+                             "the gradient check)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also the training loop's torch.compile of the meta-loss")
+    parser.add_argument("--tasks", type=int, help="only the first N tasks of each meta-batch")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory", action="store_true", help="also peak memory per step")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -216,23 +324,39 @@ def main() -> None:
     parser.add_argument("--child-memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    global DEVICE
+    global DEVICE, TASKS
     DEVICE = torch.device(args.device)
+    TASKS = args.tasks
     if args.child_memory:
         peak_memory_child(*args.child_memory)
         return
-    names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    names = list(WORKLOADS) if "all" in args.workload else args.workload
     results = {}
     for key in names:
         work = WORKLOADS[key]
         where = (torch.cuda.get_device_name() if DEVICE.type == "cuda"
                  else f"{args.threads} thread(s)")
-        print(f"\n## {work.name}, {where}, median of {args.repeats}")
-        impls = implementations(work)
-        check_gradients(work, impls)
-        times = time_steps(work, impls, args.repeats)
+        print(f"\n## {work.name}, {where}, median of {args.repeats}", flush=True)
+        impls = every = implementations(work, args.compile)
+        if args.impls:
+            unknown = sorted(set(args.impls) - set(impls))
+            if unknown:
+                print(f"# not here: {', '.join(unknown)} (choose from {', '.join(impls)})")
+            impls = {n: f for n, f in impls.items() if n in args.impls or n == "plain loop"}
+        if any(not n.endswith("+compile") for n in impls if n != "plain loop"):
+            check_gradients(work, impls)
+        if args.impls and "plain loop" not in args.impls:
+            impls.pop("plain loop")
+        failed: dict[str, str] = {}
+        models: dict[str, nn.Module] = {}
+        cuda_peaks: dict[str, float] = {}
+        all_times = time_steps(work, impls, args.repeats, args.warmup, failed, models,
+                               cuda_peaks)
+        times = {n: t[args.warmup:] for n, t in all_times.items()}
+        agreement = compiled_vs_eager(work, every, {n: m for n, m in models.items()
+                                                    if n not in failed})
         medians = {n: statistics.median(t) * 1e3 for n, t in times.items()}
-        plain = medians["plain loop"]
+        plain = medians.get("plain loop")
         l2l = medians.get("learn2learn")
         print(f"| implementation | ms / meta-step | vs plain loop | vs learn2learn |"
               f"{' peak MB |' if args.memory else ''}")
@@ -240,14 +364,19 @@ def main() -> None:
         rows = {}
         for name, ms in medians.items():
             mem = peak_memory(key, name, args.threads) if args.memory else None
-            rows[name] = {"ms": ms, "speedup_vs_plain": plain / ms,
-                          "speedup_vs_learn2learn": l2l / ms if l2l else None, "peak_mb": mem}
+            rows[name] = {"ms": ms, "speedup_vs_plain": plain / ms if plain else None,
+                          "speedup_vs_learn2learn": l2l / ms if l2l else None, "peak_mb": mem,
+                          "first_ms": all_times[name][0] * 1e3,
+                          "cuda_peak_mb": cuda_peaks.get(name),
+                          "compiled_vs_eager": agreement.get(name)}
+            vs_plain = f"{plain / ms:.2f}x" if plain else "-"
             vs_l2l = f"{l2l / ms:.2f}x" if l2l else "-"
             mem_cell = f" {mem:.0f} |" if mem is not None else ""
-            print(f"| {name} | {ms:.2f} | {plain / ms:.2f}x | {vs_l2l} |{mem_cell}")
-        results[key] = {"workload": work.name, "threads": args.threads, "rows": rows}
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"| {name} | {ms:.2f} | {vs_plain} | {vs_l2l} |{mem_cell}")
+        results[key] = {"workload": work.name, "threads": args.threads, "device": where,
+                        "tasks": TASKS, "rows": rows, "failed": failed}
+        if args.json:  # after every workload: a run stopped by a time limit keeps the rest
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,11 @@ def test_supervised_modules_import_without_gymnasium_or_mujoco():
     their simulators to import them."""
     code = ("import sys\nsys.modules['gymnasium'] = sys.modules['mujoco'] = None\n"
             "import mamlkit.tasks, mamlkit.envs, mamlkit.run.loop, mamlkit.run.evaluate\n"
-            "import mamlkit.run.plots, mamlkit.run.load\n")
+            "import mamlkit.run.plots, mamlkit.run.load\n"
+            "try:\n    mamlkit.envs.Navigation2D\nexcept ModuleNotFoundError as error:\n"
+            "    print(error.name, error)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    # the gymnasium environment itself fails only when used, with what to install
+    assert done.stdout.strip() == ("gymnasium Navigation2D is a gymnasium environment: pip "
+                                   "install 'mamlkit[rl]'.")

@@ -26,7 +26,7 @@ __all__ = [*sorted(_LAZY), "GYMNASIUM_IDS", "__version__"]
 
 # gymnasium id -> (entry point, episode length): the single environments of mamlkit.envs
 GYMNASIUM_IDS = {
-    "mamlkit/Navigation2D-v0": ("mamlkit.envs.navigation:Navigation2D", 100),
+    "mamlkit/Navigation2D-v0": ("mamlkit.envs.navigation_gym:Navigation2D", 100),
     "mamlkit/HalfCheetahVel-v0": ("mamlkit.envs.half_cheetah:HalfCheetahVel", 200),
     "mamlkit/HalfCheetahDir-v0": ("mamlkit.envs.half_cheetah:HalfCheetahDir", 200),
     "mamlkit/AntVel-v0": ("mamlkit.envs.ant:AntVel", 200),

@@ -18,9 +18,19 @@ from __future__ import annotations
 from typing import Any
 
 from mamlkit.envs.base import BatchEnv
-from mamlkit.envs.navigation import Navigation2D, Navigation2DBatch, expert_action
+from mamlkit.envs.navigation import Navigation2DBatch, expert_action
 
 BATCH_ENVS = ("nav2d", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir")
+
+
+def __getattr__(name: str) -> Any:
+    """``Navigation2D`` is a gymnasium environment: loaded on first use, so that this package (and
+    ``mamlkit.rl``, which supervised training imports) loads where gymnasium is not installed."""
+    if name == "Navigation2D":
+        from mamlkit.envs.navigation_gym import Navigation2D
+
+        return Navigation2D
+    raise AttributeError(f"module 'mamlkit.envs' has no attribute {name!r}")
 
 
 def make_batch_env(name: str, **kwargs: Any) -> BatchEnv:

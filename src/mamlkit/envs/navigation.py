@@ -9,21 +9,14 @@ within 0.01 of the goal (reference code; ``done_threshold=None`` never ends earl
 
 ``Navigation2DBatch`` steps all tasks x trajectories as one torch tensor: 3.5M-10M steps/s on its
 own for 20 x 20 copies on the 2-core machine, so the policy's forward pass is the cost of sampling.
+This module needs torch alone; the single gymnasium environment ``Navigation2D`` lives in
+``navigation_gym.py``, so supervised runs import without the simulators.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 from torch import Tensor
-
-try:
-    import gymnasium as gym
-    from gymnasium import spaces
-except ImportError:  # no rl extra: the batched environment and the expert still import
-    gym = spaces = None
 
 from mamlkit.envs.base import Generators
 from mamlkit.functional.seeding import generator_from
@@ -101,55 +94,3 @@ class Navigation2DBatch:
     def expert_actions(self) -> Tensor:
         """The expert's actions ``[T, N, 2]`` in the current states."""
         return expert_action(self._state, self._goals)
-
-
-class Navigation2D(gym.Env if gym is not None else object):
-    """The single-environment gymnasium version (``gymnasium.make("mamlkit/Navigation2D-v0")``).
-
-    ``reset(options={"task": task})`` or ``reset_task(task)`` sets the goal.
-    """
-
-    metadata = {"render_modes": []}
-
-    def __init__(self, task: dict | None = None, reward: str = "distance",
-                 done_threshold: float | None = 0.01) -> None:
-        if gym is None:
-            raise ImportError("Navigation2D is a gymnasium environment: pip install "
-                              "'mamlkit[rl]'.")
-        self.reward_kind = _check_reward(reward)
-        self.done_threshold = done_threshold
-        self.observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
-        self.action_space = spaces.Box(-MAX_STEP, MAX_STEP, (2,), np.float32)
-        self._task = task or {"goal": [0.0, 0.0]}
-        self._goal = np.asarray(self._task["goal"], dtype=np.float32)
-        self._state = np.zeros(2, dtype=np.float32)
-
-    @staticmethod
-    def sample_tasks(num_tasks: int, seed: int | torch.Generator | None = None) -> list[dict]:
-        """The same tasks as ``Navigation2DBatch.sample_tasks`` for the same seed."""
-        return sample_goal_tasks(num_tasks, seed)
-
-    def reset_task(self, task: dict) -> None:
-        self._task = task
-        self._goal = np.asarray(task["goal"], dtype=np.float32)
-
-    @property
-    def task(self) -> dict:
-        return self._task
-
-    def reset(self, *, seed: int | None = None,
-              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        if options and "task" in options:
-            self.reset_task(options["task"])
-        self._state = np.zeros(2, dtype=np.float32)
-        return self._state.copy(), {"task": dict(self._task)}
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        action = np.clip(np.asarray(action, dtype=np.float32), -MAX_STEP, MAX_STEP)
-        self._state = (self._state + action).astype(np.float32)
-        dx, dy = (self._state - self._goal).tolist()
-        reward = float(_reward(torch.tensor(dx), torch.tensor(dy), self.reward_kind))
-        terminated = (self.done_threshold is not None
-                      and abs(dx) < self.done_threshold and abs(dy) < self.done_threshold)
-        return self._state.copy(), reward, bool(terminated), False, {"task": dict(self._task)}
