@@ -89,7 +89,8 @@ def test_cuda_without_cuda_is_one_sentence(tmp_path, capsys, monkeypatch):
     line = refused_set(["device=cuda"], tmp_path, capsys)
     assert "'device'" in line and "use device=cpu or auto" in line
     assert "no CUDA" in line
-    resolve("nav2d", {"device": "cuda"})  # meta-RL runs on the CPU; the key does not apply
+    with pytest.raises(ConfigError, match=r"'device' \(for supervised tasks \(meta-RL runs on"):
+        resolve("nav2d", {"device": "cuda"})  # meta-RL runs on the CPU: the key does not apply
 
 
 def _outside(bounds: config_lib.Bounds, integer: bool) -> list[float]:

@@ -314,7 +314,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("runs", nargs="+")
     e.add_argument("--tasks", type=positive_int, default=None,
                    help="held-out tasks (default the run's eval_tasks, 600 in the presets; "
-                        "another count writes eval-N.json once eval.json holds the full one)")
+                        "another count writes eval-N.json, never eval.json)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--data-root", help=_DATA_ROOT_HELP)
     e.set_defaults(func=cmd_eval)

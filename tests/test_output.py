@@ -1,0 +1,44 @@
+"""What a person reads: evaluation results, eval file names, run names, progress lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mamlkit.run import evaluate
+
+
+def test_eval_json_holds_the_configs_count_and_any_other_count_goes_to_eval_n(tmp_path):
+    """One rule, whatever is already there: eval.json is the run's evaluation on its
+    eval_tasks (what compare reads); a quick '--tasks 100' never becomes it."""
+    assert evaluate.eval_path(tmp_path, 100, 600) == tmp_path / "eval-100.json"
+    assert evaluate.eval_path(tmp_path, 600, 600) == tmp_path / "eval.json"
+    (tmp_path / "eval.json").write_text('{"num_tasks": 600}')
+    assert evaluate.eval_path(tmp_path, 100, 600) == tmp_path / "eval-100.json"
+    assert evaluate.eval_path(Path(tmp_path), 100) == tmp_path / "eval.json"  # no config count
+
+
+def _result(tasks: int = 1500) -> dict:
+    per_task = [0.1 * (i % 7) for i in range(tasks)]
+    return {"metric": "mse", "num_tasks": tasks, "inner_lr": 0.01, "checkpoint": "best",
+            "iteration": 70000,
+            "steps": {"0": {"mean": 3.1, "ci95": 0.2}, "1": {"mean": 0.5, "ci95": 0.03}},
+            "per_task": {"0": per_task, "1": per_task}}
+
+
+def test_an_evaluation_prints_as_its_table_and_reads_as_a_dict():
+    result = evaluate.Evaluation(_result())
+    text = repr(result)
+    assert text == str(result) and len(text.splitlines()) < 10
+    assert "MSE on 1500 held-out tasks, mean ± 95% CI" in text and "0.5" in text
+    assert result["steps"]["1"]["mean"] == 0.5 and len(result["per_task"]["0"]) == 1500
+    assert isinstance(result, dict) and dict(result) == _result()
+
+
+def test_custom_runs_are_evaluated_on_600_tasks_like_every_preset():
+    from mamlkit.run import config as config_lib
+    from mamlkit.run import custom
+
+    assert custom.config().eval_tasks == 600
+    supervised = [config_lib.load_preset(name) for name in config_lib.preset_names()]
+    supervised = [c for c in supervised if c.task not in config_lib.RL_TASKS]
+    assert {c.eval_tasks for c in supervised} == {600}  # RL presets: 40 tasks of sampling
