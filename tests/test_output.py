@@ -42,3 +42,18 @@ def test_custom_runs_are_evaluated_on_600_tasks_like_every_preset():
     supervised = [config_lib.load_preset(name) for name in config_lib.preset_names()]
     supervised = [c for c in supervised if c.task not in config_lib.RL_TASKS]
     assert {c.eval_tasks for c in supervised} == {600}  # RL presets: 40 tasks of sampling
+
+
+def test_run_json_lists_every_session_the_first_included(tmp_path):
+    from mamlkit.run import provenance
+
+    first = provenance.record(tmp_path, resume=False, start_iteration=0)
+    assert [(s["start_iteration"], s["changed"]) for s in first["sessions"]] == [(0, {})]
+    assert first["sessions"][0]["started"] == first["started"]  # the top level: the first
+    again = provenance.record(tmp_path, resume=True, start_iteration=5,
+                              changes={"iterations": 9})
+    assert [(s["start_iteration"], s["changed"]) for s in again["sessions"]] == [
+        (0, {}), (5, {"iterations": 9})]
+    (tmp_path / provenance.NAME).write_text("{damaged")
+    lost = provenance.record(tmp_path, resume=True, start_iteration=7)
+    assert [s["start_iteration"] for s in lost["sessions"]] == [7] and "note" in lost

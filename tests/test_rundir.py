@@ -215,7 +215,8 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path, capsys):
     assert config_lib.load(run / "config.yaml").iterations == 40
     assert [r["iteration"] for r in read_metrics(run)] == list(range(5, 41, 5))
     sessions = json.loads((run / "run.json").read_text())["sessions"]
-    assert [(s["start_iteration"], s["changed"]) for s in sessions] == [(20, {"iterations": 40})]
+    assert [(s["start_iteration"], s["changed"]) for s in sessions] == [
+        (0, {}), (20, {"iterations": 40})]
 
 
 def test_resume_finds_the_default_directory_named_without_the_new_iterations(
@@ -225,7 +226,7 @@ def test_resume_finds_the_default_directory_named_without_the_new_iterations(
     assert main(["train", "sinusoid", "--no-progress", *sets(), "--resume", "--set",
                  "iterations=25", "--set", "time_limit=30"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
-    assert json.loads((run / "run.json").read_text())["sessions"][0]["changed"] == {
+    assert json.loads((run / "run.json").read_text())["sessions"][1]["changed"] == {
         "iterations": 25, "time_limit": 30.0}
 
 
@@ -450,7 +451,9 @@ def test_run_json_records_the_start_and_appends_each_resume(tmp_path):
     assert info["python"] == ".".join(map(str, sys.version_info[:3]))
     assert info["numpy"] and info["host"] and info["command"] == sys.argv
     assert datetime.fromisoformat(info["started"]).utcoffset().total_seconds() == 0
-    assert info["start_iteration"] == 0 and info["sessions"] == []
+    assert info["start_iteration"] == 0
+    assert [(s["start_iteration"], s["started"]) for s in info["sessions"]] == [
+        (0, info["started"])]
     git = info["git"]  # this checkout is a git repository holding the package
     assert git is None or (re.fullmatch(r"[0-9a-f]{40}", git["commit"])
                            and isinstance(git["dirty"], bool))
@@ -458,7 +461,8 @@ def test_run_json_records_the_start_and_appends_each_resume(tmp_path):
     again = json.loads((run / "run.json").read_text())
     assert {k: v for k, v in again.items() if k != "sessions"} == {
         k: v for k, v in info.items() if k != "sessions"}
-    (session,) = again["sessions"]
+    first, session = again["sessions"]
+    assert first == info["sessions"][0]
     assert session["start_iteration"] == 5 and session["changed"] == {}
     assert session["command"] == sys.argv and session["started"] >= info["started"]
 
