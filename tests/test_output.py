@@ -57,3 +57,20 @@ def test_run_json_lists_every_session_the_first_included(tmp_path):
     (tmp_path / provenance.NAME).write_text("{damaged")
     lost = provenance.record(tmp_path, resume=True, start_iteration=7)
     assert [s["start_iteration"] for s in lost["sessions"]] == [7] and "note" in lost
+
+
+def test_a_default_run_name_is_the_preset_and_a_short_stable_hash_of_the_overrides():
+    import re
+
+    from mamlkit.cli import _run_name
+
+    assert _run_name("sinusoid", []) == "sinusoid"
+    assert _run_name("configs/my-exp.yml", []) == "my-exp"
+    many = ["ways=5", "shots=1", "iterations=60", "threads=1", "channels=1", "val_every=30",
+            "image_size=28", "class_split=[0.5, 0.25, 0.25]"]
+    name = _run_name("folder-5w1s", many)
+    assert re.fullmatch(r"folder-5w1s-[0-9a-f]{8}", name)
+    assert _run_name("folder-5w1s", many[::-1]) == name  # the order typed does not matter
+    assert _run_name("sinusoid", ["inner_lr=0"]) == _run_name("sinusoid", ["inner_lr=0.0"])
+    assert _run_name("sinusoid", ["inner_lr=0"]) != _run_name("sinusoid", ["inner_lr=0.1"])
+    assert _run_name("sinusoid", ["seed=1"]) != _run_name("sinusoid-paper", ["seed=1"])
