@@ -74,3 +74,40 @@ def test_a_default_run_name_is_the_preset_and_a_short_stable_hash_of_the_overrid
     assert _run_name("sinusoid", ["inner_lr=0"]) == _run_name("sinusoid", ["inner_lr=0.0"])
     assert _run_name("sinusoid", ["inner_lr=0"]) != _run_name("sinusoid", ["inner_lr=0.1"])
     assert _run_name("sinusoid", ["seed=1"]) != _run_name("sinusoid-paper", ["seed=1"])
+
+
+def _fake_run(folder: Path, records: list[dict]) -> Path:
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_figures_label_their_bands_keep_mse_above_zero_and_count_iterations(tmp_path):
+    from matplotlib.collections import PolyCollection
+
+    from mamlkit.run import plots
+    from mamlkit.run.compare import Group
+
+    # a validation MSE whose interval is wider than its mean: the band would dip below zero
+    records = [{"iteration": i, "loss": 1.0 / i, "train_post": 0.2, "val_pre": 2.0,
+                "val_pre_ci95": 0.5, "val_post": 0.1, "val_post_ci95": 0.3}
+               for i in range(1, 6)]
+    run = Group("a", {"a": _fake_run(tmp_path / "a", records)})
+    fig = plots.learning_curve_figure([run], "mse")
+    legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert any("95%" in text for text in legend), legend
+    bands = [c for c in fig.axes[1].collections if isinstance(c, PolyCollection)]
+    assert bands and all(path.vertices[:, 1].min() >= 0 for band in bands
+                         for path in band.get_paths())
+    fig.canvas.draw()
+    for ax in fig.axes:  # 5 iterations: whole-number ticks only
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    rl = [{"iteration": i, "pre_return": -5.0, "post_return": -4.0, "std": 0.9,
+           "val_pre": -5.0, "val_pre_ci95": 9.0, "val_post": -3.0, "val_post_ci95": 9.0}
+          for i in range(1, 6)]
+    fig = plots.rl_figure([Group("r", {"r": _fake_run(tmp_path / "r", rl)})])
+    bands = [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
+    assert min(p.vertices[:, 1].min() for b in bands for p in b.get_paths()) < 0  # returns
