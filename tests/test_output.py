@@ -111,3 +111,47 @@ def test_figures_label_their_bands_keep_mse_above_zero_and_count_iterations(tmp_
     fig = plots.rl_figure([Group("r", {"r": _fake_run(tmp_path / "r", rl)})])
     bands = [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
     assert min(p.vertices[:, 1].min() for b in bands for p in b.get_paths()) < 0  # returns
+
+
+SMALL = {"iterations": 8, "log_every": 2, "val_every": 4, "checkpoint_every": 4,
+         "meta_batch_size": 2, "val_tasks": 3, "hidden": [8]}
+
+
+def test_training_without_a_bar_prints_progress_and_every_validation(tmp_path, capsys,
+                                                                     monkeypatch):
+    import re
+
+    from mamlkit.run import console
+    from mamlkit.run.config import resolve
+    from mamlkit.run.loop import train
+
+    monkeypatch.setattr(console, "INTERVAL", 0.0)  # a line at every iteration
+    train(resolve("sinusoid", SMALL), tmp_path / "run", progress=False)
+    lines = capsys.readouterr().err.splitlines()
+    progress = [line for line in lines if re.match(r"iteration \d+/8 \(\d+%\), [\d.e+]+ it/s",
+                                                   line)]
+    assert len(progress) == 8 and progress[-1].startswith("iteration 8/8 (100%)")
+    assert "loss" in progress[-1]
+    validations = [line for line in lines if "validation" in line]
+    assert [v.split(":")[0] for v in validations] == ["iteration 4/8", "iteration 8/8"]
+    assert re.search(r"before adaptation [\d.e+-]+ ± [\d.e+-]+, adapted [\d.e+-]+ ± ",
+                     validations[0])
+    assert validations[0].endswith("(mean ± 95% CI over 3 held-out tasks)")
+
+
+def test_training_with_a_bar_prints_each_validation_above_it(tmp_path, capsys):
+    from mamlkit.run.config import resolve
+    from mamlkit.run.loop import train
+
+    train(resolve("sinusoid", SMALL), tmp_path / "run", progress=True)
+    err = capsys.readouterr().err
+    assert err.count("validation before adaptation") == 2
+    assert not any(line.startswith("iteration 2/8 (") for line in err.splitlines())
+
+
+def test_rl_progress_shows_environment_steps_per_second():
+    from mamlkit.run.steps import RLStep
+
+    shown = RLStep.postfix(None, {"pre_return": -3.0, "post_return": -2.0,
+                                  "env_steps_per_s": 8123.4})
+    assert shown["env steps/s"] == "8123"

@@ -207,5 +207,5 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EVAL_CHUNK", "RL_EVAL_CHUNK", "Evaluation", "eval_path", "evaluate", "format_table", "mean_ci95",
-           "write"]
+__all__ = ["EVAL_CHUNK", "RL_EVAL_CHUNK", "Evaluation", "eval_path", "evaluate", "format_table",
+           "mean_ci95", "write"]
