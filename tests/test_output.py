@@ -7,13 +7,16 @@ from pathlib import Path
 from mamlkit.run import evaluate
 
 
-def test_eval_json_holds_the_configs_count_and_any_other_count_goes_to_eval_n(tmp_path):
-    """One rule, whatever is already there: eval.json is the run's evaluation on its
-    eval_tasks (what compare reads); a quick '--tasks 100' never becomes it."""
-    assert evaluate.eval_path(tmp_path, 100, 600) == tmp_path / "eval-100.json"
+def test_eval_json_is_the_first_evaluation_until_a_full_one_and_then_stays_full(tmp_path):
+    """The one rule the README states: a run's first 'eval --tasks 100' is its eval.json (what
+    compare reads); one on eval_tasks replaces it; after that another count is eval-N.json."""
+    assert evaluate.eval_path(tmp_path, 100, 600) == tmp_path / "eval.json"
+    (tmp_path / "eval.json").write_text('{"num_tasks": 100}')
+    assert evaluate.eval_path(tmp_path, 50, 600) == tmp_path / "eval.json"
     assert evaluate.eval_path(tmp_path, 600, 600) == tmp_path / "eval.json"
     (tmp_path / "eval.json").write_text('{"num_tasks": 600}')
     assert evaluate.eval_path(tmp_path, 100, 600) == tmp_path / "eval-100.json"
+    assert evaluate.eval_path(tmp_path, 600, 600) == tmp_path / "eval.json"
     assert evaluate.eval_path(Path(tmp_path), 100) == tmp_path / "eval.json"  # no config count
 
 

@@ -123,6 +123,7 @@ def test_sigterm_stops_after_the_iteration_with_a_checkpoint_and_resumes_exactly
         tmp_path, monkeypatch, capsys):
     previous = signal.getsignal(signal.SIGTERM)
     train(small_config(), tmp_path / "whole", progress=False)
+    capsys.readouterr()  # its validation lines
     _signal_at(monkeypatch, 7)
     with pytest.raises(TrainingInterrupted) as caught:
         train(small_config(), tmp_path / "run", progress=False)

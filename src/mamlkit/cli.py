@@ -317,13 +317,15 @@ def parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set inner_lr=0 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--data-root", help="dataset folder (omniglot: the two official zips)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: a line at most every 30 s instead (validations are "
+                        "printed either way)")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate runs on the same held-out tasks")
     e.add_argument("runs", nargs="+")
     e.add_argument("--tasks", type=positive_int, default=None,
                    help="held-out tasks (default the run's eval_tasks, 600 in the presets; "
-                        "another count writes eval-N.json, never eval.json)")
+                        "another count writes eval-N.json once eval.json holds the full one)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--data-root", help=_DATA_ROOT_HELP)
     e.set_defaults(func=cmd_eval)

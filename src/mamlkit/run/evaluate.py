@@ -149,13 +149,20 @@ def _frozen_baselines(learner, tasks, result: dict[str, Any], progress: bool,
             for i, name in enumerate(names)}
 
 
+def _holds_full(path: Path, full_tasks: int) -> bool:
+    try:
+        return json.loads(path.read_text()).get("num_tasks") == full_tasks
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def eval_path(run_dir: Path, num_tasks: int, full_tasks: int | None = None) -> Path:
-    """``eval.json``, the file ``compare`` reads, holds the evaluation on the config's
-    ``eval_tasks`` (``full_tasks``); one on another number of tasks goes to ``eval-N.json``,
-    whether or not ``eval.json`` exists yet, so runs compared from their ``eval.json`` are
-    always compared on the same held-out tasks and a quick check never stands in for them."""
+    """``eval.json``, the file ``compare`` reads, holds the run's evaluation: its first one, of
+    any number of tasks, until one on the config's ``eval_tasks`` (``full_tasks``) replaces
+    it; once it holds that one, an evaluation on another number of tasks goes to
+    ``eval-N.json``, so a quick check never replaces the full evaluation."""
     full = Path(run_dir) / "eval.json"
-    if full_tasks is None or num_tasks == full_tasks:
+    if full_tasks is None or num_tasks == full_tasks or not _holds_full(full, full_tasks):
         return full
     return full.with_name(f"eval-{num_tasks}.json")
 
