@@ -4,9 +4,10 @@ numbers (Tables 4 and 5).
 
 Reads the committed runs under ``benchmarks/results/rl/``: for each environment the MAML run
 ``<preset>/`` and its pretrained baseline ``<preset>-inner_lr0/`` (``mamlkit train PRESET``,
-``mamlkit train PRESET --set inner_lr=0``, then ``mamlkit eval`` on both, which also evaluates
-the untrained initial policy), and writes ``figure5.md`` (the table, with the budget of each
-run) and ``figure5.png`` (return against gradient steps, one panel per environment).
+``mamlkit train PRESET --set inner_lr=0 --out <preset>-inner_lr0``, then ``mamlkit eval`` on
+both, which also evaluates the untrained initial policy), and writes ``figure5.md`` (the
+table, with the budget of each run) and ``figure5.png`` (return against gradient steps, one
+panel per environment).
 
     python benchmarks/rl_figure5.py            # after the runs' eval.json files exist
 """

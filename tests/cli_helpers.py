@@ -7,7 +7,8 @@ import textwrap
 def one_error_line(capsys) -> str:
     """The single ``mamlkit: error: ...`` line on stderr, with no traceback."""
     err = capsys.readouterr().err
-    lines = err.strip().splitlines()
+    # without the progress and validation lines of the trainings before ('iteration N/M ...')
+    lines = [line for line in err.strip().splitlines() if not line.startswith("iteration ")]
     assert "Traceback" not in err and len(lines) == 1, err
     assert lines[0].startswith("mamlkit: error: ")
     return lines[0]

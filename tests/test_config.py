@@ -81,12 +81,14 @@ def test_round_trip_with_overrides(preset, overrides, tmp_path):
 
 def test_keys_that_do_not_apply_but_were_set_are_kept_apart(tmp_path):
     """An adam preset inherits TRPO's cg_subsample; a key set by hand that the run ignores:
-    both are written under the 'unused' heading, so the file loads back the same Config."""
+    both are written under the 'unused' heading, so the file loads back the same Config (a
+    new run refuses the second, see below; older runs hold such keys)."""
     config = resolve("nav2d-fo", {})
     text = saved(config, tmp_path)
     assert config_lib.unused_keys(config) == ["cg_subsample"]
     assert text.endswith(f"# --- {config_lib.UNUSED} ---\ncg_subsample: 0.25\n")
-    config = resolve("sinusoid", {"outer": "ppo", "policy_hidden": [8]})
+    config = config_lib.from_dict({"outer": "ppo", "policy_hidden": [8]},
+                                  resolve("sinusoid", {}))  # an older run's config
     text = saved(config, tmp_path)
     unused = text.split(f"# --- {config_lib.UNUSED} ---\n")[1]
     assert unused == "policy_hidden: [8]\nouter: ppo\n"
@@ -148,7 +150,7 @@ def test_old_flat_files_with_every_key_still_load(tmp_path):
         path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))  # the old format
         assert load(path) == config
     # keys that do not apply are taken as written from an old file
-    old = resolve("sinusoid", {"outer": "ppo", "ways": 20})
+    old = config_lib.from_dict({"outer": "ppo", "ways": 20}, resolve("sinusoid", {}))
     path = tmp_path / "old.yaml"
     path.write_text(yaml.safe_dump(old.to_dict(), sort_keys=False))
     assert load(path) == old
@@ -210,3 +212,63 @@ def test_presets_alone_still_lists(capsys):
     assert main(["presets"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names == preset_names()
+
+
+def test_keys_that_do_not_apply_are_refused_naming_what_they_belong_to():
+    with pytest.raises(ConfigError) as caught:
+        resolve("sinusoid", {"ways": 7, "max_kl": 0.02})
+    message = str(caught.value)
+    assert "'ways' (for tasks omniglot and folder)" in message
+    assert "'max_kl' (for RL tasks with outer=trpo)" in message
+    assert "task sinusoid" in message and message.endswith("; remove them.")
+    with pytest.raises(ConfigError, match=r"'msl' \(for algorithm mamlpp\)"):
+        resolve("sinusoid", {"msl": False})
+    with pytest.raises(ConfigError, match=r"'ppo_clip' \(for RL tasks with outer=ppo\)"):
+        resolve("nav2d", {"ppo_clip": 0.1})  # nav2d's outer step is trpo
+
+
+def test_keys_at_their_default_and_inherited_keys_are_not_refused(tmp_path):
+    resolve("sinusoid", {"ways": 5, "max_kl": 0.01})  # the defaults, as every old file holds
+    # nav2d sets cg_subsample for its TRPO step; switching the outer step does not refuse it
+    assert resolve("nav2d", {"outer": "adam"}).cg_subsample == resolve("nav2d", {}).cg_subsample
+    # a config file is refused like overrides, a base it starts from is not
+    (tmp_path / "mine.yaml").write_text("base: sinusoid\nways: 20\n")
+    with pytest.raises(ConfigError, match=r"'ways' .*\(in config file"):
+        resolve(str(tmp_path / "mine.yaml"), {})
+    (tmp_path / "part.yaml").write_text("ways: 20\nshots: 1\n")
+    (tmp_path / "child.yaml").write_text("base: part.yaml\ntask: omniglot\nmodel: conv4\n"
+                                         "hidden: [64]\n")
+    assert resolve(str(tmp_path / "child.yaml"), {}).ways == 20
+
+
+def test_cli_refuses_keys_that_do_not_apply_before_writing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "sinusoid", "--out", str(out), "--set", "ways=7",
+                 "--set", "max_kl=0.02"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mamlkit: error: Config keys 'ways'") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_runs_config_yaml_trains_again_as_a_config_file(tmp_path):
+    """What config.yaml merely records (its unused group, every key of the old flat format) is
+    not refused; a key added by hand is."""
+    config = resolve("nav2d-fo", {})  # records nav2d's cg_subsample as unused
+    save(config, tmp_path / "config.yaml")
+    assert resolve(str(tmp_path / "config.yaml"), {}) == config
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    assert resolve(str(flat), {}) == config
+    edited = tmp_path / "edited.yaml"
+    edited.write_text("max_kl: 0.05\n" + (tmp_path / "config.yaml").read_text())
+    with pytest.raises(ConfigError, match="'max_kl'"):
+        resolve(str(edited), {})
+
+
+def test_a_resume_refuses_a_resumable_key_the_run_does_not_read():
+    from mamlkit.run.rundir import apply_changes
+
+    saved_config = resolve("sinusoid", {})
+    with pytest.raises(ConfigError, match=r"'max_kl' \(for RL tasks with outer=trpo\)"):
+        apply_changes(saved_config, {"max_kl": 0.02})
+    assert apply_changes(saved_config, {"meta_lr": 0.002})[1] == {"meta_lr": 0.002}

@@ -182,6 +182,7 @@ def test_a_custom_task_distribution_trains_through_the_loop_from_python(tmp_path
     result = custom.evaluate(a, tasks=Waves())
     assert result["metric"] == "mse" and result["num_tasks"] == 40
     assert result["steps"]["1"]["mean"] < result["steps"]["0"]["mean"]
+    assert repr(result).startswith("MSE on 40 held-out tasks") and len(repr(result)) < 500
 
 
 def test_a_task_distribution_without_loss_or_metric_is_told_what_to_add(tmp_path):

@@ -18,18 +18,18 @@ from mamlkit.run.metrics import read_metrics
 
 # 5 tasks split 3 + 2; nav2d episodes end early at the goal, so the ranks' valid steps differ
 SMALL = {"iterations": 2, "meta_batch_size": 5, "trajectories": 4, "horizon": 20,
-         "policy_hidden": [16], "val_tasks": 2, "val_every": 2, "checkpoint_every": 1,
-         "cg_iters": 3}
+         "policy_hidden": [16], "val_tasks": 2, "val_every": 2, "checkpoint_every": 1}
+TRPO = {"cg_iters": 3}  # a TRPO key: refused where the outer step is adam or ppo
 SETUPS = {
-    "trpo": ("nav2d", {}),
+    "trpo": ("nav2d", TRPO),
     "adam-mixed": ("nav2d-mixed", {"imitation_tasks": 2, "demonstrations": 4}),
     "ppo": ("nav2d", {"outer": "ppo", "first_order": True, "ppo_epochs": 2}),
     # each rank samples its tasks in a spawned worker: the same steps again
-    "trpo-workers": ("nav2d", {"sampler_workers": 2}),
+    "trpo-workers": ("nav2d", {"sampler_workers": 2, **TRPO}),
 }
 # one record, at 2: a resume from checkpoint 1 starts inside its window, whose environment
 # steps (summed over the ranks) the checkpoint keeps
-WINDOW = {**SMALL, "log_every": 2}
+WINDOW = {**SMALL, **TRPO, "log_every": 2}
 WALL_CLOCK = ("seconds", "peak_mem_mb", "env_steps_per_s")
 
 

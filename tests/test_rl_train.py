@@ -18,7 +18,8 @@ from mamlkit.tasks import ImitationTasks, RLTasks
 
 TINY = ["--set", "meta_batch_size=3", "--set", "trajectories=4", "--set", "horizon=20",
         "--set", "policy_hidden=[16]", "--set", "val_tasks=3", "--set", "val_every=2",
-        "--set", "checkpoint_every=2", "--set", "cg_iters=3"]
+        "--set", "checkpoint_every=2"]
+TRPO = ["--set", "cg_iters=3"]  # a TRPO key: refused where the outer step is adam or ppo
 
 
 def _weights(run):
@@ -26,9 +27,9 @@ def _weights(run):
     return load_file(run / "checkpoints" / pointer / "model.safetensors")
 
 
-@pytest.mark.parametrize("extra", [[], ["--set", "first_order=true", "--set", "outer=adam",
-                                          "--set", "inner_steps=2"],
-                                   ["--set", "estimator=dice"],
+@pytest.mark.parametrize("extra", [TRPO, ["--set", "first_order=true", "--set", "outer=adam",
+                                            "--set", "inner_steps=2"],
+                                   ["--set", "estimator=dice", *TRPO],
                                    ["--set", "estimator=lvc", "--set", "outer=ppo"]])
 def test_nav2d_train_resume_is_bit_exact_and_eval_writes_returns(tmp_path, capsys, extra):
     whole, split = tmp_path / "whole", tmp_path / "split"
@@ -96,7 +97,7 @@ def test_rl_refuses_reptile_and_imaml_and_mixed_evaluation(tmp_path, capsys):
         with pytest.raises(ConfigError, match="no meta-RL form"):
             resolve("nav2d", {"algorithm": algorithm})
     rl, sup = tmp_path / "rl", tmp_path / "sup"
-    assert main(["train", "nav2d", "--out", str(rl), "--no-progress", *TINY,
+    assert main(["train", "nav2d", "--out", str(rl), "--no-progress", *TINY, *TRPO,
                  "--set", "iterations=1"]) == 0
     assert main(["train", "sinusoid", "--out", str(sup), "--no-progress",
                  "--set", "iterations=2", "--set", "eval_tasks=5"]) == 0
@@ -152,7 +153,7 @@ def test_the_papers_evaluation_protocol_more_trajectories_and_a_step_size_schedu
     assert inner_lr_at_eval(config, 5) == [0.1, 0.05, 0.05, 0.05, 0.05]
     assert inner_lr_at_eval(resolve("nav2d", {"eval_inner_lr": 0.2})) == 0.2
     run = tmp_path / "run"
-    assert main(["train", "nav2d", "--out", str(run), "--no-progress", *TINY,
+    assert main(["train", "nav2d", "--out", str(run), "--no-progress", *TINY, *TRPO,
                  "--set", "iterations=1", "--set", "eval_trajectories=6",
                  "--set", "eval_inner_lr=[0.1, 0.05]", "--set", "eval_steps=[0, 1, 2]"]) == 0
     sampled, rates = [], []

@@ -123,6 +123,7 @@ def test_sigterm_stops_after_the_iteration_with_a_checkpoint_and_resumes_exactly
         tmp_path, monkeypatch, capsys):
     previous = signal.getsignal(signal.SIGTERM)
     train(small_config(), tmp_path / "whole", progress=False)
+    capsys.readouterr()  # its validation lines
     _signal_at(monkeypatch, 7)
     with pytest.raises(TrainingInterrupted) as caught:
         train(small_config(), tmp_path / "run", progress=False)
@@ -215,7 +216,8 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path, capsys):
     assert config_lib.load(run / "config.yaml").iterations == 40
     assert [r["iteration"] for r in read_metrics(run)] == list(range(5, 41, 5))
     sessions = json.loads((run / "run.json").read_text())["sessions"]
-    assert [(s["start_iteration"], s["changed"]) for s in sessions] == [(20, {"iterations": 40})]
+    assert [(s["start_iteration"], s["changed"]) for s in sessions] == [
+        (0, {}), (20, {"iterations": 40})]
 
 
 def test_resume_finds_the_default_directory_named_without_the_new_iterations(
@@ -225,7 +227,7 @@ def test_resume_finds_the_default_directory_named_without_the_new_iterations(
     assert main(["train", "sinusoid", "--no-progress", *sets(), "--resume", "--set",
                  "iterations=25", "--set", "time_limit=30"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
-    assert json.loads((run / "run.json").read_text())["sessions"][0]["changed"] == {
+    assert json.loads((run / "run.json").read_text())["sessions"][1]["changed"] == {
         "iterations": 25, "time_limit": 30.0}
 
 
@@ -240,11 +242,12 @@ def test_resume_takes_data_root_and_eval_keys_and_refuses_others_by_name(tmp_pat
     assert "not inner_lr, seed;" in line
     assert main([*base, "--set", "iterations=10"]) == 2
     assert "below the iteration the run has reached (20)" in one_error_line(capsys)
-    assert main([*base, "--data-root", str(tmp_path / "data"), "--set", "eval_tasks=50",
-                 "--set", "device=cpu"]) == 0
+    # data_root is resumable, but a sinusoid run reads none: refused like any such key
+    assert main([*base, "--data-root", str(tmp_path / "data")]) == 2
+    assert "'data_root' (for tasks omniglot and folder)" in one_error_line(capsys)
+    assert main([*base, "--set", "eval_tasks=50", "--set", "device=cpu"]) == 0
     saved = config_lib.load(run / "config.yaml")
-    assert (saved.data_root, saved.eval_tasks, saved.device) == (str(tmp_path / "data"), 50,
-                                                                 "cpu")
+    assert (saved.data_root, saved.eval_tasks, saved.device) == (None, 50, "cpu")
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
 
 
@@ -450,7 +453,9 @@ def test_run_json_records_the_start_and_appends_each_resume(tmp_path):
     assert info["python"] == ".".join(map(str, sys.version_info[:3]))
     assert info["numpy"] and info["host"] and info["command"] == sys.argv
     assert datetime.fromisoformat(info["started"]).utcoffset().total_seconds() == 0
-    assert info["start_iteration"] == 0 and info["sessions"] == []
+    assert info["start_iteration"] == 0
+    assert [(s["start_iteration"], s["started"]) for s in info["sessions"]] == [
+        (0, info["started"])]
     git = info["git"]  # this checkout is a git repository holding the package
     assert git is None or (re.fullmatch(r"[0-9a-f]{40}", git["commit"])
                            and isinstance(git["dirty"], bool))
@@ -458,7 +463,8 @@ def test_run_json_records_the_start_and_appends_each_resume(tmp_path):
     again = json.loads((run / "run.json").read_text())
     assert {k: v for k, v in again.items() if k != "sessions"} == {
         k: v for k, v in info.items() if k != "sessions"}
-    (session,) = again["sessions"]
+    first, session = again["sessions"]
+    assert first == info["sessions"][0]
     assert session["start_iteration"] == 5 and session["changed"] == {}
     assert session["command"] == sys.argv and session["started"] >= info["started"]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import re
 import sys
@@ -49,11 +51,18 @@ def _stdout_to_devnull() -> None:
 
 
 def _run_name(preset: str, overrides: list[str]) -> str:
-    """The default run directory name: the preset (or config file's stem) and the overrides."""
+    """The default run directory name: the preset (or config file's stem), and with ``--set``
+    a short hash of the overrides (``sinusoid-1a2b3c4d``): short however many there are, the
+    same for the same values in any order; the values themselves are in ``config.yaml``."""
     if config_lib.is_config_file(preset):
         preset = Path(preset).stem
-    suffix = "".join(f"-{pair.replace('=', '')}" for pair in overrides)
-    return (preset + suffix).replace("/", "_")[:120]
+    preset = preset.replace("/", "_")
+    if not overrides:
+        return preset
+    values = config_lib.parse_overrides(overrides)
+    typed = config_lib.from_dict(values)  # 0 and 0.0 of a float key are one value
+    text = json.dumps({key: getattr(typed, key) for key in values}, sort_keys=True)
+    return f"{preset}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -302,13 +311,15 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="meta-train a preset or a YAML config file into a run "
                        "directory", description=_TRAIN_HELP)
     t.add_argument("preset", metavar="CONFIG", help="preset name or path to a .yaml config file")
-    t.add_argument("--out", help="run directory (default runs/<preset or file stem>"
-                   "[-overrides])")
+    t.add_argument("--out", help="run directory (default runs/<preset or file stem>, with "
+                   "--set runs/<preset>-<8-digit hash of the overrides>)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set inner_lr=0 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--data-root", help="dataset folder (omniglot: the two official zips)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: a line at most every 30 s instead (validations are "
+                        "printed either way)")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate runs on the same held-out tasks")
     e.add_argument("runs", nargs="+")

@@ -302,36 +302,65 @@ def _outer_step(name: str) -> Callable[[Config], bool]:
     return lambda config: config.outer == name
 
 
-# A key applies when its section's rule and its own rule (each True when absent) both hold.
-_SECTION_RULES: dict[str, Callable[[Config], bool]] = {
-    "model": lambda config: _supervised(config) and config.task != "custom", "rl": _rl}
-_KEY_RULES: dict[str, Callable[[Config], bool]] = {
-    "device": _supervised,
-    **dict.fromkeys(("shots", "query_shots"), _supervised),
-    **dict.fromkeys(("ways", "data_root"), lambda config: config.task in _DATASET_TASKS),
-    **dict.fromkeys(("protocol", "download"), lambda config: config.task == "omniglot"),
+class Rule(typing.NamedTuple):
+    """When a key applies, and to whom in words (``RL tasks with outer=trpo``), so that the
+    refusal of a key set where it does not apply names where it belongs from the same rule."""
+
+    holds: Callable[[Config], bool]
+    who: str
+
+    def __call__(self, config: Config) -> bool:
+        return self.holds(config)
+
+
+_RL_WHO = "the RL tasks nav2d, cheetah-* and ant-*"
+_NOT_TRPO = "supervised tasks and RL tasks with outer=adam or ppo (TRPO steps by max_kl)"
+
+
+def _meta_lr_applies(config: Config) -> bool:
+    return _supervised(config) or config.outer != "trpo"
+
+
+# A key applies when its section's rule and its own rule (each True when absent) both hold;
+# a key's own rule, where it has one, says in words all of where it applies.
+_SECTION_RULES: dict[str, Rule] = {
+    "model": Rule(lambda config: _supervised(config) and config.task != "custom",
+                  "tasks sinusoid, omniglot and folder (a custom run brings its own model)"),
+    "rl": Rule(_rl, _RL_WHO)}
+_KEY_RULES: dict[str, Rule] = {
+    "device": Rule(_supervised, "supervised tasks (meta-RL runs on the CPU)"),
+    **dict.fromkeys(("shots", "query_shots"),
+                    Rule(_supervised, "supervised tasks (RL tasks sample trajectories)")),
+    **dict.fromkeys(("ways", "data_root"), Rule(lambda config: config.task in _DATASET_TASKS,
+                                                "tasks omniglot and folder")),
+    **dict.fromkeys(("protocol", "download"),
+                    Rule(lambda config: config.task == "omniglot", "task omniglot")),
     **dict.fromkeys(("image_size", "channels", "invert", "class_split", "class_split_file"),
-                    lambda config: config.task == "folder"),
-    "first_order": lambda config: _rl(config) or config.algorithm not in ("reptile", "imaml",
-                                                                          "pretrained"),
-    "adapt": lambda config: config.algorithm != "imaml",
-    "meta_lr": lambda config: _supervised(config) or config.outer != "trpo",
-    "cosine_meta_lr": lambda config: _supervised(config) or config.outer != "trpo",
-    "min_meta_lr": lambda config: config.cosine_meta_lr and (_supervised(config)
-                                                             or config.outer != "trpo"),
-    **dict.fromkeys(("checkpoint_inner", "compile"),
-                    lambda config: _supervised(config) and config.algorithm != "pretrained"),
+                    Rule(lambda config: config.task == "folder", "task folder")),
+    "first_order": Rule(lambda config: _rl(config) or config.algorithm not in (
+        "reptile", "imaml", "pretrained"), "algorithms other than reptile, imaml and pretrained"),
+    "adapt": Rule(lambda config: config.algorithm != "imaml", "algorithms other than imaml"),
+    **dict.fromkeys(("meta_lr", "cosine_meta_lr"), Rule(_meta_lr_applies, _NOT_TRPO)),
+    "min_meta_lr": Rule(lambda config: config.cosine_meta_lr and _meta_lr_applies(config),
+                        "cosine_meta_lr=true"),
+    **dict.fromkeys(("checkpoint_inner", "compile"), Rule(
+        lambda config: _supervised(config) and config.algorithm != "pretrained",
+        "supervised tasks with an algorithm other than pretrained")),
     **dict.fromkeys(("msl", "msl_iterations", "lslr", "bnwb", "fo_iterations"),
-                    _algorithm("mamlpp")),
-    "reptile_data": _algorithm("reptile"),
-    **dict.fromkeys(("head_steps", "head_weight_decay"), _algorithm("pretrained")),
+                    Rule(_algorithm("mamlpp"), "algorithm mamlpp")),
+    "reptile_data": Rule(_algorithm("reptile"), "algorithm reptile"),
+    **dict.fromkeys(("head_steps", "head_weight_decay"),
+                    Rule(_algorithm("pretrained"), "algorithm pretrained")),
     **dict.fromkeys(("imaml_lambda", "cg_steps", "imaml_max_grad_norm", "imaml_solver",
-                     "imaml_tol"), _algorithm("imaml")),
-    **dict.fromkeys(("max_kl", "cg_iters", "cg_damping", "cg_subsample"), _outer_step("trpo")),
-    **dict.fromkeys(("ppo_clip", "ppo_epochs"), _outer_step("ppo")),
-    "imitation_tasks": lambda config: config.task == "nav2d",
-    **dict.fromkeys(("imitation_weight", "demonstrations"),
-                    lambda config: config.task == "nav2d" and config.imitation_tasks > 0),
+                     "imaml_tol"), Rule(_algorithm("imaml"), "algorithm imaml")),
+    **dict.fromkeys(("max_kl", "cg_iters", "cg_damping", "cg_subsample"),
+                    Rule(_outer_step("trpo"), "RL tasks with outer=trpo")),
+    **dict.fromkeys(("ppo_clip", "ppo_epochs"),
+                    Rule(_outer_step("ppo"), "RL tasks with outer=ppo")),
+    "imitation_tasks": Rule(lambda config: config.task == "nav2d", "task nav2d"),
+    **dict.fromkeys(("imitation_weight", "demonstrations"), Rule(
+        lambda config: config.task == "nav2d" and config.imitation_tasks > 0,
+        "task nav2d with imitation_tasks > 0")),
 }
 
 
@@ -375,6 +404,41 @@ def applicable_sections(config: Config) -> list[str]:
     sections = key_sections()
     present = {sections[name] for name in applicable_keys(config)}
     return [section for section in SECTIONS if section in present]
+
+
+def belongs_to(key: str) -> str:
+    """Where ``key`` applies, in words (``algorithm mamlpp``); ``every run`` for most keys."""
+    rule = _KEY_RULES.get(key) or _SECTION_RULES.get(key_sections()[key])
+    return rule.who if rule else "every run"
+
+
+def set_but_unused(values: dict[str, Any], config: Config) -> list[str]:
+    """The keys of ``values`` that ``config`` does not read and that hold other than their
+    default: a key at its default (as every old flat ``config.yaml`` writes it) changes
+    nothing, so it does not count as set."""
+    applicable, default = set(applicable_keys(config)), Config()
+    return [key for key in values if key not in applicable
+            and getattr(config, key) != getattr(default, key)]
+
+
+def _run_kind(config: Config) -> str:
+    """``task nav2d, algorithm maml, outer trpo``: what decides which keys apply."""
+    outer = f", outer {config.outer}" if _rl(config) else ""
+    return f"task {config.task}, algorithm {config.algorithm}{outer}"
+
+
+def refuse_unused(values: dict[str, Any], config: Config) -> None:
+    """ConfigError naming the keys of ``values`` that ``config`` would ignore and where each
+    belongs: a key set where it does not apply is a mistake (a typo of the run, the wrong
+    preset), never something to write into ``config.yaml`` silently."""
+    keys = set_but_unused(values, config)
+    if not keys:
+        return
+    named = [f"{key!r} (for {belongs_to(key)})" for key in keys]
+    listed = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+    noun, verb, pronoun = ("key", "does", "it") if len(keys) == 1 else ("keys", "do", "them")
+    raise ConfigError(f"Config {noun} {listed} {verb} not apply to this run of "
+                      f"{_run_kind(config)}; remove {pronoun}.")
 
 
 def _type_name(kind: Any) -> str:
@@ -542,6 +606,12 @@ def _read_yaml(path: Path, label: str) -> dict[str, Any]:
 def _load(name: str, folder: Path | None, chain: tuple[tuple[Path, str], ...]) -> Config:
     """A preset's or config file's Config after its ``base:`` chain; a chain that comes back to
     a file it passed is refused (it would recurse forever)."""
+    return _load_own(name, folder, chain)[0]
+
+
+def _load_own(name: str, folder: Path | None,
+              chain: tuple[tuple[Path, str], ...]) -> tuple[Config, dict[str, Any], str]:
+    """``_load``'s Config, with the keys the file itself sets and how messages call it."""
     path, label = _source(name, folder)
     names = [seen for _, seen in chain] + [name]
     if path.resolve() in {seen for seen, _ in chain}:
@@ -549,14 +619,31 @@ def _load(name: str, folder: Path | None, chain: tuple[tuple[Path, str], ...]) -
                           "preset or config file cannot start from itself, so remove one.")
     values = _read_yaml(path, label)
     base = values.pop("base", None)
+    own = _set_here(values, path) if base is None else values
     if base is not None and (not isinstance(base, str) or not base.strip()):
         raise ConfigError(f"The base: of {label} must name a preset or a YAML file, got "
                           f"{base!r}.")
     start = _load(base, path.parent, (*chain, (path.resolve(), name))) if base else None
     try:
-        return from_dict(values, start)
+        return from_dict(values, start), own, label
     except ConfigError as error:
         raise ConfigError(f"{str(error).rstrip('.')} (in {label}).") from None
+
+
+def _set_here(values: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The keys a file sets, without what a run's saved ``config.yaml`` merely records: its
+    ``unused`` group (keys inherited from a base, or from older runs) and every key of the old
+    flat format; so a run's config.yaml trains again as a CONFIG file. A hand-written file
+    sets a few keys; the flat format wrote every key of its day (over half of today's)."""
+    text = path.read_text(encoding="utf-8")
+    heading = f"# --- {UNUSED} ---"
+    if "# --- " not in text and len(values) > len(field_types()) // 2:
+        return {}  # an old flat config.yaml: every key, as the run resolved it
+    if heading not in text:
+        return values
+    recorded = yaml.safe_load(text.split(heading, 1)[1])  # flat lines of a file that parsed
+    recorded = recorded if isinstance(recorded, dict) else {}
+    return {key: value for key, value in values.items() if key not in recorded}
 
 
 def load_preset(name: str) -> Config:
@@ -578,16 +665,22 @@ def resolve(preset: str, overrides: dict[str, Any]) -> Config:
     ``base: NAME`` (a relative path counts from the file's folder), and its keys are checked
     like a preset's. A missing file, an unknown key, a value of the wrong type or out of range
     and a ``base:`` chain that loops are each one ConfigError sentence, raised here, before
-    anything is built or written.
+    anything is built or written; so is a key set (by the file itself or an override, to other
+    than its default) that this run does not read (``refuse_unused``).
 
     An alpha=0 run cannot adapt with its own step size, so it is evaluated with the preset's
     alpha unless ``eval_inner_lr`` says otherwise: the paper's "pretrained" baseline.
     """
-    base = load_source(preset)
+    base, own, label = _load_own(preset, None, ())
     config = from_dict(overrides, base)
     if config.eval_inner_lr is None:
         config.eval_inner_lr = config.inner_lr if config.inner_lr > 0 else base.inner_lr
     check(config)
+    try:  # the file's own keys apply to what it describes; a base it starts from may be partial
+        refuse_unused(own, base)
+    except ConfigError as error:
+        raise ConfigError(f"{str(error).rstrip('.')} (in {label}).") from None
+    refuse_unused(overrides, config)
     return config
 
 

@@ -104,8 +104,9 @@ def load(run_dir: str | Path, *, tasks: Any, model: nn.Module, which: str = "bes
 
 
 def evaluate(learner, *, tasks: Any, num_tasks: int | None = None,
-             steps: list[int] | None = None) -> dict[str, Any]:
-    """The evaluation protocol of every run (same held-out seed, mean ± 95% CI) on ``tasks``."""
+             steps: list[int] | None = None):
+    """The evaluation protocol of every run (same held-out seed, mean ± 95% CI) on ``tasks``:
+    an ``Evaluation``, a dict that prints as the table of ``mamlkit eval``."""
     from mamlkit.run.evaluate import evaluate as evaluate_run
 
     with using(Components(tasks, learner.model, test_tasks=tasks)):

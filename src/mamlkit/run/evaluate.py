@@ -79,9 +79,19 @@ def _rl_curve(learner, tasks: RLTasks, num_tasks: int, steps: list[int],
     return torch.cat(curves, dim=1)
 
 
+class Evaluation(dict):
+    """An evaluation's result: a dict (``result["steps"]["1"]["mean"]``, ``per_task``, JSON as
+    it is) that prints as its table, not as the thousands of per-task numbers it keeps."""
+
+    def __repr__(self) -> str:
+        return format_table({"mean ± 95% CI": self})
+
+    __str__ = __repr__
+
+
 def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = None,
              inner_lr: float | list[float] | None = None, progress: bool = False,
-             desc: str | None = None) -> dict[str, Any]:
+             desc: str | None = None) -> Evaluation:
     """The task metric of ``num_tasks`` held-out tasks after each number of inner steps.
 
     Returns ``{"metric", "num_tasks", "inner_lr", "checkpoint", "iteration", "steps": {"k":
@@ -89,7 +99,8 @@ def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = No
     comparisons, ``mamlkit compare --paired``); ``checkpoint`` and ``iteration`` say which
     weights were evaluated (a loaded learner's, else None). Learners with learned inner rates
     (Meta-SGD, MAML++ with LSLR) adapt with those: the scalar ``inner_lr``/``eval_inner_lr`` is
-    ignored and ``"inner_lr"`` reads ``"learned"``. ``progress`` shows a bar of tasks on stderr. The
+    ignored and ``"inner_lr"`` reads ``"learned"``. The dict is an ``Evaluation``, which prints
+    as the table of ``mamlkit eval``. ``progress`` shows a bar of tasks on stderr. The
     pretrained baseline (``algorithm: pretrained``) reports its fine-tuning as ``"steps"`` and
     adds ``"baselines"``: the linear head and nearest mean, each an evaluation of this form.
     """
@@ -103,7 +114,7 @@ def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = No
     with tqdm(total=num_tasks, desc=desc, unit="task", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
         curve = curve_of(learner, tasks, num_tasks, steps, None if learned else inner_lr, bar)
-    result = {
+    result = Evaluation({
         "metric": tasks.metric,
         "num_tasks": num_tasks,
         "inner_lr": "learned" if learned else inner_lr,
@@ -112,7 +123,7 @@ def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = No
         "steps": {str(s): mean_ci95(curve[i]) for i, s in enumerate(steps)},
         # every run sees the same tasks in the same order: two runs compare task by task
         "per_task": {str(s): task_values(curve[i]) for i, s in enumerate(steps)},
-    }
+    })
     if hasattr(learner, "frozen_names"):  # the pretrained baseline: its fine-tune is above
         result["baselines"] = _frozen_baselines(learner, tasks, result, progress, desc)
     return result
@@ -146,9 +157,10 @@ def _holds_full(path: Path, full_tasks: int) -> bool:
 
 
 def eval_path(run_dir: Path, num_tasks: int, full_tasks: int | None = None) -> Path:
-    """``eval.json``, the file ``compare`` reads; an evaluation on another number of tasks than
-    the config's ``eval_tasks`` goes to ``eval-N.json`` once ``eval.json`` holds the full one,
-    so a quick check never replaces it."""
+    """``eval.json``, the file ``compare`` reads, holds the run's evaluation: its first one, of
+    any number of tasks, until one on the config's ``eval_tasks`` (``full_tasks``) replaces
+    it; once it holds that one, an evaluation on another number of tasks goes to
+    ``eval-N.json``, so a quick check never replaces the full evaluation."""
     full = Path(run_dir) / "eval.json"
     if full_tasks is None or num_tasks == full_tasks or not _holds_full(full, full_tasks):
         return full
@@ -202,5 +214,5 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EVAL_CHUNK", "RL_EVAL_CHUNK", "eval_path", "evaluate", "format_table", "mean_ci95",
-           "write"]
+__all__ = ["EVAL_CHUNK", "RL_EVAL_CHUNK", "Evaluation", "eval_path", "evaluate", "format_table",
+           "mean_ci95", "write"]

@@ -22,6 +22,7 @@ from mamlkit.functional.schedules import cosine_lr
 from mamlkit.functional.seeding import generator_from
 from mamlkit.run import checkpoint, distributed, rundir
 from mamlkit.run.config import Config, applicable_keys
+from mamlkit.run.console import Console
 from mamlkit.run.errors import RunDirectoryError, TrainingDiverged, TrainingInterrupted
 from mamlkit.run.interrupts import Interrupts
 from mamlkit.run.loggers import Logger, close_loggers, open_loggers
@@ -228,6 +229,7 @@ class _Run:
     generator: torch.Generator
     window: list[float] = field(default_factory=list)  # meta-losses since the last record
     sinks: _Sinks | None = None
+    console: Console | None = None  # the lines a person reads (console.py)
     interrupts: Interrupts | None = None
     began: float = 0.0
     flags: torch.Tensor = field(default_factory=lambda: torch.zeros(2))  # _stop_flags' buffer
@@ -236,6 +238,8 @@ class _Run:
 def _run(run: _Run, start: int, progress: bool, stop_after: int | None) -> TrainResult:
     """Open the records, install the signal handlers, iterate; close and restore either way."""
     run.sinks = _Sinks.open(run.run_dir, run.config, start, progress, run.context.is_main)
+    run.console = Console(run.sinks.bar, run.config.iterations, start, run.config.val_tasks,
+                          bar_shown=progress, main=run.context.is_main)
     run.began = time.perf_counter()
     try:
         with Interrupts() as run.interrupts:
@@ -267,6 +271,7 @@ def _iterate(run: _Run, start: int, stop_after: int | None) -> int:
             raise _diverged(run.run_dir, loss, iteration, config)
         window.append(loss)
         run.sinks.bar.update(1)
+        run.console.tick(iteration)
         out_of_time, interrupted = _stop_flags(run)
         last = iteration == config.iterations
         if _record(run, iteration, window, peak, last):
@@ -306,14 +311,17 @@ def _record(run: _Run, iteration: int, window: list[float], peak: PeakMemory,
     config, step = run.config, run.step
     record: dict[str, float | int] = {}
     logged = iteration % config.log_every == 0 or last
+    postfix: dict[str, str] = {}
     if logged:
         record.update(loss=sum(window) / len(window), peak_mem_mb=round(peak.read(), 1))
         record.update(step.log_record())
-        run.sinks.bar.set_postfix(step.postfix(record), refresh=False)
+        postfix = step.postfix(record)
+        run.sinks.bar.set_postfix(postfix, refresh=False)
     if run.context.is_main and (iteration % config.val_every == 0 or last):
         record.update(step.validation(run.run_dir, iteration))
     if record:
         write_record(run.sinks.loggers, iteration, run.began, record)
+        run.console.after_record(iteration, record, postfix)  # after it is written
         peak.reset()  # the next window holds meta-steps only, not these evaluations
     return logged
 

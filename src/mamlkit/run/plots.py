@@ -22,10 +22,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from mamlkit.algorithms import MAML  # noqa: E402
 from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval  # noqa: E402
@@ -77,28 +79,46 @@ def group_series(group: Group, key: str, scale: float = 1.0) -> Series:
 
 
 def _draw(ax: Axes, series: Series, color: str, style: str, marker: str | None = None,
-          thin: bool = False) -> None:
-    """A line (markers where validation points are, so one point shows) and its CI band."""
+          thin: bool = False, floor: float | None = None) -> bool:
+    """A line (markers where validation points are, so one point shows) and its CI band, cut
+    at ``floor`` for a quantity that cannot go below it (an MSE, an accuracy, a std): the
+    normal approximation's interval may, the quantity may not. True if a band was drawn."""
     x, y, ci = series
     if not x:
-        return
+        return False
     ax.plot(x, y, linestyle=style, marker=marker, markersize=4, color=color,
             lw=1.0 if thin else 1.6, alpha=0.55 if thin else 1.0)
     if thin or ci is None or not any(c > 0 for c in ci):  # no band on the noisy batch lines
-        return
+        return False
+    low = [a - c if floor is None else max(a - c, floor) for a, c in zip(y, ci, strict=True)]
+    high = [a + c for a, c in zip(y, ci, strict=True)]
     if len(x) == 1:
-        ax.errorbar(x, y, yerr=ci, color=color, capsize=3, lw=1.0, fmt="none")
+        ax.errorbar(x, y, yerr=[[y[0] - low[0]], [high[0] - y[0]]], color=color, capsize=3,
+                    lw=1.0, fmt="none")
     else:
-        ax.fill_between(x, [a - c for a, c in zip(y, ci, strict=True)],
-                        [a + c for a, c in zip(y, ci, strict=True)], color=color, alpha=0.18,
-                        lw=0)
+        ax.fill_between(x, low, high, color=color, alpha=BAND_ALPHA, lw=0)
+    return True
 
 
-def _handles(groups: Sequence[Group], styles: Sequence[tuple]) -> list[list[Line2D]]:
+BAND_ALPHA = 0.18
+BAND_LABEL = "shaded: 95% CI (over tasks; over seeds for several)"
+
+
+def _band_handle() -> Patch:
+    """The legend entry that says what a shaded band is."""
+    return Patch(color="0.3", alpha=BAND_ALPHA * 2, lw=0, label=BAND_LABEL)
+
+
+def _handles(groups: Sequence[Group], styles: Sequence[tuple],
+             banded: bool = False) -> list[list[Artist]]:
     """Line styles name the quantities, colours the runs: a legend row each (one entry per
-    style and per run, not per pair; no colour row for a lone run)."""
-    kinds = [Line2D([], [], color="0.3", linestyle=s, marker=m, markersize=4,
-                    lw=1.0 if thin else 1.6, label=label) for label, s, m, thin in styles]
+    style and per run, not per pair; no colour row for a lone run); ``banded`` adds what the
+    shaded bands are."""
+    kinds: list[Artist] = [Line2D([], [], color="0.3", linestyle=s, marker=m, markersize=4,
+                                  lw=1.0 if thin else 1.6, label=label)
+                           for label, s, m, thin in styles]
+    if banded:
+        kinds.append(_band_handle())
     runs = [Line2D([], [], color=f"C{i}", lw=4, label=g.label) for i, g in enumerate(groups)]
     alone = len(groups) == 1 and groups[0].label == groups[0].name
     return [kinds] if alone else [kinds, runs]
@@ -129,8 +149,10 @@ def plain_log_axis(ax: Axes) -> None:
 
 
 def _finish(fig: Figure, axes: Sequence[Axes], handles: Sequence) -> Figure:
+    """Grids, whole-number iteration ticks (a 5-iteration run has no iteration 1.5), legend."""
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     bottom_legend(fig, handles)
     return fig
 
@@ -153,11 +175,12 @@ TRAIN_STYLES = {"val_pre": ("held-out, before adaptation", ":", "v", False),
 def supervised_figure(groups: Sequence[Group], metric: str) -> Figure:
     """(a) meta-training query loss, (b) query metric before and after adaptation."""
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
-    scale = _scale(metric)
-    for i, group in enumerate(groups):
-        _draw(ax_loss, group_series(group, "loss"), f"C{i}", "-")
+    scale, banded = _scale(metric), False
+    for i, group in enumerate(groups):  # losses, MSE and accuracy are never below 0
+        banded |= _draw(ax_loss, group_series(group, "loss"), f"C{i}", "-", floor=0.0)
         for key, (_, style, marker, thin) in TRAIN_STYLES.items():
-            _draw(ax_val, group_series(group, key, scale), f"C{i}", style, marker, thin)
+            banded |= _draw(ax_val, group_series(group, key, scale), f"C{i}", style, marker,
+                            thin, floor=0.0)
     ax_loss.set(xlabel="iteration", ylabel=f"meta-training query loss ({LOSS_NAMES[metric]})",
                 title="(a) meta-training loss")
     values = [y for line in ax_loss.get_lines() for y in line.get_ydata()]
@@ -165,7 +188,7 @@ def supervised_figure(groups: Sequence[Group], metric: str) -> Figure:
         plain_log_axis(ax_loss)
     ax_val.set(xlabel="iteration", ylabel=f"query {metric_name(metric)}",
                title="(b) before and after adaptation")
-    handles = _handles(groups, list(TRAIN_STYLES.values()))
+    handles = _handles(groups, list(TRAIN_STYLES.values()), banded)
     return _finish(fig, (ax_loss, ax_val), handles)
 
 
@@ -179,14 +202,15 @@ def rl_figure(groups: Sequence[Group]) -> Figure:
     """(a) average return before and after adaptation, (b) the policy's standard deviation."""
     fig, (ax_ret, ax_std) = plt.subplots(1, 2, figsize=(12, 4.2),
                                          gridspec_kw={"width_ratios": [2, 1]})
-    for i, group in enumerate(groups):
+    banded = False
+    for i, group in enumerate(groups):  # returns may be negative; a std may not
         for key, (_, style, marker, thin) in RL_STYLES.items():
-            _draw(ax_ret, group_series(group, key), f"C{i}", style, marker, thin)
-        _draw(ax_std, group_series(group, "std"), f"C{i}", "-")
+            banded |= _draw(ax_ret, group_series(group, key), f"C{i}", style, marker, thin)
+        banded |= _draw(ax_std, group_series(group, "std"), f"C{i}", "-", floor=0.0)
     ax_ret.set(xlabel="iteration", ylabel="average return", title="(a) return")
     ax_std.set(xlabel="iteration", ylabel="policy std (mean over action dimensions)",
                title="(b) policy standard deviation")
-    return _finish(fig, (ax_ret, ax_std), _handles(groups, list(RL_STYLES.values())))
+    return _finish(fig, (ax_ret, ax_std), _handles(groups, list(RL_STYLES.values()), banded))
 
 
 def learning_curve_figure(groups: Sequence[Group], metric: str) -> Figure:

@@ -2,9 +2,10 @@
 
 Written when a run starts (after its build succeeded): the versions of mamlkit, torch, Python
 and numpy, the command line, the git commit of the mamlkit source (and whether it had local
-changes), the start time and the host. Each ``--resume`` appends a session with the same facts
-and the iteration it started from, because a resume on another torch or another commit can
-change the numbers; nothing earlier is overwritten.
+changes), the start time and the host. ``sessions`` lists every session, the first included,
+with the same facts, the iteration it started from and the keys it changed: each ``--resume``
+appends one, because a resume on another torch or another commit can change the numbers;
+nothing earlier is overwritten (the top level keeps the first session's facts).
 """
 
 from __future__ import annotations
@@ -65,13 +66,13 @@ def record(run_dir: Path, resume: bool, start_iteration: int,
     """Write ``run.json`` for a new run, or append this session to it for a resume."""
     path = run_dir / NAME
     facts = describe(world_size)
+    session = {**facts, "start_iteration": start_iteration, "changed": changes or {}}
     data = read(path) if resume else None
     if data is None:
-        data = {**facts, "start_iteration": start_iteration, "sessions": []}
+        data = {**facts, "start_iteration": start_iteration, "sessions": [session]}
         if resume:  # a run from before run.json existed, or one whose run.json was damaged
             data["note"] = "run.json was missing or unreadable when this resume started"
     else:
-        session = {**facts, "start_iteration": start_iteration, "changed": changes or {}}
         data.setdefault("sessions", []).append(session)
     tmp = path.with_name(NAME + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")

@@ -216,6 +216,7 @@ def apply_changes(saved: Config, overrides: dict[str, Any] | None) -> tuple[Conf
         raise ConfigError(f"{RESUME} can change only {', '.join(RESUMABLE)}, not "
                           f"{', '.join(refused)}; train a new run with {NEW_OUT} for that.")
     config_lib.check(config)
+    config_lib.refuse_unused(changes, config)
     return config, changes
 
 

@@ -228,7 +228,10 @@ class RLStep:
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
         if "pre_return" not in record:
             return {}
-        return {"pre": f"{record['pre_return']:.4g}", "post": f"{record['post_return']:.4g}"}
+        shown = {"pre": f"{record['pre_return']:.4g}", "post": f"{record['post_return']:.4g}"}
+        if "env_steps_per_s" in record:  # what an RL run's speed is measured in
+            shown["env steps/s"] = f"{record['env_steps_per_s']:.0f}"
+        return shown
 
 
 def _with_ci(curve: torch.Tensor) -> dict[str, float]:
