@@ -11,14 +11,24 @@ import torch
 from mamlkit import MAML
 from mamlkit.envs import make_batch_env
 from mamlkit.rl.estimators import inner_loss
-from mamlkit.rl.losses import gaussian_kl, gaussian_kl_curvature, masked_mean, masked_mean_weights
+from mamlkit.rl.losses import (
+    gaussian_kl,
+    gaussian_kl_curvature,
+    gaussian_log_prob,
+    masked_mean,
+    masked_mean_weights,
+    surrogate_loss,
+)
 from mamlkit.rl.outer import OuterSettings, outer_step
 from mamlkit.rl.policy import GaussianPolicy
 from mamlkit.rl.trpo import (
     GaussNewton,
+    _gauss_newton_operator,
     flat,
     gauss_newton_vector_product,
     hessian_vector_product,
+    same,
+    trpo_step,
 )
 from mamlkit.run.adapted import adapted_policy, query_actions
 from mamlkit.tasks import RLTasks
@@ -180,3 +190,49 @@ def test_unknown_fisher_product_is_refused():
     learner, batch = nav2d_problem("maml", True)
     with pytest.raises(ValueError, match="fisher_product"):
         _step(learner, batch, OuterSettings("trpo", fisher_product="newton"))
+
+
+def test_quadratic_form_from_jv_alone_is_v_dot_hv():
+    learner, batch = nav2d_problem("lvc", False)
+    dist, params = distribution(learner, batch), list(learner.parameters())
+    with torch.no_grad():
+        _, old_std = dist(None)
+    curvature = GaussNewton(lambda: dist(None),
+                            gaussian_kl_curvature(old_std, masked_mean_weights(batch.query.mask)))
+    matvec, quadratic = _gauss_newton_operator(curvature, params, 1e-3, same)
+    v = torch.randn(sum(p.numel() for p in params), generator=torch.Generator().manual_seed(4),
+                    dtype=torch.float64)
+    assert quadratic(v).item() == pytest.approx(v.dot(matvec(v)).item(), rel=1e-12)
+
+
+def test_line_search_from_one_evaluation_takes_the_same_step_bit_for_bit():
+    """``loss_and_kl`` (one pass through the adaptation per fraction) against the separate
+    surrogate and KL closures: the same arithmetic, so the same bits."""
+    learner, batch = nav2d_problem("maml", False)
+    twin = copy.deepcopy(learner)
+    dist, params = distribution(learner, batch), list(learner.parameters())
+    with torch.no_grad():
+        old_mean, old_std = dist(None)
+    query = batch.query
+    old_log_probs = gaussian_log_prob(old_mean, old_std, query.actions).detach()
+
+    def closures(model):
+        d = distribution(model, batch)
+
+        def surrogate(mean, std):
+            return surrogate_loss(gaussian_log_prob(mean, std, query.actions), old_log_probs,
+                                  query.advantages, query.mask)
+
+        def kl(mean, std):
+            return masked_mean(gaussian_kl(old_mean, old_std, mean, std), query.mask)
+
+        return (lambda: surrogate(*d(None)), lambda: kl(*d(None)),
+                lambda: (lambda m, s: (surrogate(m, s), kl(m, s)))(*d(None)))
+
+    loss_fn, kl_fn, _ = closures(learner)
+    a = trpo_step(params, loss_fn, kl_fn, max_kl=1e-4)
+    loss_fn, kl_fn, both = closures(twin)
+    b = trpo_step(list(twin.parameters()), loss_fn, kl_fn, max_kl=1e-4, loss_and_kl=both)
+    assert a == b and a.accepted and a.step_fraction < 1.0  # it backtracked at least once
+    assert all(torch.equal(p, q) for p, q in zip(learner.parameters(), twin.parameters(),
+                                                  strict=True))

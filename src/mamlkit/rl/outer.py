@@ -74,7 +74,9 @@ class _Objective:
         return gaussian_log_prob(mean, std, self.query.actions), mean, std
 
     def surrogate(self) -> Tensor:
-        log_probs, _, _ = self.log_probs()
+        return self._surrogate(*self.log_probs())
+
+    def _surrogate(self, log_probs: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         q = self.query
         loss = surrogate_loss(log_probs, self.old_log_probs, q.advantages, q.mask) * self.share
         return loss + self.extra_loss() if self.extra_loss is not None else loss
@@ -87,9 +89,16 @@ class _Objective:
         return loss + self.extra_loss() if self.extra_loss is not None else loss
 
     def kl(self) -> Tensor:
-        _, mean, std = self.log_probs()
+        return self._kl(*self.log_probs())
+
+    def _kl(self, log_probs: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         return masked_mean(gaussian_kl(self.old_mean, self.old_std, mean, std),
                            self.query.mask) * self.share
+
+    def surrogate_and_kl(self) -> tuple[Tensor, Tensor]:
+        """Both from one pass through the adaptation (the line search needs both)."""
+        outputs = self.log_probs()
+        return self._surrogate(*outputs), self._kl(*outputs)
 
 
 def outer_step(params: list[Tensor], distribution: Distribution, query: RLData,
@@ -132,7 +141,8 @@ def outer_step(params: list[Tensor], distribution: Distribution, query: RLData,
             kl_part = _hessian_kl(objective, params, subsample)
         stats = trpo_step(params, objective.surrogate, objective.kl, settings.max_kl,
                           settings.cg_iters, settings.cg_damping, hessian_kl_fn=kl_part,
-                          reduce=total, gauss_newton=gauss_newton)
+                          reduce=total, gauss_newton=gauss_newton,
+                          loss_and_kl=objective.surrogate_and_kl)
         return OuterStats(stats.loss_after, stats.kl, stats.accepted, stats.step_fraction)
     if optimizer is None:
         raise ValueError(f"The {settings.outer!r} outer step needs an optimizer.")

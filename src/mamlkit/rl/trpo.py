@@ -64,6 +64,14 @@ def hessian_vector_product(kl_fn: Callable[[], Tensor], params: Sequence[Tensor]
     return matvec
 
 
+def _hessian_operator(kl_fn: Callable[[], Tensor], params: Sequence[Tensor], damping: float,
+                      reduce: Callable[[Tensor], Tensor]
+                      ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """``hessian_vector_product`` and its quadratic form ``v -> v'(H + damping I)v``."""
+    matvec = hessian_vector_product(kl_fn, params, damping, reduce)
+    return matvec, lambda v: v.dot(matvec(v))
+
+
 class GaussNewton(NamedTuple):
     """The curvature ``H = J^T M J`` of a divergence at its minimum: ``outputs()`` are tensors
     differentiable in the parameters (the policy's mean and std through the adaptation), J their
@@ -88,20 +96,24 @@ def gauss_newton_vector_product(curvature: GaussNewton, params: Sequence[Tensor]
     iteration, and neither differentiates the KL's gradient (forward-mode ``jvp`` recomputes the
     adaptation each time and cost more in our measurements, benchmarks/rl_meta_step.py).
     """
+    return _gauss_newton_operator(curvature, params, damping, reduce)[0]
+
+
+def _gauss_newton_operator(curvature: GaussNewton, params: Sequence[Tensor], damping: float,
+                           reduce: Callable[[Tensor], Tensor]
+                           ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """``v -> (H + damping I) v`` and ``v -> v'(H + damping I)v = (Jv)'M(Jv) + damping v'v``:
+    the quadratic form needs ``Jv`` only, half a product."""
     params = list(params)
     outputs = tuple(curvature.outputs())
     if not outputs:  # nothing here depends on the parameters (a rank without subsampled tasks)
-        return lambda v: reduce(torch.zeros_like(v)) + damping * v
+        def nothing(v: Tensor) -> Tensor:
+            return reduce(torch.zeros_like(v)) + damping * v
+
+        return nothing, lambda v: reduce(v.new_zeros(())) + damping * v.dot(v)
     dummies = tuple(torch.zeros_like(o, requires_grad=True) for o in outputs)
     transposed = flat(torch.autograd.grad(outputs, params, dummies, create_graph=True,
                                           allow_unused=True, materialize_grads=True))
-
-    def matvec(v: Tensor) -> Tensor:
-        jv = jacobian_product(v)
-        weighted = tuple(m * t for m, t in zip(curvature.curvature, jv, strict=True))
-        hv = torch.autograd.grad(outputs, params, weighted, retain_graph=True,
-                                 allow_unused=True, materialize_grads=True)
-        return reduce(flat(hv).detach()) + damping * v
 
     def jacobian_product(v: Tensor) -> tuple[Tensor, ...]:
         if not transposed.requires_grad:  # the outputs do not depend on the parameters
@@ -109,7 +121,19 @@ def gauss_newton_vector_product(curvature: GaussNewton, params: Sequence[Tensor]
         return torch.autograd.grad(transposed, dummies, v.detach(), retain_graph=True,
                                    allow_unused=True, materialize_grads=True)
 
-    return matvec
+    def matvec(v: Tensor) -> Tensor:
+        weighted = tuple(m * t for m, t in zip(curvature.curvature, jacobian_product(v),
+                                               strict=True))
+        hv = torch.autograd.grad(outputs, params, weighted, retain_graph=True,
+                                 allow_unused=True, materialize_grads=True)
+        return reduce(flat(hv).detach()) + damping * v
+
+    def quadratic(v: Tensor) -> Tensor:
+        jv = jacobian_product(v)
+        form = sum((m * t * t).sum() for m, t in zip(curvature.curvature, jv, strict=True))
+        return reduce(form.detach()) + damping * v.dot(v)
+
+    return matvec, quadratic
 
 
 @dataclass
@@ -127,7 +151,8 @@ def trpo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor],
               line_search_steps: int = 15,
               hessian_kl_fn: Callable[[], Tensor] | None = None,
               reduce: Callable[[Tensor], Tensor] = same,
-              gauss_newton: GaussNewton | None = None) -> TRPOStats:
+              gauss_newton: GaussNewton | None = None,
+              loss_and_kl: Callable[[], tuple[Tensor, Tensor]] | None = None) -> TRPOStats:
     """One TRPO update of ``params`` in place.
 
     The natural-gradient direction ``s = H^-1 g`` is scaled to the trust region's edge,
@@ -136,30 +161,35 @@ def trpo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor],
     ``hessian_kl_fn`` (a KL on a subsample of the data, cheaper) gives H; the line search always
     checks the full ``kl_fn``, so the bound holds exactly either way. ``gauss_newton`` (the same
     H in the Gauss-Newton form of that KL, cheaper) replaces the reverse-over-reverse Hessian of
-    ``hessian_kl_fn or kl_fn`` in the conjugate gradient. Under torchrun
-    ``loss_fn`` and ``kl_fn`` give this rank's weighted share and ``reduce`` (an all-reduce sum)
-    turns every gradient, Hessian-vector product and line-search value into the whole
-    meta-batch's, so all ranks take the same step as one process would.
+    ``hessian_kl_fn or kl_fn`` in the conjugate gradient, and gives ``s'Hs`` from ``Js`` alone.
+    ``loss_and_kl`` gives the line search both values from one evaluation (through the
+    adaptation: half the work of the two closures). Under torchrun ``loss_fn`` and ``kl_fn``
+    give this rank's weighted share and ``reduce`` (an all-reduce sum) turns every gradient,
+    Hessian-vector product and line-search value into the whole meta-batch's, so all ranks take
+    the same step as one process would.
     """
     params = list(params)
     loss = loss_fn()
     grads = reduce(flat(torch.autograd.grad(loss, params)))
     loss_before = reduce(loss.detach()).item()
     if gauss_newton is not None:
-        matvec = gauss_newton_vector_product(gauss_newton, params, cg_damping, reduce)
+        matvec, quadratic = _gauss_newton_operator(gauss_newton, params, cg_damping, reduce)
     else:
-        matvec = hessian_vector_product(hessian_kl_fn or kl_fn, params, cg_damping, reduce)
+        matvec, quadratic = _hessian_operator(hessian_kl_fn or kl_fn, params, cg_damping, reduce)
     direction = solve(matvec, -grads, cg_iters)
-    shs = direction.dot(matvec(direction)).clamp_min(1e-12)
+    shs = quadratic(direction).clamp_min(1e-12)
     full_step = direction * torch.sqrt(2.0 * max_kl / shs)
-    del matvec
-    return _line_search(params, full_step, loss_fn, kl_fn, loss_before, max_kl,
+    del matvec, quadratic
+    if loss_and_kl is None:
+        def loss_and_kl() -> tuple[Tensor, Tensor]:
+            return loss_fn(), kl_fn()
+    return _line_search(params, full_step, loss_and_kl, loss_before, max_kl,
                         backtrack_ratio, line_search_steps, reduce)
 
 
-def _line_search(params: list[Tensor], full_step: Tensor, loss_fn: Callable[[], Tensor],
-                 kl_fn: Callable[[], Tensor], loss_before: float, max_kl: float,
-                 backtrack_ratio: float, line_search_steps: int,
+def _line_search(params: list[Tensor], full_step: Tensor,
+                 loss_and_kl: Callable[[], tuple[Tensor, Tensor]], loss_before: float,
+                 max_kl: float, backtrack_ratio: float, line_search_steps: int,
                  reduce: Callable[[Tensor], Tensor]) -> TRPOStats:
     """Shrink the step until the surrogate improves within the trust region, or undo it."""
     old = [p.detach().clone() for p in params]
@@ -168,7 +198,8 @@ def _line_search(params: list[Tensor], full_step: Tensor, loss_fn: Callable[[], 
         for _ in range(line_search_steps):
             for p, p_old, s in zip(params, old, unflat(full_step, params), strict=True):
                 p.copy_(p_old + fraction * s)
-            new_loss, kl = reduce(loss_fn()).item(), reduce(kl_fn()).item()
+            new_loss, kl = loss_and_kl()
+            new_loss, kl = reduce(new_loss).item(), reduce(kl).item()
             if new_loss < loss_before and kl <= max_kl:
                 return TRPOStats(True, fraction, kl, loss_before, new_loss)
             fraction *= backtrack_ratio
