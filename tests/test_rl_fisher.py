@@ -236,3 +236,13 @@ def test_line_search_from_one_evaluation_takes_the_same_step_bit_for_bit():
     assert a == b and a.accepted and a.step_fraction < 1.0  # it backtracked at least once
     assert all(torch.equal(p, q) for p, q in zip(learner.parameters(), twin.parameters(),
                                                   strict=True))
+
+
+def test_outputs_with_a_graph_are_the_no_grad_outputs_bit_for_bit():
+    """What lets the TRPO step take the old policy, the surrogate and H from one pass."""
+    learner, batch = nav2d_problem("dice", False)
+    dist = distribution(learner, batch)
+    with torch.no_grad():
+        plain = dist(None)
+    for a, b in zip(dist(None), plain, strict=True):
+        assert a.requires_grad and torch.equal(a.detach(), b)

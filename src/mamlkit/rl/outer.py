@@ -76,6 +76,10 @@ class _Objective:
     def surrogate(self) -> Tensor:
         return self._surrogate(*self.log_probs())
 
+    def surrogate_at(self, mean: Tensor, std: Tensor) -> Tensor:
+        """The surrogate of outputs already computed through the adaptation."""
+        return self._surrogate(gaussian_log_prob(mean, std, self.query.actions), mean, std)
+
     def _surrogate(self, log_probs: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         q = self.query
         loss = surrogate_loss(log_probs, self.old_log_probs, q.advantages, q.mask) * self.share
@@ -124,25 +128,35 @@ def outer_step(params: list[Tensor], distribution: Distribution, query: RLData,
 
         def extra_loss() -> Tensor:
             return full_extra() / world_size
+    if settings.outer == "trpo" and settings.fisher_product not in FISHER_PRODUCTS:
+        raise ValueError(f"Unknown fisher_product {settings.fisher_product!r}; choose "
+                         f"{' or '.join(FISHER_PRODUCTS)}.")
+    subsample = (_subsample(query.mask, share, settings, total, task_slice, num_tasks)
+                 if settings.outer == "trpo" else None)
+    outputs = None
+    if (subsample is not None and subsample.tasks is None
+            and settings.fisher_product == "gauss_newton"):
+        # one pass through the adaptation gives the old policy, the surrogate's graph and H's
+        outputs = tuple(distribution(None))
+        old_mean, old_std = (o.detach() for o in outputs)
+    else:
+        with torch.no_grad():
+            old_mean, old_std = distribution(None)
     with torch.no_grad():
-        old_mean, old_std = distribution(None)
         old_log_probs = gaussian_log_prob(old_mean, old_std, query.actions)
     objective = _Objective(distribution, query, share, old_mean, old_std, old_log_probs,
                            extra_loss)
-    if settings.outer == "trpo":
-        if settings.fisher_product not in FISHER_PRODUCTS:
-            raise ValueError(f"Unknown fisher_product {settings.fisher_product!r}; choose "
-                             f"{' or '.join(FISHER_PRODUCTS)}.")
-        subsample = _subsample(objective, settings, total, task_slice, num_tasks)
-        gauss_newton = kl_part = None
+    if subsample is not None:  # trpo
+        gauss_newton = kl_part = loss = None
         if settings.fisher_product == "gauss_newton":
-            gauss_newton = _kl_gauss_newton(objective, subsample)
+            gauss_newton = _kl_gauss_newton(objective, subsample, outputs)
+            loss = None if outputs is None else objective.surrogate_at(*outputs)
         else:
             kl_part = _hessian_kl(objective, params, subsample)
         stats = trpo_step(params, objective.surrogate, objective.kl, settings.max_kl,
                           settings.cg_iters, settings.cg_damping, hessian_kl_fn=kl_part,
                           reduce=total, gauss_newton=gauss_newton,
-                          loss_and_kl=objective.surrogate_and_kl)
+                          loss_and_kl=objective.surrogate_and_kl, loss=loss)
         return OuterStats(stats.loss_after, stats.kl, stats.accepted, stats.step_fraction)
     if optimizer is None:
         raise ValueError(f"The {settings.outer!r} outer step needs an optimizer.")
@@ -169,19 +183,18 @@ class _Subsample:
     share: Tensor | float
 
 
-def _subsample(objective: _Objective, settings: OuterSettings,
+def _subsample(mask: Tensor, share: Tensor | float, settings: OuterSettings,
                total: Callable[[Tensor], Tensor], task_slice: slice | None,
                num_tasks: int | None) -> _Subsample:
     """The KL of the meta-batch's first tasks only (tasks are drawn i.i.d.): an unbiased,
     cheaper H for TRPO; a rank holding tasks start.. of the meta-batch keeps those among the
-    first. All tasks when ``cg_subsample`` keeps them all."""
-    mask = objective.query.mask
+    first. All tasks (``share``, the objective's) when ``cg_subsample`` keeps them all."""
     here = mask.shape[0]
     whole = here if num_tasks is None else num_tasks
     start = 0 if task_slice is None else task_slice.start or 0
     whole_sub = max(1, round(settings.cg_subsample * whole))
     if whole_sub >= whole:
-        return _Subsample(None, objective.share)
+        return _Subsample(None, share)
     sub = min(max(whole_sub - start, 0), here)
     part_steps = mask[:sub].sum()
     return _Subsample(sub, 1.0 if total is same else part_steps / total(part_steps.clone()))
@@ -205,9 +218,11 @@ def _hessian_kl(objective: _Objective, params: list[Tensor],
     return kl_part
 
 
-def _kl_gauss_newton(objective: _Objective, subsample: _Subsample) -> GaussNewton:
+def _kl_gauss_newton(objective: _Objective, subsample: _Subsample,
+                     computed: tuple[Tensor, ...] | None = None) -> GaussNewton:
     """The same H as ``_hessian_kl``'s KL (or the objective's) in Gauss-Newton form: the
-    adapted policies' (mean, std) through the adaptation, and the KL's curvature in them."""
+    adapted policies' (mean, std) through the adaptation (``computed``: all tasks' already
+    are), and the KL's curvature in them."""
     sub = subsample.tasks
     keep = slice(None) if sub is None else slice(0, sub)
     weights = masked_mean_weights(objective.query.mask[keep]) * subsample.share
@@ -216,7 +231,7 @@ def _kl_gauss_newton(objective: _Objective, subsample: _Subsample) -> GaussNewto
     def outputs() -> tuple[Tensor, ...]:
         if sub == 0:  # none of this rank's tasks: no outputs, a zero product
             return ()
-        return objective.distribution(sub)
+        return computed if computed is not None else objective.distribution(sub)
 
     return GaussNewton(outputs, curvature)
 

@@ -152,7 +152,8 @@ def trpo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor],
               hessian_kl_fn: Callable[[], Tensor] | None = None,
               reduce: Callable[[Tensor], Tensor] = same,
               gauss_newton: GaussNewton | None = None,
-              loss_and_kl: Callable[[], tuple[Tensor, Tensor]] | None = None) -> TRPOStats:
+              loss_and_kl: Callable[[], tuple[Tensor, Tensor]] | None = None,
+              loss: Tensor | None = None) -> TRPOStats:
     """One TRPO update of ``params`` in place.
 
     The natural-gradient direction ``s = H^-1 g`` is scaled to the trust region's edge,
@@ -163,15 +164,18 @@ def trpo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor],
     H in the Gauss-Newton form of that KL, cheaper) replaces the reverse-over-reverse Hessian of
     ``hessian_kl_fn or kl_fn`` in the conjugate gradient, and gives ``s'Hs`` from ``Js`` alone.
     ``loss_and_kl`` gives the line search both values from one evaluation (through the
-    adaptation: half the work of the two closures). Under torchrun ``loss_fn`` and ``kl_fn``
-    give this rank's weighted share and ``reduce`` (an all-reduce sum) turns every gradient,
-    Hessian-vector product and line-search value into the whole meta-batch's, so all ranks take
-    the same step as one process would.
+    adaptation: half the work of the two closures). ``loss`` is ``loss_fn()`` if the caller has
+    it already (computed on the outputs that ``gauss_newton`` shares). Under torchrun
+    ``loss_fn`` and ``kl_fn`` give this rank's weighted share and ``reduce`` (an all-reduce sum)
+    turns every gradient, Hessian-vector product and line-search value into the whole
+    meta-batch's, so all ranks take the same step as one process would.
     """
     params = list(params)
-    loss = loss_fn()
-    grads = reduce(flat(torch.autograd.grad(loss, params)))
+    loss = loss_fn() if loss is None else loss
+    # the Gauss-Newton product may go through the same outputs' graph: keep it
+    grads = reduce(flat(torch.autograd.grad(loss, params, retain_graph=gauss_newton is not None)))
     loss_before = reduce(loss.detach()).item()
+    del loss
     if gauss_newton is not None:
         matvec, quadratic = _gauss_newton_operator(gauss_newton, params, cg_damping, reduce)
     else:
