@@ -35,6 +35,21 @@ def gaussian_kl(mean_p: Tensor, std_p: Tensor, mean_q: Tensor, std_q: Tensor) ->
     return kl.sum(-1)
 
 
+def gaussian_kl_curvature(std: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """The second derivatives of ``sum(weights * gaussian_kl(p, q))`` in q's mean and std at
+    ``q = p``, per element: ``w / std^2`` and ``2 w / std^2`` (the mixed ones are zero there).
+
+    ``weights`` are per time step (``[..., N, H]``), ``std`` per action dimension. With them the
+    KL's Hessian at the old policy is ``J^T M J`` (``rl/trpo.py::GaussNewton``)."""
+    per_step = weights.unsqueeze(-1) / std.pow(2)
+    return per_step, 2 * per_step
+
+
+def masked_mean_weights(mask: Tensor) -> Tensor:
+    """The weights that ``masked_mean(values, mask)`` gives each element of ``values``."""
+    return mask / mask.sum().clamp_min(1.0)
+
+
 def vpg_loss(log_probs: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
     """REINFORCE with a baseline: ``-mean(log pi(a|s) * A)``; its gradient is the policy gradient.
 

@@ -245,6 +245,9 @@ class Config:
                              bounds=_AT_LEAST_0)
     cg_subsample: float = _key("rl", 1.0, "fraction of the meta-batch's tasks in TRPO's KL "
                                "Hessian", bounds=_FRACTION)
+    fisher_product: str = _key("rl", "gauss_newton", "TRPO's KL Hessian products: gauss_newton "
+                               "(J^T M J, fewer FLOPs) | hessian; the same matrix",
+                               ("gauss_newton", "hessian"))
     ppo_clip: float = _key("rl", 0.2, "PPO ratio clip epsilon",
                            bounds=Bounds(0, 1, low_open=True, high_open=True))
     ppo_epochs: int = _key("rl", 5, "PPO optimisation epochs per meta-batch (Adam, meta_lr)",
@@ -353,7 +356,7 @@ _KEY_RULES: dict[str, Rule] = {
                     Rule(_algorithm("pretrained"), "algorithm pretrained")),
     **dict.fromkeys(("imaml_lambda", "cg_steps", "imaml_max_grad_norm", "imaml_solver",
                      "imaml_tol"), Rule(_algorithm("imaml"), "algorithm imaml")),
-    **dict.fromkeys(("max_kl", "cg_iters", "cg_damping", "cg_subsample"),
+    **dict.fromkeys(("max_kl", "cg_iters", "cg_damping", "cg_subsample", "fisher_product"),
                     Rule(_outer_step("trpo"), "RL tasks with outer=trpo")),
     **dict.fromkeys(("ppo_clip", "ppo_epochs"),
                     Rule(_outer_step("ppo"), "RL tasks with outer=ppo")),

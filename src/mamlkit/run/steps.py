@@ -120,8 +120,8 @@ class RLStep:
         self.imitation = (ImitationTasks(config.demonstrations) if config.imitation_tasks
                           else None)
         self.settings = OuterSettings(config.outer, config.max_kl, config.cg_iters,
-                                      config.cg_damping, config.cg_subsample, config.ppo_clip,
-                                      config.ppo_epochs)
+                                      config.cg_damping, config.cg_subsample,
+                                      config.fisher_product, config.ppo_clip, config.ppo_epochs)
         self.reduce = distributed.all_sum if context.distributed else None
         self.best = checkpoint.best_value(run_dir)
         self.last: dict[str, float] = {}
