@@ -97,8 +97,8 @@ def paired_one_step(preset: str) -> str:
         return "not run"
     try:
         result = paired_difference(maml, pretrained)
-    except RunDirectoryError:
-        return "not available (an eval.json written before per-task values were kept)"
+    except RunDirectoryError as error:
+        return f"not available ({str(error).rstrip('.')})"
     one = result["steps"].get("1")
     return f"{one['mean']:+.1f} ± {one['ci95']:.1f}" if one else "not evaluated at 1 step"
 

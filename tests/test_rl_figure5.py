@@ -18,7 +18,7 @@ def _run(folder: Path, per_task: list[list[float]], seconds: list[float], **keys
     lines = [json.dumps({"iteration": i + 1, "seconds": s}) for i, s in enumerate(seconds)]
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     steps = {str(k): {"mean": sum(v) / len(v), "ci95": 0.5} for k, v in enumerate(per_task)}
-    random = {"steps": {k: {"mean": -1.0, "ci95": 0.1} for k in steps}}
+    random = {"metric": "return", "steps": {k: {"mean": -1.0, "ci95": 0.1} for k in steps}}
     (folder / "eval.json").write_text(json.dumps({
         "metric": "return", "num_tasks": len(per_task[0]), "inner_lr": 0.5,
         "checkpoint": "best (iteration 2)", "iteration": 2, "steps": steps,
