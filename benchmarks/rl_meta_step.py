@@ -34,6 +34,7 @@ import copy
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -43,6 +44,9 @@ import mujoco
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rl_sampling import env_only  # noqa: E402  (the script beside this one)
 
 from mamlkit.envs import make_batch_env
 from mamlkit.envs.ant import AntBatch
@@ -88,20 +92,11 @@ def raw_steps_per_s(batch_class: type, ant: bool, steps: int = 2000, seed: int =
 
 def batched_steps_per_s(name: str, tasks: int = 10, trajectories: int = 10,
                         horizon: int = 100) -> float:
-    """The batched environment with random actions (std 0.1): valid steps per second."""
+    """The batched environment with random actions (std 0.1): valid steps per second, measured
+    as ``benchmarks/rl_sampling.py`` measures the environment alone."""
     env = make_batch_env(name, horizon=horizon)
-    g = torch.Generator().manual_seed(0)
-    task_list = env.sample_tasks(tasks, g)
-    actions = torch.randn(horizon, tasks, trajectories, env.action_dim, generator=g) * 0.1
-    alive = torch.ones(tasks, trajectories)
-    steps = 0.0
-    start = time.perf_counter()
-    env.reset(task_list, trajectories, g)
-    for t in range(horizon):
-        steps += float(alive.sum())
-        _, _, done = env.step(actions[t])
-        alive = alive * (~done).float()
-    return steps / (time.perf_counter() - start)
+    return env_only(env, env.sample_tasks(tasks, torch.Generator().manual_seed(0)),
+                    trajectories, horizon)
 
 
 def physics(repeats: int) -> dict[str, Any]:
