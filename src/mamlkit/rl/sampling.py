@@ -58,6 +58,7 @@ def _task_by_task(policies: Sequence[PolicyFn], obs: Tensor) -> tuple[Tensor, Te
     outputs = [task_policy(obs[i:i + 1].clone()) for i, task_policy in enumerate(policies)]
     return torch.cat([mean for mean, _ in outputs]), torch.cat([std for _, std in outputs])
 
+
 _SEED_HIGH = 2**62
 
 
