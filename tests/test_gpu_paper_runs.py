@@ -29,7 +29,9 @@ RETURNED = {"gpu_paper_runs.log", "summary.json", "choice.json", "any_model.json
 RUN_FILES = {"config.yaml", "metrics.jsonl", "run.json", "eval.json", "checkpoints/latest",
              "checkpoints/step_00000002/model.safetensors",
              "checkpoints/step_00000002/optimizer.safetensors",
-             "checkpoints/step_00000002/state.json"}
+             "checkpoints/step_00000002/state.json",
+             "checkpoints/step_00000002/config.yaml",  # the config it was trained with
+             "checkpoints/step_00000002/SHA256SUMS"}  # each file's sha256, checked on reading
 
 
 def decoded_cache(request, base: Path) -> Path:
