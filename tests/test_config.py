@@ -141,6 +141,7 @@ def test_applicability_follows_task_algorithm_and_outer_step():
     assert {"ppo_clip", "ppo_epochs", "meta_lr"} <= ppo and "max_kl" not in ppo
     assert {"imitation_weight", "demonstrations"} <= keys("nav2d-mixed")
     assert "imitation_tasks" not in keys("cheetah-vel")
+    assert "action_scale" in keys("nav2d") and "action_scale" not in keys("cheetah-dir")
 
 
 def test_old_flat_files_with_every_key_still_load(tmp_path):

@@ -30,6 +30,25 @@ def test_nav2d_rewards_clipping_and_done():
         make_batch_env("nav2d", reward="manhattan")
 
 
+def test_nav2d_action_scale_maps_the_policys_units_onto_the_clipped_step():
+    """rllab's normalize (the paper's code): policy action 1 is a step of 0.1, then the clip."""
+    env = make_batch_env("nav2d", action_scale=0.1)
+    env.reset([{"goal": [0.3, 0.4]}], 3)
+    obs, _, _ = env.step(torch.tensor([[[0.5, -1.0], [3.0, -0.2], [1e-3, 0.0]]]))
+    assert torch.allclose(obs, torch.tensor([[[0.05, -0.1], [0.1, -0.02], [1e-4, 0.0]]]))
+    assert torch.equal(env.expert_actions(), torch.ones(1, 3, 2))  # full speed, policy units
+    env.reset([{"goal": [0.03, -0.01]}], 1)
+    assert torch.allclose(env.expert_actions(), torch.tensor([[[0.3, -0.1]]]))
+    gym_env = gym.make("mamlkit/Navigation2D-v0", action_scale=0.1)
+    assert np.allclose(gym_env.action_space.high, 1.0)
+    gym_env.reset(options={"task": {"goal": [0.3, 0.4]}})
+    gym_obs, *_ = gym_env.step(np.array([0.5, -1.0], dtype=np.float32))
+    assert np.allclose(gym_obs, [0.05, -0.1])
+    for bad in (0.0, -1.0, float("nan"), "0.1"):
+        with pytest.raises(ValueError, match="action_scale"):
+            make_batch_env("nav2d", action_scale=bad)
+
+
 def test_nav2d_tasks_ranges_seeding_and_expert():
     env = make_batch_env("nav2d")
     tasks = env.sample_tasks(2000, torch.Generator().manual_seed(3))

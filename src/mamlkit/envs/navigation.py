@@ -2,10 +2,13 @@
 
 The agent starts at the origin; each task has a goal drawn uniformly from [-0.5, 0.5]^2; the
 observation is the agent's position, the action a displacement clipped to [-0.1, 0.1]^2, the
-horizon 100 steps. The reward is minus the distance to the goal (``reward="distance"``, as in the
-reference code rllab ``PointEnvRandGoal`` and pytorch-maml-rl) or minus the squared distance
-(``reward="squared"``, as the paper's text says). An episode ends early once both coordinates are
-within 0.01 of the goal (reference code; ``done_threshold=None`` never ends early).
+horizon 100 steps. ``action_scale`` multiplies the policy's action before the clip: 0.1 is the
+paper's code (rllab's ``normalize`` maps the policy's [-1, 1] onto the action box, so a policy std
+of 1 is a step of 0.1), 1 is pytorch-maml-rl (a std of 1 saturates the clip). The reward is
+minus the distance to the goal (``reward="distance"``, as in the reference code rllab
+``PointEnvRandGoal`` and pytorch-maml-rl) or minus the squared distance (``reward="squared"``, as
+the paper's text says). An episode ends early once both coordinates are within
+0.01 of the goal (reference code; ``done_threshold=None`` never ends early).
 
 ``Navigation2DBatch`` steps all tasks x trajectories as one torch tensor: 3.5M-10M steps/s on its
 own for 20 x 20 copies on the 2-core machine, so the policy's forward pass is the cost of sampling.
@@ -48,6 +51,13 @@ def _check_reward(reward: str) -> str:
     return reward
 
 
+def _check_action_scale(action_scale: float) -> float:
+    if not (isinstance(action_scale, int | float) and 0 < action_scale < float("inf")):
+        raise ValueError(f"Navigation2D action_scale must be a positive number, got "
+                         f"{action_scale!r}.")
+    return float(action_scale)
+
+
 def _reward(dx: Tensor, dy: Tensor, kind: str) -> Tensor:
     squared = dx * dx + dy * dy
     return -squared if kind == "squared" else -torch.sqrt(squared)
@@ -60,8 +70,9 @@ class Navigation2DBatch:
     action_dim = 2
 
     def __init__(self, reward: str = "distance", horizon: int = 100,
-                 done_threshold: float | None = 0.01) -> None:
+                 done_threshold: float | None = 0.01, action_scale: float = 1.0) -> None:
         self.reward = _check_reward(reward)
+        self.action_scale = _check_action_scale(action_scale)
         self.horizon = int(horizon)
         self.done_threshold = done_threshold
         self._goals = torch.zeros(0, 1, 2)
@@ -82,7 +93,8 @@ class Navigation2DBatch:
         return self._state.clone()
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        self._state = self._state + actions.float().clamp(-MAX_STEP, MAX_STEP)
+        step = actions.float() * self.action_scale if self.action_scale != 1.0 else actions.float()
+        self._state = self._state + step.clamp(-MAX_STEP, MAX_STEP)
         delta = self._state - self._goals
         reward = _reward(delta[..., 0], delta[..., 1], self.reward)
         if self.done_threshold is None:
@@ -92,5 +104,5 @@ class Navigation2DBatch:
         return self._state.clone(), reward, done
 
     def expert_actions(self) -> Tensor:
-        """The expert's actions ``[T, N, 2]`` in the current states."""
-        return expert_action(self._state, self._goals)
+        """The expert's actions ``[T, N, 2]`` in the current states, in the policy's units."""
+        return expert_action(self._state, self._goals) / self.action_scale

@@ -20,7 +20,13 @@ except ModuleNotFoundError as missing:
     raise ModuleNotFoundError("Navigation2D is a gymnasium environment: pip install "
                               "'mamlkit[rl]'.", name="gymnasium") from None
 
-from mamlkit.envs.navigation import MAX_STEP, _check_reward, _reward, sample_goal_tasks
+from mamlkit.envs.navigation import (
+    MAX_STEP,
+    _check_action_scale,
+    _check_reward,
+    _reward,
+    sample_goal_tasks,
+)
 
 
 class Navigation2D(gym.Env):
@@ -32,11 +38,13 @@ class Navigation2D(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, task: dict | None = None, reward: str = "distance",
-                 done_threshold: float | None = 0.01) -> None:
+                 done_threshold: float | None = 0.01, action_scale: float = 1.0) -> None:
         self.reward_kind = _check_reward(reward)
         self.done_threshold = done_threshold
+        self.action_scale = _check_action_scale(action_scale)
+        bound = MAX_STEP / self.action_scale
         self.observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
-        self.action_space = spaces.Box(-MAX_STEP, MAX_STEP, (2,), np.float32)
+        self.action_space = spaces.Box(-bound, bound, (2,), np.float32)
         self._task = task or {"goal": [0.0, 0.0]}
         self._goal = np.asarray(self._task["goal"], dtype=np.float32)
         self._state = np.zeros(2, dtype=np.float32)
@@ -63,7 +71,8 @@ class Navigation2D(gym.Env):
         return self._state.copy(), {"task": dict(self._task)}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        action = np.clip(np.asarray(action, dtype=np.float32), -MAX_STEP, MAX_STEP)
+        action = np.asarray(action, dtype=np.float32) * np.float32(self.action_scale)
+        action = np.clip(action, -MAX_STEP, MAX_STEP)
         self._state = (self._state + action).astype(np.float32)
         dx, dy = (self._state - self._goal).tolist()
         reward = float(_reward(torch.tensor(dx), torch.tensor(dy), self.reward_kind))

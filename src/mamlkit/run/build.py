@@ -67,8 +67,15 @@ def build_env(config: Config):
                           "'mamlkit[rl]'.") from None
     from mamlkit.envs import make_batch_env
 
-    kwargs = {} if config.horizon is None else {"horizon": config.horizon}
-    return make_batch_env(config.task, **kwargs)
+    return make_batch_env(config.task, **env_kwargs(config))
+
+
+def env_kwargs(config: Config) -> dict:
+    """The batched environment's keyword arguments that the config sets (defaults left out)."""
+    kwargs: dict = {} if config.horizon is None else {"horizon": config.horizon}
+    if config.task == "nav2d" and config.action_scale != 1.0:
+        kwargs["action_scale"] = config.action_scale
+    return kwargs
 
 
 def build_sampler_pool(config: Config):
@@ -80,8 +87,7 @@ def build_sampler_pool(config: Config):
         return None
     from mamlkit.rl.workers import SamplerPool
 
-    kwargs = {} if config.horizon is None else {"horizon": config.horizon}
-    return SamplerPool(config.task, kwargs, workers=config.sampler_workers - 1)
+    return SamplerPool(config.task, env_kwargs(config), workers=config.sampler_workers - 1)
 
 
 def build_policy(config: Config, env) -> nn.Module:

@@ -228,6 +228,9 @@ class Config:
                                          "evaluation; null: trajectories", bounds=_AT_LEAST_1)
     horizon: int | None = _key("rl", None, "steps per episode; null: the environment's",
                                bounds=_AT_LEAST_1)
+    action_scale: float = _key("rl", 1.0, "nav2d: step = policy action x this, clipped to "
+                               "+-0.1 (0.1: the paper's code)",
+                               bounds=_ABOVE_0)
     policy_hidden: list[int] = _key("rl", [100, 100], "hidden layer widths of the Gaussian MLP "
                                     "policy", bounds=_AT_LEAST_1)
     policy_activation: str = _key("rl", "relu", "relu (paper, 100-100) | tanh (64-64 "
@@ -360,7 +363,8 @@ _KEY_RULES: dict[str, Rule] = {
                     Rule(_outer_step("trpo"), "RL tasks with outer=trpo")),
     **dict.fromkeys(("ppo_clip", "ppo_epochs"),
                     Rule(_outer_step("ppo"), "RL tasks with outer=ppo")),
-    "imitation_tasks": Rule(lambda config: config.task == "nav2d", "task nav2d"),
+    **dict.fromkeys(("imitation_tasks", "action_scale"),
+                    Rule(lambda config: config.task == "nav2d", "task nav2d")),
     **dict.fromkeys(("imitation_weight", "demonstrations"), Rule(
         lambda config: config.task == "nav2d" and config.imitation_tasks > 0,
         "task nav2d with imitation_tasks > 0")),
