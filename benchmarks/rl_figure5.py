@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mamlkit.run.errors import RunDirectoryError
+from mamlkit.run.metrics import elapsed_seconds
 from mamlkit.run.paired import paired_difference
 from mamlkit.run.rundir import read_config
 
@@ -54,13 +55,8 @@ def read_run(folder: Path) -> dict[str, Any] | None:
 
 
 def training_seconds(records: list[dict[str, Any]]) -> float:
-    """Wall time over every process of a run: ``seconds`` restarts at 0 when a run resumes."""
-    total, last = 0.0, 0.0
-    for record in records:
-        if record["seconds"] < last:
-            total += last
-        last = record["seconds"]
-    return total + last
+    """Wall time over every process of a run (``seconds`` restarts at 0 when a run resumes)."""
+    return elapsed_seconds(records)[-1] if records else 0.0
 
 
 def curves(preset: str) -> dict[str, dict[str, Any]]:

@@ -85,3 +85,18 @@ def trim_metrics(run_dir: str | Path, iteration: int) -> None:
 
 
 __all__ = ["is_record", "read_metrics", "trim_metrics"]
+
+
+def elapsed_seconds(records: list[dict]) -> list[float]:
+    """Each record's wall time since the run began, over every process of the run.
+
+    ``seconds`` counts from the start of the process that wrote the record, so it restarts when a
+    run resumes; a drop marks a resume, and the time before it (up to the last record kept) adds
+    on. Work lost between the last record and a kill is not counted."""
+    elapsed, offset, last = [], 0.0, 0.0
+    for record in records:
+        if record["seconds"] < last:
+            offset += last
+        last = record["seconds"]
+        elapsed.append(offset + last)
+    return elapsed

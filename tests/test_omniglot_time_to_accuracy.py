@@ -1,0 +1,37 @@
+"""benchmarks/omniglot_time_to_accuracy.py and run.metrics.elapsed_seconds, on hand-made runs."""
+
+import json
+
+from benchmark_scripts import load_benchmark
+
+from mamlkit.run.metrics import elapsed_seconds
+
+time_to_accuracy = load_benchmark("omniglot_time_to_accuracy")
+
+
+def test_elapsed_seconds_adds_up_the_processes_of_a_resumed_run():
+    seconds = [10.0, 20.0, 5.0, 15.0, 3.0]  # resumed twice
+    records = [{"iteration": i, "seconds": s} for i, s in enumerate(seconds)]
+    assert elapsed_seconds(records) == [10.0, 20.0, 25.0, 35.0, 38.0]
+    assert elapsed_seconds([]) == []
+
+
+def test_table_and_figure_from_a_resumed_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(time_to_accuracy, "RESULTS", tmp_path)
+    run = tmp_path / "paper" / "omniglot-5w1s"
+    run.mkdir(parents=True)
+    records = [(500, 1800.0, 0.90), (1000, 3600.0, 0.96), (1500, 1800.0, 0.971),
+               (2000, 3600.0, 0.975)]  # a resume before 1,500: 2 h at 2,000
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"iteration": i, "seconds": s, "loss": 0.1, "val_post": v,
+                    "val_post_ci95": 0.01}) + "\n" for i, s, v in records))
+    step_cost = {"omniglot-5w1s": {"cpu": "test CPU", "cores": 2, "rates": [
+        {"threads": 1, "seconds_per_iteration": 2.4, "load_average_before": 0.1},
+        {"threads": 2, "seconds_per_iteration": 1.2, "load_average_before": 0.1}]}}
+    table = time_to_accuracy.table(step_cost)
+    assert "| `omniglot-5w1s` | 95% | 1,000 | 1.00 | 0.33 | 0.67 |" in table
+    assert "| `omniglot-5w1s` | 97% | 1,500 | 1.50 | 0.50 | 1.00 |" in table
+    assert "| `omniglot-5w1s` | 98% | not yet (best 97.5% at 2,000) |" in table
+    assert "| `omniglot-5w5s` | not run |" in table
+    time_to_accuracy.plot(step_cost, tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
