@@ -159,7 +159,7 @@ def test_unknown_key_suggests_the_closest_before_the_list(tmp_path, capsys):
     line = refused_set(["policy-hidden=[8]"], tmp_path, capsys)
     assert "did you mean 'policy_hidden'?" in line
     line = refused_set(["zzzzzz=1"], tmp_path, capsys)
-    assert "did you mean" not in line and "valid keys are: adapt" in line
+    assert "did you mean" not in line and "valid keys are: action_scale, adapt" in line
     line = refused(["train", "sinusiod"], tmp_path, capsys)
     assert "Unknown preset 'sinusiod'" in line and "did you mean 'sinusoid'?" in line
 
