@@ -62,6 +62,17 @@ def test_every_relative_link_and_anchor_exists(page):
     assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
 
 
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_repository_path_in_code_exists(page):
+    """`tests/test_x.py`, `benchmarks/...`, `mamlkit/rl/outer.py` (under src/) written as code:
+    a renamed or moved file leaves no stale path behind (patterns with <, { or * aside)."""
+    written = re.findall(r"`((?:src|tests|benchmarks|docs|mamlkit)/[^`\s:]+)`", page.read_text())
+    missing = [path for path in written if not re.search(r"[<{*]", path)
+               and not (path.startswith("mamlkit/") and not path.endswith((".py", "/")))
+               and not (ROOT / ("src/" if path.startswith("mamlkit/") else "") / path).exists()]
+    assert not missing, f"{page.relative_to(ROOT)}: {missing}"
+
+
 def test_every_docs_page_is_linked_from_the_readme():
     linked = {(ROOT / target.partition("#")[0]).resolve() for target in links(README)}
     assert not [p.name for p in PAGES[1:] if p.resolve() not in linked]

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from test_rundir import same_weights, sets, small_config
+from test_run_rundir import same_weights, sets, small_config
 
 import mamlkit
 from mamlkit.cli import main
