@@ -176,6 +176,7 @@ def real_cache(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "mamlkit-omniglot-cache"
 
 
+@pytest.mark.slow
 def test_real_finn_split_4800_rotated_train_classes_and_no_test_character_in_training(real_cache):
     def make(split, **options):
         return omniglot_tasks(REAL_ROOT, 5, 1, 15, split, cache_dir=real_cache, **options)
