@@ -18,8 +18,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_plan  # noqa: E402
 
-pytestmark = pytest.mark.slow  # runs the whole GPU script at toy sizes (a minute or more)
-
 REPO = Path(__file__).resolve().parents[1]
 ROOT = Path(os.environ.get("MAMLKIT_OMNIGLOT_ROOT",
                            Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"))
