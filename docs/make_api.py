@@ -147,6 +147,17 @@ def with_doc(lines: list[str], obj: object) -> list[str]:
     return [*lines, "", doc] if doc else lines
 
 
+def method_doc(cls: type, name: str, method: object) -> str:
+    """A method's first paragraph, else that of the method it overrides in a mamlkit class (not
+    Python's own, such as ``__call__``'s "Call self as a function.")."""
+    for owner in own_classes(cls):
+        member = owner.__dict__.get(name)
+        if member is not None and (getattr(member, "__doc__", None) or "").strip():
+            return first_paragraph(member.__func__ if isinstance(
+                member, (staticmethod, classmethod)) else member)
+    return first_paragraph(method) if (getattr(method, "__doc__", None) or "").strip() else ""
+
+
 def describe_class(name: str, cls: type) -> list[str]:
     lines = with_doc([f"### `{name}`", "", *code_block(name, constructor_of(cls) or "",
                                                        prefix="class ")], cls)
@@ -161,7 +172,7 @@ def describe_class(name: str, cls: type) -> list[str]:
             heading = f"- `{method_name}` (property)"
         else:
             heading = f"- `{method_name}{signature_of(method) or '(...)'}`"
-        doc = first_paragraph(method)
+        doc = method_doc(cls, method_name, method)
         lines.append(f"{heading}: {doc}" if doc else heading)
     return lines
 
