@@ -47,7 +47,7 @@
 #        [--peers DIR] [--resume-from DIR] [--choice FILE] [--smoke]
 #   bash benchmarks/gpu_paper_runs.sh --prepare [--data-root /work/shared/data/omniglot]
 # --smoke: the same steps on the CPU with tiny settings (2 iterations of a small network, 4 eval
-# tasks, a one-task benchmark), under a minute; tests/test_gpu_paper_runs.py runs it.
+# tasks, a one-task benchmark), under a minute; tests/test_benchmarks_gpu_paper_runs.py runs it.
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -192,6 +192,7 @@ def test_an_x_that_is_not_a_tensor_is_still_an_x_y_pair():
     loss = MAML(TwoInputs(), 0.1, batching="loop").meta_loss(TaskBatch((x, y), (x, y)))
     assert torch.isfinite(loss)
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_DATA, reason=f"real Omniglot zips not found in {ROOT}")
 def test_a_stock_network_meta_trains_on_omniglot_from_python(tmp_path, monkeypatch):
     from mamlkit.tasks import omniglot_tasks

@@ -38,6 +38,7 @@ def run(tmp_path, capsys) -> Path:
 
 # --- item 1: a result is written before it is printed ------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["eval", "plot"])
 def test_a_closed_stdout_loses_no_result_and_ends_quietly(run, tmp_path, command):
     """``mamlkit eval RUN | head -1``: the reader is gone before the first line. The file is
@@ -58,6 +59,7 @@ def test_a_closed_stdout_loses_no_result_and_ends_quietly(run, tmp_path, command
         assert (run / "learning_curve.png").is_file() and (run / "adaptation.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
 def test_a_full_stdout_is_one_sentence_after_the_result_is_written(run, tmp_path):
     with open("/dev/full", "w") as full:

@@ -51,6 +51,7 @@ def test_the_main_job_needs_neither_rl_nor_trackers(tmp_path):
     assert (run / "eval.json").is_file() and list(run.glob("*.png"))
 
 
+@pytest.mark.slow
 def test_an_rl_preset_without_the_rl_extra_says_what_to_install(tmp_path):
     for missing in (("gymnasium",), ("mujoco",)):
         done = without(missing, ["train", "cheetah-vel-quick", "--out", "run"], cwd=tmp_path)
@@ -62,6 +63,7 @@ def test_an_rl_preset_without_the_rl_extra_says_what_to_install(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logger", TRACKERS)
 def test_a_logger_without_its_package_says_what_to_install(tmp_path, logger):
     done = without((logger,), ["train", "sinusoid", "--out", "run", "--set",

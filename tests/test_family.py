@@ -82,7 +82,7 @@ def check_against_finite_differences(learner, batch):
 
 # --- meta-gradients against finite differences ---------------------------------------------
 
-@pytest.mark.parametrize("batching", ["vmap", "loop"])
+@pytest.mark.parametrize("batching", ["vmap", pytest.param("loop", marks=pytest.mark.slow)])
 def test_metasgd_gradient_for_weights_and_rates_matches_finite_differences(batching):
     learner = MetaSGD(tiny_mlp(), inner_lr=0.05, inner_steps=2, batching=batching)
     with torch.no_grad():  # rates that differ per element, so a wrong broadcast would show
@@ -102,7 +102,7 @@ def test_anil_gradient_matches_finite_differences_and_body_is_not_adapted():
     assert not torch.equal(adapted["4.weight"], params["4.weight"])
 
 
-@pytest.mark.parametrize("batching", ["vmap", "loop"])
+@pytest.mark.parametrize("batching", ["vmap", pytest.param("loop", marks=pytest.mark.slow)])
 def test_mamlpp_with_every_switch_matches_finite_differences(batching):
     learner = MAMLpp(bn_mlp(), inner_lr=0.05, inner_steps=3, batching=batching, msl=True,
                      msl_iterations=10, lslr=True, bnwb=True, fo_iterations=2)
@@ -247,6 +247,7 @@ def test_conjugate_gradient_solves_a_small_spd_system_exactly():
                        b2["v"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batching", ["vmap", "loop"])
 def test_imaml_gradient_matches_the_unrolled_gradient_on_a_quadratic(batching):
     """Linear model, MSE: the proximal inner problem is quadratic. Gradient descent run to
@@ -349,7 +350,7 @@ def state(run_dir):
     ("sinusoid-anil", {}),
     ("sinusoid-mamlpp", {"inner_steps": 2, "msl_iterations": 8, "fo_iterations": 6}),
     ("sinusoid-reptile", {"inner_steps": 2}),
-    ("sinusoid-imaml", {"inner_steps": 3, "cg_steps": 2}),
+    pytest.param("sinusoid-imaml", {"inner_steps": 3, "cg_steps": 2}, marks=pytest.mark.slow),
 ])
 def test_train_kill_and_resume_is_bit_exact(tmp_path, preset, extra):
     config = resolve(preset, {**SMALL, **extra})
@@ -381,7 +382,9 @@ def test_runs_saved_with_the_bare_model_still_load(tmp_path):
     train(resolve("sinusoid", {**SMALL, "iterations": 16}), run, resume=True, progress=False)
 
 
-@pytest.mark.parametrize("algorithm", ["metasgd", "anil", "mamlpp", "reptile", "imaml"])
+@pytest.mark.parametrize("algorithm", [*(pytest.param(name, marks=pytest.mark.slow)
+                                         for name in ("metasgd", "mamlpp", "imaml")),
+                                       "anil", "reptile"])
 def test_cli_set_algorithm_trains_and_evaluates(tmp_path, capsys, algorithm):
     run = tmp_path / algorithm
     argv = ["train", "sinusoid", "--out", str(run), "--no-progress", "--set",
@@ -420,6 +423,7 @@ def test_exported_like_maml():
     assert torch.allclose(mamlkit.MetaSGD(model, 0.05).meta_loss(batch), reference, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_imaml_clipped_inner_loop_reaches_the_same_fixed_point():
     """Clipping changes the path of the proximal inner loop, not its solution."""
     from mamlkit.functional.implicit import proximal_adapt

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from test_rundir import same_weights, sets, small_config
+from test_run_rundir import same_weights, sets, small_config
 
 import mamlkit
 from mamlkit.cli import main
@@ -256,6 +256,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="no file-size limits here")
 def test_a_file_size_limit_while_saving_is_one_sentence_and_the_run_resumes(tmp_path):
     """The optimizer file (about 2 x 170 kB for 200 x 200 weights) passes no limit of 250 kB."""

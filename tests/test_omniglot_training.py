@@ -16,6 +16,7 @@ HAVE_DATA = (ROOT / "images_background.zip").is_file() and (
     ROOT / "images_evaluation.zip").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_DATA, reason=f"real Omniglot zips not found in {ROOT}")
 def test_short_run_adapts_better_than_before(tmp_path, monkeypatch):
     monkeypatch.setenv("MAMLKIT_CACHE", str(tmp_path / "cache"))

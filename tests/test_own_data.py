@@ -50,6 +50,7 @@ def test_a_folder_trains_and_evaluates_from_the_command_line(tmp_path, monkeypat
     assert "--data-root" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_DATA, reason=f"real Omniglot zips not found in {ROOT}")
 def test_a_folder_of_omniglot_pngs_learns(tmp_path, monkeypatch, capsys):
     """40 characters unpacked as class folders: grayscale, 28x28, inverted like Omniglot."""

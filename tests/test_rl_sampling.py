@@ -260,6 +260,7 @@ class FailsInWorker(GaussianMLP):
         return super().forward(obs)
 
 
+@pytest.mark.slow
 def test_pool_matches_in_process_and_closes_workers():
     env = make_batch_env("nav2d")
     tasks = env.sample_tasks(5, 0)
@@ -296,6 +297,7 @@ def test_pool_reports_a_dead_worker():
         assert pool.processes == []
 
 
+@pytest.mark.slow
 def test_sampler_workers_train_and_evaluate_as_in_process(tmp_path, monkeypatch):
     """``sampler_workers=2`` (one spawned worker) gives the run of in-process sampling, bit for
     bit: every task keeps its own generator and the workers get their tasks' slice of the

@@ -27,10 +27,12 @@ def _weights(run):
     return load_file(run / "checkpoints" / pointer / "model.safetensors")
 
 
-@pytest.mark.parametrize("extra", [TRPO, ["--set", "first_order=true", "--set", "outer=adam",
-                                            "--set", "inner_steps=2"],
+@pytest.mark.parametrize("extra", [TRPO, pytest.param(["--set", "first_order=true", "--set",
+                                                         "outer=adam", "--set", "inner_steps=2"],
+                                                        marks=pytest.mark.slow),
                                    ["--set", "estimator=dice", *TRPO],
-                                   ["--set", "estimator=lvc", "--set", "outer=ppo"]])
+                                   pytest.param(["--set", "estimator=lvc", "--set", "outer=ppo"],
+                                                marks=pytest.mark.slow)])
 def test_nav2d_train_resume_is_bit_exact_and_eval_writes_returns(tmp_path, capsys, extra):
     whole, split = tmp_path / "whole", tmp_path / "split"
     args = ["--no-progress", *TINY, *extra]
@@ -68,7 +70,8 @@ def test_rl_config_checks_give_one_sentence():
     assert resolve("nav2d", {"inner_lr": 0}).eval_inner_lr == 0.1
 
 
-@pytest.mark.parametrize("algorithm", ["metasgd", "anil", "mamlpp"])
+@pytest.mark.parametrize("algorithm", [pytest.param("metasgd", marks=pytest.mark.slow),
+                                       pytest.param("anil", marks=pytest.mark.slow), "mamlpp"])
 def test_the_family_trains_on_nav2d_and_resumes_bit_exactly(tmp_path, capsys, algorithm):
     """``--set algorithm=...`` on an RL preset: same loop, checkpoints, evaluation as MAML."""
     whole, split = tmp_path / "whole", tmp_path / "split"

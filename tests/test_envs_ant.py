@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from test_rl_envs import gymnasium_copies_of
+from test_envs import gymnasium_copies_of
 
 from mamlkit.cli import main
 from mamlkit.envs import make_batch_env

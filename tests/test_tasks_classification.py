@@ -170,12 +170,13 @@ def test_omniglot_tasks_on_synthetic_zips(tmp_path):
 # --------------------------------------------------------------------------------- real Omniglot
 @pytest.fixture(scope="session")
 def real_cache(tmp_path_factory):
-    """Shared with test_omniglot_data.py, so the real zips are decoded once per session."""
+    """Shared with test_data_omniglot.py, so the real zips are decoded once per session."""
     if not HAVE_REAL:
         pytest.skip(f"real Omniglot zips not found in {REAL_ROOT} (set MAMLKIT_OMNIGLOT_ROOT)")
     return tmp_path_factory.getbasetemp() / "mamlkit-omniglot-cache"
 
 
+@pytest.mark.slow
 def test_real_finn_split_4800_rotated_train_classes_and_no_test_character_in_training(real_cache):
     def make(split, **options):
         return omniglot_tasks(REAL_ROOT, 5, 1, 15, split, cache_dir=real_cache, **options)

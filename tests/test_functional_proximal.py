@@ -68,6 +68,7 @@ def test_implicit_gradient_is_the_gradient_through_the_closed_form_optimum(batch
     assert (model.weight.grad - exact).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_implicit_gradient_matches_finite_differences_on_a_nonlinear_net():
     """Tanh MLP: the meta-objective L_q(phi*(theta)), phi* solved to rounding precision, along
     random directions by central differences, against the implicit meta-gradient."""

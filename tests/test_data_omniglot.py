@@ -343,6 +343,7 @@ def real_cache(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "mamlkit-omniglot-cache"
 
 
+@pytest.mark.slow  # decodes all 32,460 real images once
 def test_real_omniglot_counts_checksums_and_fast_cached_load(real_cache):
     om = load_omniglot(REAL_ROOT, cache_dir=real_cache, verify=True)
     start = time.perf_counter()

@@ -195,6 +195,7 @@ MAMLKIT_IDS = ["mamlkit/AntDir-v0", "mamlkit/AntVel-v0", "mamlkit/HalfCheetahDir
                "mamlkit/HalfCheetahVel-v0", "mamlkit/Navigation2D-v0"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("imports", ["import mamlkit, gymnasium", "import gymnasium, mamlkit"])
 def test_gymnasium_makes_mamlkits_ids_after_import_mamlkit_in_either_order(imports):
     """Registered on ``import mamlkit`` (whether gymnasium comes first or later), with no
