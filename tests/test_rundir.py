@@ -244,7 +244,7 @@ def test_resume_takes_data_root_and_eval_keys_and_refuses_others_by_name(tmp_pat
     assert "below the iteration the run has reached (20)" in one_error_line(capsys)
     # data_root is resumable, but a sinusoid run reads none: refused like any such key
     assert main([*base, "--data-root", str(tmp_path / "data")]) == 2
-    assert "'data_root' (for tasks omniglot and folder)" in one_error_line(capsys)
+    assert "'data_root' (for tasks folder and omniglot)" in one_error_line(capsys)
     assert main([*base, "--set", "eval_tasks=50", "--set", "device=cpu"]) == 0
     saved = config_lib.load(run / "config.yaml")
     assert (saved.data_root, saved.eval_tasks, saved.device) == (None, 50, "cpu")
