@@ -13,6 +13,7 @@ by attribute only.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -129,6 +130,9 @@ class EnvSpec(Spec):
 LEARNERS: dict[str, LearnerSpec] = {}
 TASKS: dict[str, TaskSpec] = {}
 ENVS: dict[str, EnvSpec] = {}
+# The module that registered each name, by namespace (``algorithm`` or ``task``): a component's
+# name belongs there (and in its presets).
+HOMES: dict[tuple[str, str], str] = {}
 
 
 def _table(spec: Spec) -> dict[str, Any]:
@@ -141,9 +145,14 @@ def _table(spec: Spec) -> dict[str, Any]:
     raise TypeError(f"register takes a LearnerSpec, TaskSpec or EnvSpec, got {type(spec)}.")
 
 
-def _module_of(spec: Spec) -> str:
-    builder = getattr(spec, "build", None) or getattr(spec, "make", None)
-    return getattr(builder, "__module__", "")
+def _namespace(spec: Spec) -> str:
+    """The config key that names ``spec``: tasks and environments share ``task``."""
+    return "algorithm" if isinstance(spec, LearnerSpec) else "task"
+
+
+def home(spec: Spec) -> str:
+    """The module that registered ``spec``'s name."""
+    return HOMES.get((_namespace(spec), spec.name), "")
 
 
 def register(spec: Spec) -> Spec:
@@ -152,17 +161,23 @@ def register(spec: Spec) -> Spec:
     the same module it replaces the old spec (the module ran again)."""
     if not spec.name or spec.name != spec.name.strip():
         raise ValueError(f"A component's name must be a non-blank word, got {spec.name!r}.")
-    tables = (TASKS, ENVS) if isinstance(spec, TaskSpec | EnvSpec) else (_table(spec),)
-    for table in tables:
-        old = table.get(spec.name)
-        if old is not None and _module_of(old) != _module_of(spec):
-            raise ValueError(f"{type(spec).__name__} {spec.name!r} is registered already (by "
-                             f"{_module_of(old)}); choose another name.")
-    for table in tables:
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    key = (_namespace(spec), spec.name)
+    if key in HOMES and HOMES[key] != caller:
+        raise ValueError(f"{key[0]} {spec.name!r} is registered already (by {HOMES[key]}); "
+                         "choose another name.")
+    for table in (TASKS, ENVS) if key[0] == "task" else (LEARNERS,):
         table.pop(spec.name, None)
     _table(spec)[spec.name] = spec
+    HOMES[key] = caller
     return spec
 
 
+def unregister(spec: Spec) -> None:
+    """Forget ``spec``'s name (a test or notebook that registered a component for a while)."""
+    HOMES.pop((_namespace(spec), spec.name), None)
+    _table(spec).pop(spec.name, None)
+
+
 __all__ = ["ENVS", "LEARNERS", "TASKS", "ConfigError", "EnvSpec", "LearnerArgs", "LearnerSpec",
-           "Spec", "TaskSpec", "register"]
+           "Spec", "TaskSpec", "home", "register", "unregister"]
