@@ -507,7 +507,7 @@ def test_missing_simulators_are_one_sentence(tmp_path, capsys, monkeypatch):
     out = tmp_path / "cheetah"
     assert main(["train", "cheetah-vel-quick", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "needs gymnasium and MuJoCo" in err and "Traceback" not in err
+    assert "needs gymnasium and mujoco" in err and "Traceback" not in err
     assert not out.exists()
 
 

@@ -124,6 +124,7 @@ class EnvSpec(Spec):
     requires: tuple[str, ...] = ("gymnasium",)
     figure: str | None = None
     metric: str = field(default="return", init=False)
+    in_python: bool = field(default=False, init=False)
     rl: bool = field(default=True, init=False)
 
 
