@@ -286,10 +286,6 @@ def key_docs() -> dict[str, str]:
     return docs
 
 
-def _rl(config: Config) -> bool:
-    return components.is_rl(config)
-
-
 def _supervised(config: Config) -> bool:
     return not components.is_rl(config)
 
@@ -353,7 +349,7 @@ def _meta_lr_applies(config: Config) -> bool:
 # the outer step), never on a component's name.
 _SECTION_RULES: dict[str, Rule] = {
     "model": Rule(_trains_model, _model_who),
-    "rl": Rule(_rl, _rl_who)}
+    "rl": Rule(components.is_rl, _rl_who)}
 _KEY_RULES: dict[str, Rule] = {
     "device": Rule(_supervised, "supervised tasks (meta-RL runs on the CPU)"),
     **dict.fromkeys(("shots", "query_shots"),
@@ -432,7 +428,7 @@ def set_but_unused(values: dict[str, Any], config: Config) -> list[str]:
 
 def _run_kind(config: Config) -> str:
     """``task nav2d, algorithm maml, outer trpo``: what decides which keys apply."""
-    outer = f", outer {config.outer}" if _rl(config) else ""
+    outer = f", outer {config.outer}" if components.is_rl(config) else ""
     return f"task {config.task}, algorithm {config.algorithm}{outer}"
 
 
@@ -798,7 +794,7 @@ def _check_loggers(config: Config, machine: bool) -> None:
 
 def _check_device(config: Config) -> None:
     """device=cuda only where torch sees a GPU, so the run fails here, not after its setup."""
-    if _rl(config) or config.device != "cuda":
+    if components.is_rl(config) or config.device != "cuda":
         return
     import torch
 
