@@ -162,14 +162,15 @@ def register(spec: Spec) -> Spec:
     the same module it replaces the old spec (the module ran again)."""
     if not spec.name or spec.name != spec.name.strip():
         raise ValueError(f"A component's name must be a non-blank word, got {spec.name!r}.")
+    table = _table(spec)  # a spec of a known kind, before anything changes
     caller = sys._getframe(1).f_globals.get("__name__", "")
     key = (_namespace(spec), spec.name)
     if key in HOMES and HOMES[key] != caller:
         raise ValueError(f"{key[0]} {spec.name!r} is registered already (by {HOMES[key]}); "
                          "choose another name.")
-    for table in (TASKS, ENVS) if key[0] == "task" else (LEARNERS,):
-        table.pop(spec.name, None)
-    _table(spec)[spec.name] = spec
+    for shared in (TASKS, ENVS) if key[0] == "task" else (LEARNERS,):
+        shared.pop(spec.name, None)
+    table[spec.name] = spec
     HOMES[key] = caller
     return spec
 
