@@ -219,7 +219,7 @@ def test_keys_that_do_not_apply_are_refused_naming_what_they_belong_to():
     with pytest.raises(ConfigError) as caught:
         resolve("sinusoid", {"ways": 7, "max_kl": 0.02})
     message = str(caught.value)
-    assert "'ways' (for tasks omniglot and folder)" in message
+    assert "'ways' (for tasks folder and omniglot)" in message
     assert "'max_kl' (for RL tasks with outer=trpo)" in message
     assert "task sinusoid" in message and message.endswith("; remove them.")
     with pytest.raises(ConfigError, match=r"'msl' \(for algorithm mamlpp\)"):

@@ -407,7 +407,7 @@ def test_cli_set_algorithm_trains_and_evaluates(tmp_path, capsys, algorithm):
 def test_bad_family_keys_give_one_sentence(tmp_path, capsys):
     assert main(["train", "sinusoid", "--out", str(tmp_path / "r"),
                  "--set", "algorithm=protonet"]) == 2
-    assert "'algorithm' must be one of maml, metasgd" in capsys.readouterr().err
+    assert "'algorithm' must be one of maml, anil, imaml, metasgd" in capsys.readouterr().err
     assert main(["train", "sinusoid", "--out", str(tmp_path / "r"),
                  "--set", "adapt=[head.*]"]) == 2
     assert "matches no parameter" in capsys.readouterr().err

@@ -108,11 +108,12 @@ def test_implicit_gradient_matches_finite_differences_on_a_nonlinear_net():
 
 
 def test_solver_keys_and_bad_values_are_one_sentence():
-    from mamlkit.run.build import build_learner, build_model, build_tasks
+    from mamlkit.run.build import build_learner, build_network, build_tasks
     from mamlkit.run.config import ConfigError, resolve
 
     config = resolve("sinusoid-imaml", {"imaml_solver": "gd", "imaml_tol": 0.0})
-    learner = build_learner(config, build_model(config), build_tasks(config))
+    tasks = build_tasks(config)
+    learner = build_learner(config, build_network(config, tasks), tasks)
     assert learner.solver().kind == "gd" and learner.solver().tol == 0.0
     assert resolve("sinusoid-imaml", {}).imaml_solver == "lbfgs"
     with pytest.raises(ConfigError, match="imaml_solver"):

@@ -13,8 +13,9 @@ import mamlkit
 
 PACKAGE = Path(mamlkit.__file__).parent
 # DESIGN.md's layers, bottom up; data/ and envs/ are sources side by side (neither imports the
-# other). The command line and the package root sit on top.
-LAYERS = {"functional": 1, "models": 2, "data": 3, "envs": 3, "rl": 4, "tasks": 5,
+# other). The command line and the package root sit on top; the registry, where components of
+# every layer register, imports nothing of the package.
+LAYERS = {"registry": 0, "functional": 1, "models": 2, "data": 3, "envs": 3, "rl": 4, "tasks": 5,
           "algorithms": 6, "run": 7, "cli": 8, "__init__": 8, "__main__": 9}
 
 

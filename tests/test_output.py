@@ -38,12 +38,12 @@ def test_an_evaluation_prints_as_its_table_and_reads_as_a_dict():
 
 
 def test_custom_runs_are_evaluated_on_600_tasks_like_every_preset():
+    from mamlkit.run import components, custom
     from mamlkit.run import config as config_lib
-    from mamlkit.run import custom
 
     assert custom.config().eval_tasks == 600
     supervised = [config_lib.load_preset(name) for name in config_lib.preset_names()]
-    supervised = [c for c in supervised if c.task not in config_lib.RL_TASKS]
+    supervised = [c for c in supervised if not components.is_rl(c)]
     assert {c.eval_tasks for c in supervised} == {600}  # RL presets: 40 tasks of sampling
 
 

@@ -244,7 +244,7 @@ def test_resume_takes_data_root_and_eval_keys_and_refuses_others_by_name(tmp_pat
     assert "below the iteration the run has reached (20)" in one_error_line(capsys)
     # data_root is resumable, but a sinusoid run reads none: refused like any such key
     assert main([*base, "--data-root", str(tmp_path / "data")]) == 2
-    assert "'data_root' (for tasks omniglot and folder)" in one_error_line(capsys)
+    assert "'data_root' (for tasks folder and omniglot)" in one_error_line(capsys)
     assert main([*base, "--set", "eval_tasks=50", "--set", "device=cpu"]) == 0
     saved = config_lib.load(run / "config.yaml")
     assert (saved.data_root, saved.eval_tasks, saved.device) == (None, 50, "cpu")
@@ -507,7 +507,7 @@ def test_missing_simulators_are_one_sentence(tmp_path, capsys, monkeypatch):
     out = tmp_path / "cheetah"
     assert main(["train", "cheetah-vel-quick", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "needs gymnasium and MuJoCo" in err and "Traceback" not in err
+    assert "needs gymnasium and mujoco" in err and "Traceback" not in err
     assert not out.exists()
 
 

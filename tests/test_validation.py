@@ -123,11 +123,12 @@ def test_every_key_has_a_range_or_choices():
     numeric = {name for name, _, _ in _numeric_fields()}
     assert {"seed", "eval_steps", "hidden", "policy_hidden", "time_limit", "meta_lr"} <= numeric
     free_text = {"description", "data_root"}
+    registered = {"task", "algorithm"}  # names checked against mamlkit.registry (test_registry)
     for f in dataclasses.fields(Config):
         kind = config_lib.field_types()[f.name]
         if f.name in numeric:
             assert f.metadata["bounds"] is not None, f.name
-        elif kind is str and f.name not in free_text:
+        elif kind is str and f.name not in free_text | registered:
             assert f.metadata["choices"], f.name
     assert Config.__dataclass_fields__["adapt"].metadata["nonempty"]
 

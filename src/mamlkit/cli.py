@@ -118,13 +118,14 @@ def _check_resumed_kind(preset: str, overrides: dict, out: Path) -> None:
     typed ``--set``) of another task means the wrong directory or the wrong preset, so it is
     refused before anything runs instead of training the other run silently. Other
     differences are expected: the first command's ``--set`` need not be repeated."""
+    from mamlkit.run import components
     from mamlkit.run.errors import RunDirectoryError
     from mamlkit.run.rundir import CONFIG, read_config
 
     if not (out / CONFIG).is_file():
         return  # train() says that there is nothing to resume
     saved = read_config(out / CONFIG)
-    if saved.task == "custom":
+    if components.task(saved.task).in_python:
         return  # built in Python, by no preset: train() says how to resume it
     try:
         named = config_lib.from_dict(overrides, config_lib.load_source(preset))
@@ -169,8 +170,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from mamlkit.run import evaluate
-    from mamlkit.run.build import is_rl
     from mamlkit.run.compare import unique_names
+    from mamlkit.run.components import is_rl
     from mamlkit.run.load import load, untrained
 
     runs = [Path(r) for r in args.runs]

@@ -11,6 +11,7 @@ from mamlkit.functional.adapt import InnerLR
 from mamlkit.functional.losses import LossFn
 from mamlkit.functional.select import last_layer_names
 from mamlkit.functional.task_loss import TaskLoss
+from mamlkit.registry import LearnerArgs, LearnerSpec, register
 
 
 class ANIL(MAML):
@@ -30,3 +31,12 @@ class ANIL(MAML):
         patterns = list(adapt) if adapt is not None else last_layer_names(model)
         super().__init__(model, inner_lr, inner_steps, first_order, loss_fn, batching,
                          chunk_size, adapt_names=patterns)
+
+
+def _from_config(config, args: LearnerArgs) -> ANIL:
+    return ANIL(args.model, args.inner_lr, args.inner_steps, config.first_order,
+                adapt=config.adapt, **args.common)
+
+
+register(LearnerSpec(name="anil", build=_from_config, keys=("first_order", "adapt"),
+                     doc="ANIL: the inner loop adapts the last layer only"))

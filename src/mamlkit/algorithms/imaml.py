@@ -19,6 +19,7 @@ from mamlkit.functional.proximal import ProximalSolver
 from mamlkit.functional.reptile import surrogate
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss
+from mamlkit.registry import LearnerArgs, LearnerSpec, register
 
 
 class IMAML(MAML):
@@ -85,3 +86,15 @@ class IMAML(MAML):
         return proximal_adaptation_curve(
             self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
             metric=metric, solver=self.solver(inner_lr), steps=steps, batching=self.batching)
+
+
+def _from_config(config, args: LearnerArgs) -> IMAML:
+    return IMAML(args.model, args.inner_lr, args.inner_steps, lam=config.imaml_lambda,
+                 cg_steps=config.cg_steps, max_grad_norm=config.imaml_max_grad_norm,
+                 solver=config.imaml_solver, tol=config.imaml_tol, **args.common)
+
+
+register(LearnerSpec(name="imaml", build=_from_config, rl=False, min_inner_steps=1,
+                     keys=("imaml_lambda", "cg_steps", "imaml_max_grad_norm", "imaml_solver",
+                           "imaml_tol"),
+                     doc="iMAML: implicit gradients of a proximal inner problem"))

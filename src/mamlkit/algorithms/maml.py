@@ -45,6 +45,7 @@ from mamlkit.models.stacking import (
     stacking_problem,
     update_running_stats_stacked,
 )
+from mamlkit.registry import LearnerArgs, LearnerSpec, register
 
 log = logging.getLogger("mamlkit")
 
@@ -292,3 +293,12 @@ class MAML(nn.Module):
             self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
             metric=metric, inner_lr=self.rates(inner_lr, max(steps)), steps=steps,
             adapt_names=self.adapt_names, per_step=self.per_step(), batching=self.batching)
+
+
+def _from_config(config, args: LearnerArgs) -> MAML:
+    return MAML(args.model, inner_lr=args.inner_lr, inner_steps=args.inner_steps,
+                first_order=config.first_order, adapt_names=config.adapt, **args.common)
+
+
+register(LearnerSpec(name="maml", build=_from_config, keys=("first_order", "adapt"),
+                     doc="MAML (Finn et al. 2017), second order unless first_order"))

@@ -29,6 +29,7 @@ from mamlkit.functional.schedules import msl_weights
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss
 from mamlkit.models.batch_norm import TaskBatchNorm
+from mamlkit.registry import LearnerArgs, LearnerSpec, register
 
 
 def batch_norm_names(model: nn.Module) -> list[str]:
@@ -131,3 +132,17 @@ class MAMLpp(SafeguardedExtraSteps, MAML):
         if not self.msl:
             return objective
         return last.detach() + (objective - objective.detach())
+
+
+def _from_config(config, args: LearnerArgs) -> MAMLpp:
+    return MAMLpp(args.model, args.inner_lr, args.inner_steps, config.first_order,
+                  adapt_names=config.adapt, msl=config.msl,
+                  msl_iterations=config.msl_iterations, lslr=config.lslr, bnwb=config.bnwb,
+                  fo_iterations=config.fo_iterations, **args.common)
+
+
+register(LearnerSpec(name="mamlpp", build=_from_config, min_inner_steps=1,
+                     keys=("first_order", "adapt", "msl", "msl_iterations", "lslr", "bnwb",
+                           "fo_iterations"),
+                     doc="MAML++: multi-step loss, learned per-step rates and batch-norm "
+                         "weights"))

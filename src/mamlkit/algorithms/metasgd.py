@@ -12,6 +12,7 @@ from mamlkit.algorithms.maml import MAML
 from mamlkit.functional.adapt import InnerLR
 from mamlkit.functional.losses import LossFn
 from mamlkit.functional.task_loss import TaskLoss
+from mamlkit.registry import ConfigError, LearnerArgs, LearnerSpec, register
 
 
 def rate_key(name: str) -> str:
@@ -53,3 +54,18 @@ class MetaSGD(SafeguardedExtraSteps, MAML):
         """The learned per-element rates by parameter name (``inner_lr`` is ignored); the same
         rates serve every step (beyond ``inner_steps``, safeguarded at evaluation)."""
         return {n: self.lrs[rate_key(n)] for n in self._rate_names}
+
+
+def _check(config) -> None:
+    if config.inner_lr == 0:
+        raise ConfigError("Config key 'inner_lr' must be > 0 for algorithm metasgd, which "
+                          "learns its inner rates starting from it.")
+
+
+def _from_config(config, args: LearnerArgs) -> MetaSGD:
+    return MetaSGD(args.model, args.inner_lr, args.inner_steps, config.first_order,
+                   adapt_names=config.adapt, **args.common)
+
+
+register(LearnerSpec(name="metasgd", build=_from_config, keys=("first_order", "adapt"),
+                     check=_check, doc="Meta-SGD: learned per-parameter inner rates"))

@@ -32,6 +32,7 @@ from mamlkit.functional import heads
 from mamlkit.functional.adapt import InnerLR
 from mamlkit.functional.batching import Batching, TaskOps
 from mamlkit.functional.task_batch import TaskBatch
+from mamlkit.registry import TASKS, ConfigError, LearnerArgs, LearnerSpec, register
 
 FROZEN_BASELINES = ("linear head", "nearest mean")
 
@@ -146,3 +147,26 @@ class Pretrained(MAML):
 
 
 __all__ = ["FROZEN_BASELINES", "Pretrained", "last_linear"]
+
+
+def _check(config) -> None:
+    """Global labels need tasks over a class-indexed dataset."""
+    task = TASKS.get(config.task)
+    if task is None or not task.classes:
+        image_tasks = " or ".join(name for name, spec in TASKS.items() if spec.classes)
+        raise ConfigError(f"algorithm pretrained is the baseline of image classification (task "
+                          f"{image_tasks}), not of task {config.task}; for regression and RL the "
+                          "pretrained baseline is inner_lr=0.")
+
+
+def _from_config(config, args: LearnerArgs) -> Pretrained:
+    """Its global head has a row per meta-training class (those of the train split, whichever
+    split the caller built)."""
+    return Pretrained(args.model, args.train_tasks().num_classes, args.inner_lr,
+                      args.inner_steps, adapt_names=config.adapt, head_steps=config.head_steps,
+                      head_weight_decay=config.head_weight_decay, **args.common)
+
+
+register(LearnerSpec(name="pretrained", build=_from_config, rl=False, pretrains=True,
+                     check=_check, keys=("adapt", "head_steps", "head_weight_decay"),
+                     doc="the pretrained baseline: a classifier over all training classes"))

@@ -12,6 +12,7 @@ from mamlkit.functional.losses import LossFn
 from mamlkit.functional.reptile import adapt_tasks, reptile_direction, surrogate
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss
+from mamlkit.registry import LearnerArgs, LearnerSpec, register
 
 
 class Reptile(MAML):
@@ -44,3 +45,13 @@ class Reptile(MAML):
             inner_lr=self.rates(), steps=self.steps_or_default(steps),
             data=self.data, adapt_names=self.adapt_names, batching=self.batching)
         return surrogate(losses.mean(), params, reptile_direction(params, adapted))
+
+
+def _from_config(config, args: LearnerArgs) -> Reptile:
+    return Reptile(args.model, args.inner_lr, args.inner_steps, adapt_names=config.adapt,
+                   data=config.reptile_data, **args.common)
+
+
+register(LearnerSpec(name="reptile", build=_from_config, rl=False, min_inner_steps=1,
+                     keys=("adapt", "reptile_data"),
+                     doc="Reptile: first-order, towards the adapted parameters"))

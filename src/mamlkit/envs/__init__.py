@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from mamlkit.envs import locomotion  # noqa: F401  (registers the MuJoCo tasks, loads no MuJoCo)
 from mamlkit.envs.base import BatchEnv
 from mamlkit.envs.navigation import Navigation2DBatch, expert_action
-
-BATCH_ENVS = ("nav2d", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir")
+from mamlkit.registry import ENVS
 
 
 def __getattr__(name: str) -> Any:
@@ -34,22 +34,14 @@ def __getattr__(name: str) -> Any:
 
 
 def make_batch_env(name: str, **kwargs: Any) -> BatchEnv:
-    """The batched environment ``name`` (one of ``BATCH_ENVS``); ``kwargs`` go to its class
-    (``horizon``, nav2d's ``reward`` and ``done_threshold``, the MuJoCo tasks'
+    """The batched environment registered as ``name`` (``mamlkit.registry.ENVS``); ``kwargs`` go
+    to its class (``horizon``, nav2d's ``reward`` and ``done_threshold``, the MuJoCo tasks'
     ``clip_actions``)."""
-    if name == "nav2d":
-        return Navigation2DBatch(**kwargs)
-    if name in ("cheetah-vel", "cheetah-dir"):
-        from mamlkit.envs.half_cheetah import HalfCheetahBatch
-
-        kind = "velocity" if name == "cheetah-vel" else "direction"
-        return HalfCheetahBatch(kind, **kwargs)
-    if name in ("ant-vel", "ant-dir"):
-        from mamlkit.envs.ant import AntBatch
-
-        return AntBatch("velocity" if name == "ant-vel" else "direction", **kwargs)
-    raise ValueError(f"Unknown environment {name!r}; choose one of {', '.join(BATCH_ENVS)}.")
+    spec = ENVS.get(name)
+    if spec is None:
+        raise ValueError(f"Unknown environment {name!r}; choose one of {', '.join(ENVS)}.")
+    return spec.make(**kwargs)
 
 
-__all__ = ["BATCH_ENVS", "BatchEnv", "Navigation2D", "Navigation2DBatch", "expert_action",
+__all__ = ["BatchEnv", "Navigation2D", "Navigation2DBatch", "expert_action",
            "make_batch_env"]

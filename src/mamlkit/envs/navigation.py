@@ -18,11 +18,14 @@ This module needs torch alone; the single gymnasium environment ``Navigation2D``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from mamlkit.envs.base import Generators
 from mamlkit.functional.seeding import generator_from
+from mamlkit.registry import EnvSpec, register
 
 REWARDS = ("distance", "squared")
 GOAL_LOW, GOAL_HIGH = -0.5, 0.5
@@ -106,3 +109,13 @@ class Navigation2DBatch:
     def expert_actions(self) -> Tensor:
         """The expert's actions ``[T, N, 2]`` in the current states, in the policy's units."""
         return expert_action(self._state, self._goals) / self.action_scale
+
+
+def _options(config: Any) -> dict[str, Any]:
+    """The config's ``action_scale`` where it is not the default (1: the class's own)."""
+    return {} if config.action_scale == 1.0 else {"action_scale": config.action_scale}
+
+
+register(EnvSpec(name="nav2d", make=Navigation2DBatch, options=_options, figure="trajectories",
+                 keys=("action_scale", "imitation_tasks", "imitation_weight", "demonstrations"),
+                 doc="2D navigation to a goal the agent cannot see (Finn et al. 2017)"))

@@ -23,22 +23,12 @@ from typing import Any
 
 import yaml
 
+from mamlkit.registry import ConfigError, TaskSpec
+from mamlkit.run import components
 
-class ConfigError(ValueError):
-    """A bad preset name, config key or value; the message says what to change."""
-
-
-RL_TASKS = ("nav2d", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir")
-TASKS = ("sinusoid", "omniglot", "folder", "custom", *RL_TASKS)
-ALGORITHMS = ("maml", "metasgd", "anil", "mamlpp", "reptile", "imaml", "pretrained")
 BATCHINGS = ("auto", "vmap", "loop", "stacked")  # what the learners accept (MAML.__init__)
 # The order of the groups in config.yaml and in 'mamlkit presets --show'.
 SECTIONS = ("run", "task", "model", "inner", "outer", "family", "scale", "rl")
-_DATASET_TASKS = ("omniglot", "folder")  # tasks read from files: ways, data_root
-# The network each supervised task can feed: sinusoid points need the MLP, images the Conv4.
-MODEL_OF_TASK = {"sinusoid": ("mlp",), "omniglot": ("conv4", "resnet12"),
-                 "folder": ("conv4", "resnet12")}
-OMNIGLOT_DRAWINGS = 20  # drawings per character: a task's support plus query images per class
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes this; the task stream seeds with seed + 1
 CONFIG_SUFFIXES = (".yaml", ".yml")
 
@@ -123,8 +113,9 @@ class Config:
     """
 
     description: str = _key("run", "", "one line about the run, listed by 'mamlkit presets'")
-    task: str = _key("task", "sinusoid", "sinusoid | omniglot | folder | custom (supervised) | "
-                     "nav2d | cheetah-vel|dir | ant-vel|dir (meta-RL)", TASKS)
+    # A file that names no task or algorithm trains MAML on sinusoids, as it always has.
+    task: str = _key("task", "sinusoid", "the task distribution (supervised) or environment "
+                     "(meta-RL)")
     model: str = _key("model", "mlp", "network of supervised tasks: mlp | conv4 | resnet12",
                       ("mlp", "conv4", "resnet12"))
     hidden: list[int] = _key("model", [40, 40], "mlp: hidden layer widths; conv4: [filters per "
@@ -189,8 +180,7 @@ class Config:
     loggers: list[str] = _key("run", default_loggers(), "where records go: jsonl (always) | "
                               "tensorboard | wandb; default: jsonl, tensorboard if installed",
                               nonempty=True)
-    algorithm: str = _key("family", "maml", "maml | metasgd | anil | mamlpp | reptile | imaml | "
-                          "pretrained (classification baseline)", ALGORITHMS)
+    algorithm: str = _key("family", "maml", "the learner: MAML or one of its family")
     adapt: list[str] | None = _key("inner", None, "glob patterns of inner-loop parameters; null: "
                                    "all (anil: last layer)", nonempty=True)
     msl: bool = _key("family", True, "mamlpp: multi-step loss with annealed weights")
@@ -288,20 +278,27 @@ def key_sections() -> dict[str, str]:
 
 
 def key_docs() -> dict[str, str]:
-    """Every key's one-line doc, in field order."""
-    return {f.name: f.metadata["doc"] for f in dataclasses.fields(Config)}
-
-
-def _rl(config: Config) -> bool:
-    return config.task in RL_TASKS
+    """Every key's one-line doc, in field order; ``task`` and ``algorithm`` list the names
+    registered (``mamlkit.registry``)."""
+    docs = {f.name: f.metadata["doc"] for f in dataclasses.fields(Config)}
+    docs["task"] += ": " + " | ".join(components.tasks())
+    docs["algorithm"] += ": " + " | ".join(components.learners())
+    return docs
 
 
 def _supervised(config: Config) -> bool:
-    return config.task not in RL_TASKS
+    return not components.is_rl(config)
 
 
-def _algorithm(*names: str) -> Callable[[Config], bool]:
-    return lambda config: config.algorithm in names
+def _trains_model(config: Config) -> bool:
+    """A supervised task whose model the config's ``model`` keys describe."""
+    task = components.task(config.task)
+    return isinstance(task, TaskSpec) and bool(task.models)
+
+
+def _meta_steps(config: Config) -> bool:
+    """A supervised run whose learner meta-trains through an inner loop (not pretraining)."""
+    return _supervised(config) and not components.learner(config.algorithm).pretrains
 
 
 def _outer_step(name: str) -> Callable[[Config], bool]:
@@ -310,16 +307,35 @@ def _outer_step(name: str) -> Callable[[Config], bool]:
 
 class Rule(typing.NamedTuple):
     """When a key applies, and to whom in words (``RL tasks with outer=trpo``), so that the
-    refusal of a key set where it does not apply names where it belongs from the same rule."""
+    refusal of a key set where it does not apply names where it belongs from the same rule.
+    ``who`` may be a function: words that list registered components."""
 
     holds: Callable[[Config], bool]
-    who: str
+    who: str | Callable[[], str]
 
     def __call__(self, config: Config) -> bool:
         return self.holds(config)
 
+    def text(self) -> str:
+        return self.who if isinstance(self.who, str) else self.who()
 
-_RL_WHO = "the RL tasks nav2d, cheetah-* and ant-*"
+
+def _rl_who() -> str:
+    envs = [spec for spec in components.tasks().values() if spec.rl]
+    return f"the RL {components.names_text(envs)}"
+
+
+def _model_who() -> str:
+    tasks = [spec for spec in components.tasks().values()
+             if isinstance(spec, TaskSpec) and spec.models]
+    return f"{components.names_text(tasks)} (other tasks bring their own model)"
+
+
+def _meta_step_who() -> str:
+    pretraining = [spec.name for spec in components.learners().values() if spec.pretrains]
+    return f"supervised tasks with an algorithm other than {' and '.join(pretraining)}"
+
+
 _NOT_TRPO = "supervised tasks and RL tasks with outer=adam or ppo (TRPO steps by max_kl)"
 
 
@@ -327,47 +343,27 @@ def _meta_lr_applies(config: Config) -> bool:
     return _supervised(config) or config.outer != "trpo"
 
 
-# A key applies when its section's rule and its own rule (each True when absent) both hold;
-# a key's own rule, where it has one, says in words all of where it applies.
+# A key applies when its section's rule and its own rule (each True when absent) both hold and,
+# for a key that components claim (``Spec.keys``: the family's and the tasks' own keys), when the
+# run's task or learner claims it. The rules below depend on properties of the run (RL or not,
+# the outer step), never on a component's name.
 _SECTION_RULES: dict[str, Rule] = {
-    "model": Rule(lambda config: _supervised(config) and config.task != "custom",
-                  "tasks sinusoid, omniglot and folder (a custom run brings its own model)"),
-    "rl": Rule(_rl, _RL_WHO)}
+    "model": Rule(_trains_model, _model_who),
+    "rl": Rule(components.is_rl, _rl_who)}
 _KEY_RULES: dict[str, Rule] = {
     "device": Rule(_supervised, "supervised tasks (meta-RL runs on the CPU)"),
     **dict.fromkeys(("shots", "query_shots"),
                     Rule(_supervised, "supervised tasks (RL tasks sample trajectories)")),
-    **dict.fromkeys(("ways", "data_root"), Rule(lambda config: config.task in _DATASET_TASKS,
-                                                "tasks omniglot and folder")),
-    **dict.fromkeys(("protocol", "download"),
-                    Rule(lambda config: config.task == "omniglot", "task omniglot")),
-    **dict.fromkeys(("image_size", "channels", "invert", "class_split", "class_split_file"),
-                    Rule(lambda config: config.task == "folder", "task folder")),
-    "first_order": Rule(lambda config: _rl(config) or config.algorithm not in (
-        "reptile", "imaml", "pretrained"), "algorithms other than reptile, imaml and pretrained"),
-    "adapt": Rule(lambda config: config.algorithm != "imaml", "algorithms other than imaml"),
     **dict.fromkeys(("meta_lr", "cosine_meta_lr"), Rule(_meta_lr_applies, _NOT_TRPO)),
     "min_meta_lr": Rule(lambda config: config.cosine_meta_lr and _meta_lr_applies(config),
                         "cosine_meta_lr=true"),
-    **dict.fromkeys(("checkpoint_inner", "compile"), Rule(
-        lambda config: _supervised(config) and config.algorithm != "pretrained",
-        "supervised tasks with an algorithm other than pretrained")),
-    **dict.fromkeys(("msl", "msl_iterations", "lslr", "bnwb", "fo_iterations"),
-                    Rule(_algorithm("mamlpp"), "algorithm mamlpp")),
-    "reptile_data": Rule(_algorithm("reptile"), "algorithm reptile"),
-    **dict.fromkeys(("head_steps", "head_weight_decay"),
-                    Rule(_algorithm("pretrained"), "algorithm pretrained")),
-    **dict.fromkeys(("imaml_lambda", "cg_steps", "imaml_max_grad_norm", "imaml_solver",
-                     "imaml_tol"), Rule(_algorithm("imaml"), "algorithm imaml")),
+    **dict.fromkeys(("checkpoint_inner", "compile"), Rule(_meta_steps, _meta_step_who)),
     **dict.fromkeys(("max_kl", "cg_iters", "cg_damping", "cg_subsample", "fisher_product"),
                     Rule(_outer_step("trpo"), "RL tasks with outer=trpo")),
     **dict.fromkeys(("ppo_clip", "ppo_epochs"),
                     Rule(_outer_step("ppo"), "RL tasks with outer=ppo")),
-    **dict.fromkeys(("imitation_tasks", "action_scale"),
-                    Rule(lambda config: config.task == "nav2d", "task nav2d")),
-    **dict.fromkeys(("imitation_weight", "demonstrations"), Rule(
-        lambda config: config.task == "nav2d" and config.imitation_tasks > 0,
-        "task nav2d with imitation_tasks > 0")),
+    **dict.fromkeys(("imitation_weight", "demonstrations"),
+                    Rule(lambda config: config.imitation_tasks > 0, "imitation_tasks > 0")),
 }
 
 
@@ -377,31 +373,28 @@ def applicable_keys(config: Config) -> list[str]:
     The rules follow what the code reads, so a key left out of ``config.yaml`` could not have
     changed the run (``save`` still keeps the ``unused_keys``, for an exact round trip):
 
-    - ``rl`` only for RL_TASKS; ``model`` and the keys ``device``, ``shots``, ``query_shots``,
-      ``checkpoint_inner``, ``compile`` only for the supervised tasks (meta-RL trains its own
-      policy, on the CPU; the last two not for algorithm pretrained, which has no inner loop
-      in training); ``cosine_meta_lr`` wherever ``meta_lr`` applies, ``min_meta_lr``
-      only with ``cosine_meta_lr``. The family and ``batching``/``chunk_size`` apply to both.
-    - ``ways``, ``data_root``, ``protocol``, ``download`` only for tasks read from files
-      (omniglot), not for sinusoid.
-    - Family keys only for their algorithm: msl, msl_iterations, lslr, bnwb, fo_iterations for
-      mamlpp; reptile_data for reptile; imaml_lambda, cg_steps, imaml_max_grad_norm,
-      imaml_solver, imaml_tol for imaml;
-      head_steps, head_weight_decay for pretrained. ``adapt`` for every algorithm but imaml;
-      ``first_order`` for all but reptile, imaml and pretrained (always first order / implicit
-      / fine-tuned at evaluation only).
+    - A key that components claim (their ``keys`` in ``mamlkit.registry``: a learner's family
+      keys, a task's dataset keys, an environment's options) only where the run's task or
+      learner claims it.
+    - ``rl`` only for RL tasks (environments); ``model`` only for the supervised tasks that
+      train a model the config names; ``device``, ``shots``, ``query_shots`` only for
+      supervised tasks (meta-RL trains its own policy, on the CPU); ``checkpoint_inner`` and
+      ``compile`` only for supervised tasks with a learner that meta-trains through an inner
+      loop; ``cosine_meta_lr`` wherever ``meta_lr`` applies, ``min_meta_lr`` only with
+      ``cosine_meta_lr``. ``batching``/``chunk_size`` apply to both kinds.
     - RL: ``max_kl`` and ``cg_*`` only with outer=trpo, ``ppo_*`` only with outer=ppo,
-      ``meta_lr`` not with outer=trpo; ``imitation_tasks`` only for nav2d, its weight and
-      ``demonstrations`` only when it is > 0.
+      ``meta_lr`` not with outer=trpo; ``imitation_weight`` and ``demonstrations`` only where
+      ``imitation_tasks`` is > 0.
     - Everything else (run keys, ``task``, ``inner_lr``, ``inner_steps``, ``meta_batch_size``)
       applies to every run.
     """
+    claimed = {key for spec in components.chosen(config) for key in spec.keys}
+    owned = components.owners()
     keys = []
     for name, section in key_sections().items():
-        section_rule = _SECTION_RULES.get(section)
-        key_rule = _KEY_RULES.get(name)
-        if (section_rule is None or section_rule(config)) and (key_rule is None
-                                                                or key_rule(config)):
+        rules = (_SECTION_RULES.get(section), _KEY_RULES.get(name))
+        if all(rule is None or rule(config) for rule in rules) and (name not in owned
+                                                                     or name in claimed):
             keys.append(name)
     return keys
 
@@ -415,8 +408,13 @@ def applicable_sections(config: Config) -> list[str]:
 
 def belongs_to(key: str) -> str:
     """Where ``key`` applies, in words (``algorithm mamlpp``); ``every run`` for most keys."""
-    rule = _KEY_RULES.get(key) or _SECTION_RULES.get(key_sections()[key])
-    return rule.who if rule else "every run"
+    claimers = components.owners().get(key)
+    key_rule = _KEY_RULES.get(key)
+    if claimers:
+        owners = components.names_text(claimers)
+        return f"{owners} with {key_rule.text()}" if key_rule else owners
+    rule = key_rule or _SECTION_RULES.get(key_sections()[key])
+    return rule.text() if rule else "every run"
 
 
 def set_but_unused(values: dict[str, Any], config: Config) -> list[str]:
@@ -430,7 +428,7 @@ def set_but_unused(values: dict[str, Any], config: Config) -> list[str]:
 
 def _run_kind(config: Config) -> str:
     """``task nav2d, algorithm maml, outer trpo``: what decides which keys apply."""
-    outer = f", outer {config.outer}" if _rl(config) else ""
+    outer = f", outer {config.outer}" if components.is_rl(config) else ""
     return f"task {config.task}, algorithm {config.algorithm}{outer}"
 
 
@@ -702,6 +700,7 @@ def check(config: Config, machine: bool = True) -> None:
     kinds = field_types()
     for f in dataclasses.fields(Config):
         _check_key(f.name, getattr(config, f.name), f.metadata, kinds[f.name])
+    components.chosen(config)  # a task and an algorithm that are registered
     _check_supervised(config)
     _check_loggers(config, machine)
     if machine:
@@ -756,39 +755,23 @@ def _check_key(name: str, value: Any, meta: Any, kind: Any) -> None:
 
 
 def _check_supervised(config: Config) -> None:
-    """Model and task fit together: the network each task feeds, and Omniglot's class sizes."""
-    if _rl(config) or config.task == "custom":  # a custom run brings its own model
-        return
-    models = MODEL_OF_TASK.get(config.task)
-    if models is not None and config.model not in models:
+    """Model and task fit together (the networks a task can feed), then the task's own rules."""
+    task = components.task(config.task)
+    if isinstance(task, TaskSpec) and task.models:
+        _check_model(config, task)
+    task.check(config)
+
+
+def _check_model(config: Config, task: TaskSpec) -> None:
+    if config.model not in task.models:
         raise ConfigError(f"Config key 'model' is {config.model}, which does not fit task "
-                          f"{config.task}; use model={' or model='.join(models)}.")
+                          f"{config.task}; use model={' or model='.join(task.models)}.")
     if config.model == "mlp" and not config.hidden:
         raise ConfigError("Config key 'hidden' needs at least one layer width for model mlp, "
                           "e.g. hidden=[40, 40].")
     if config.model == "conv4" and len(config.hidden) != 1:
         raise ConfigError(f"Config key 'hidden' of model conv4 holds one entry, the filters of "
                           f"every layer (e.g. hidden=[64]), got {config.hidden}.")
-    if config.task == "folder":
-        _check_folder(config)
-    if config.task in _DATASET_TASKS and config.ways < 2:
-        raise ConfigError(f"Config key 'ways' must be at least 2 for {config.task} (a task "
-                          f"tells classes apart), got {config.ways}.")
-    examples = config.shots + (config.query_shots or config.shots)
-    if config.task == "omniglot" and examples > OMNIGLOT_DRAWINGS:
-        raise ConfigError(f"Config keys 'shots' and 'query_shots' ask for {examples} drawings "
-                          f"per class, but Omniglot has {OMNIGLOT_DRAWINGS} per character; lower "
-                          f"them to at most {OMNIGLOT_DRAWINGS} together.")
-
-
-def _check_folder(config: Config) -> None:
-    """A folder task: where the images are, how many channels, a split that adds up."""
-    if config.channels not in (1, 3):
-        raise ConfigError(f"Config key 'channels' must be 1 (grayscale) or 3 (RGB), got "
-                          f"{config.channels}.")
-    if len(config.class_split) != 3 or abs(sum(config.class_split) - 1) > 1e-6:
-        raise ConfigError(f"Config key 'class_split' needs three fractions (train, val, test) "
-                          f"that add up to 1, got {config.class_split}.")
 
 
 def _check_loggers(config: Config, machine: bool) -> None:
@@ -811,7 +794,7 @@ def _check_loggers(config: Config, machine: bool) -> None:
 
 def _check_device(config: Config) -> None:
     """device=cuda only where torch sees a GPU, so the run fails here, not after its setup."""
-    if _rl(config) or config.device != "cuda":
+    if components.is_rl(config) or config.device != "cuda":
         return
     import torch
 
@@ -822,20 +805,15 @@ def _check_device(config: Config) -> None:
 
 
 def _check_family(config: Config) -> None:
-    """The algorithm-family rules that involve several keys."""
+    """The algorithm-family rules that involve several keys, then the learner's own rules."""
     if config.min_meta_lr > config.meta_lr:
         raise ConfigError(f"Config key 'min_meta_lr' must not exceed meta_lr "
                           f"({config.meta_lr}), got {config.min_meta_lr}.")
-    if config.algorithm in ("mamlpp", "reptile", "imaml") and config.inner_steps < 1:
-        raise ConfigError(f"Config key 'inner_steps' must be at least 1 for algorithm "
-                          f"{config.algorithm}, got {config.inner_steps}.")
-    if config.algorithm == "pretrained" and config.task not in _DATASET_TASKS:
-        raise ConfigError(f"algorithm pretrained is the baseline of image classification "
-                          f"(task omniglot or folder), not of task {config.task}; for "
-                          "regression and RL the pretrained baseline is inner_lr=0.")
-    if config.algorithm == "metasgd" and config.inner_lr == 0:
-        raise ConfigError("Config key 'inner_lr' must be > 0 for algorithm metasgd, which "
-                          "learns its inner rates starting from it.")
+    learner = components.learner(config.algorithm)
+    if config.inner_steps < learner.min_inner_steps:
+        raise ConfigError(f"Config key 'inner_steps' must be at least {learner.min_inner_steps} "
+                          f"for algorithm {config.algorithm}, got {config.inner_steps}.")
+    learner.check(config)
 
 
 def _check_rl(config: Config) -> None:
@@ -843,12 +821,14 @@ def _check_rl(config: Config) -> None:
     if config.min_std > config.init_std:
         raise ConfigError(f"Config key 'min_std' ({config.min_std}) must not exceed init_std "
                           f"({config.init_std}); lower min_std or raise init_std.")
-    if config.imitation_tasks and config.task != "nav2d":
-        raise ConfigError("Config key 'imitation_tasks' (mixed meta-batches) works for task "
-                          "nav2d only; set imitation_tasks=0.")
-    if _rl(config) and config.algorithm in ("reptile", "imaml"):
-        raise ConfigError(f"algorithm {config.algorithm} has no meta-RL form here; choose maml, "
-                          "metasgd, anil or mamlpp for an RL task.")
+    task, learner = components.chosen(config)
+    if config.imitation_tasks and "imitation_tasks" not in task.keys:
+        raise ConfigError(f"Config key 'imitation_tasks' (mixed meta-batches) works for "
+                          f"{belongs_to('imitation_tasks')} only; set imitation_tasks=0.")
+    if task.rl and not learner.rl:
+        rl_learners = [spec for spec in components.learners().values() if spec.rl]
+        raise ConfigError(f"algorithm {config.algorithm} has no meta-RL form here; choose "
+                          f"{components.names_text(rl_learners, 'or')} for an RL task.")
     if config.imitation_tasks and config.outer == "trpo":
         raise ConfigError("Mixed meta-batches (imitation_tasks > 0) need outer=adam or ppo: "
                           "TRPO's trust region is defined for the RL tasks only.")

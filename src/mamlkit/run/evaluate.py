@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -22,24 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval
-from mamlkit.run.build import EVAL_SEED, build_tasks, device_of, is_rl
+from mamlkit.run.build import EVAL_SEED, build_tasks, device_of
 from mamlkit.run.compare import baseline_rows, mean_ci_text, metric_name
+from mamlkit.run.components import is_rl
+from mamlkit.run.stats import mean_ci95, task_values
 from mamlkit.tasks import RLTasks, generator_from
 
 EVAL_CHUNK = 100  # supervised tasks per sampling call; fixed so every run sees the same tasks
 RL_EVAL_CHUNK = 20  # RL tasks sampled together; fixed so every run draws the same noise
-
-
-def mean_ci95(values: torch.Tensor) -> dict[str, float]:
-    values = values.double()
-    n = values.numel()
-    std = values.std(unbiased=True).item() if n > 1 else 0.0
-    return {"mean": values.mean().item(), "ci95": 1.96 * std / math.sqrt(n)}
-
-
-def task_values(values: torch.Tensor) -> list[float]:
-    """One number per held-out task, in the order every run sees them (6 decimals)."""
-    return [round(v, 6) for v in values.double().tolist()]
 
 
 def _supervised_curve(learner, tasks, num_tasks: int, steps: list[int],

@@ -20,14 +20,15 @@ from tqdm.auto import tqdm
 
 from mamlkit.functional.schedules import cosine_lr
 from mamlkit.functional.seeding import generator_from
-from mamlkit.run import checkpoint, distributed, rundir
+from mamlkit.run import checkpoint, components, distributed, rundir
 from mamlkit.run.config import Config, applicable_keys
 from mamlkit.run.console import Console
 from mamlkit.run.errors import RunDirectoryError, TrainingDiverged, TrainingInterrupted
 from mamlkit.run.interrupts import Interrupts
 from mamlkit.run.loggers import Logger, close_loggers, open_loggers
 from mamlkit.run.memory import PeakMemory
-from mamlkit.run.steps import make_step
+from mamlkit.run.pretrain_step import PretrainStep
+from mamlkit.run.steps import RLStep, SupervisedStep
 
 T = TypeVar("T")
 
@@ -38,6 +39,16 @@ class TrainResult:
     iteration: int
     learner: Any
     seconds: float
+
+
+def make_step(config: Config, context: distributed.Context,
+              run_dir: Path) -> SupervisedStep | RLStep:
+    """The per-kind step of ``config``'s task: RL, supervised, or the supervised step of a
+    learner that pretrains instead of meta-training."""
+    task, learner = components.chosen(config)
+    if task.rl:
+        return RLStep(config, context, run_dir)
+    return (PretrainStep if learner.pretrains else SupervisedStep)(config, context, run_dir)
 
 
 def _schedule(learner, optimizer: torch.optim.Optimizer, config: Config,

@@ -14,7 +14,7 @@ import torch
 
 from mamlkit.run.compare import metric_name, read_eval
 from mamlkit.run.errors import RunDirectoryError
-from mamlkit.run.evaluate import mean_ci95
+from mamlkit.run.stats import mean_ci95
 
 
 def _per_task(run: Path, result: dict[str, Any]) -> dict[str, list[float]]:

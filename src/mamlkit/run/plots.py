@@ -30,8 +30,9 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from mamlkit.algorithms import MAML  # noqa: E402
+from mamlkit.run import components  # noqa: E402
 from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval  # noqa: E402
-from mamlkit.run.build import EVAL_SEED, build_tasks, is_rl  # noqa: E402
+from mamlkit.run.build import EVAL_SEED, build_tasks  # noqa: E402
 from mamlkit.run.compare import Group, group_by_seed, mean_ci95_across, metric_name  # noqa: E402
 from mamlkit.run.config import Config, ConfigError  # noqa: E402
 from mamlkit.run.metrics import read_metrics  # noqa: E402
@@ -42,10 +43,14 @@ Series = tuple[list[float], list[float], list[float] | None]  # iterations, valu
 
 
 def metric_of(config: Config) -> str:
-    """The metric a run reports: ``return`` (RL), ``mse`` (sinusoid) or ``accuracy``."""
-    if is_rl(config):
-        return "return"
-    return "mse" if config.task == "sinusoid" else "accuracy"
+    """The metric a run reports, as its task registered it: ``return`` (RL), ``mse``
+    (regression) or ``accuracy``."""
+    return components.task(config.task).metric
+
+
+def figure_of(config: Config) -> str | None:
+    """The adaptation picture of a run's task (``function``, ``images``, ``trajectories``)."""
+    return components.task(config.task).figure
 
 
 def _scale(metric: str) -> float:
@@ -360,20 +365,20 @@ def _one_metric(learners: dict[str, MAML]) -> str:
 
 
 def _adaptation(learners: dict[str, MAML], out_dir: Path, baseline: bool = False) -> list[Path]:
-    """The adaptation pictures: one for sinusoid runs together (with a ``baseline``, the last
-    learner, the runs side by side on each task), one per image or nav2d run."""
-    tasks = {name: learner.config.task for name, learner in learners.items()}
-    if all(task == "sinusoid" for task in tasks.values()):
+    """The adaptation pictures: one for function-fitting runs together (with a ``baseline``, the
+    last learner, the runs side by side on each task), one per image or trajectory run."""
+    figures = {name: figure_of(learner.config) for name, learner in learners.items()}
+    if all(figure == "function" for figure in figures.values()):
         figure = sinusoid_figure(learners, num_tasks=2, by_task=True) if baseline \
             else sinusoid_figure(learners)
         return save(figure, out_dir / "adaptation.png")
     written, single = [], len(learners) == 1
     for name, learner in learners.items():
         suffix = "" if single else "-" + re.sub(r"[^\w.-]+", "_", name).strip("_")
-        if tasks[name] in ("omniglot", "folder"):
+        if figures[name] == "images":
             written += save(classification_figure(learner, name),
                             out_dir / f"adaptation{suffix}.png")
-        if tasks[name] == "nav2d":
+        if figures[name] == "trajectories":
             written += save(nav2d_figure(learner, name), out_dir / f"trajectories{suffix}.png")
     return written
 
@@ -386,7 +391,7 @@ def _baseline_name(baseline: MAML) -> str:
 def _check_baseline(learners: dict[str, MAML], baseline: MAML, path: Path) -> None:
     """A baseline goes beside sinusoid runs only, as a sinusoid run itself (one sentence)."""
     first = next(iter(learners.values())).config
-    if first.task != "sinusoid" or baseline.config.task != "sinusoid":
+    if figure_of(first) != "function" or figure_of(baseline.config) != "function":
         raise ConfigError(f"--baseline draws a sinusoid run beside sinusoid runs; {path} is a "
                           f"{baseline.config.task} run and the runs are {first.task} runs.")
 

@@ -3,7 +3,8 @@
 ``SupervisedStep`` (H = 1: one backward of the learner's meta-loss, an Adam step) and
 ``RLStep`` (H > 1: sample support trajectories with theta, query ones with theta', then the
 TRPO/PPO/Adam outer step through the adaptation; a mixed meta-batch adds supervised imitation
-tasks). Both own the learner and its optimizer; the loop in ``loop.py`` owns everything else.
+tasks). Both own the learner and its optimizer; the loop in ``loop.py`` owns everything else
+and chooses the step (``pretrain_step.py`` holds the pretrained baseline's).
 """
 
 from __future__ import annotations
@@ -21,18 +22,11 @@ from mamlkit.rl.outer import OuterSettings, outer_step
 from mamlkit.rl.policy import mean_std
 from mamlkit.run import checkpoint, distributed
 from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval, query_actions
-from mamlkit.run.build import (
-    VAL_SEED,
-    build_learner,
-    build_network,
-    build_tasks,
-    device_of,
-    is_rl,
-)
+from mamlkit.run.build import VAL_SEED, build_learner, build_network, build_tasks, device_of
 from mamlkit.run.config import Config
-from mamlkit.run.evaluate import mean_ci95
 from mamlkit.run.metrics import read_metrics
 from mamlkit.run.scale import meta_loss_fn, meta_step_backward
+from mamlkit.run.stats import mean_ci95
 from mamlkit.tasks import ImitationTasks, RLTasks, generator_from
 
 
@@ -243,13 +237,4 @@ def _with_ci(curve: torch.Tensor) -> dict[str, float]:
     return record
 
 
-def make_step(config: Config, context: distributed.Context, run_dir: Path):
-    """The per-kind step of ``config``'s task (the pretrained baseline's own for it)."""
-    if config.algorithm == "pretrained" and not is_rl(config):
-        from mamlkit.run.pretrain_step import PretrainStep  # it builds on SupervisedStep
-
-        return PretrainStep(config, context, run_dir)
-    return (RLStep if is_rl(config) else SupervisedStep)(config, context, run_dir)
-
-
-__all__ = ["RLStep", "SupervisedStep", "make_step"]
+__all__ = ["RLStep", "SupervisedStep"]

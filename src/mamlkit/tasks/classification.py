@@ -14,14 +14,18 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mamlkit.data import ClassImages, DataError, load_image_folder, load_omniglot
 from mamlkit.data.omniglot import seeded_permutation
 from mamlkit.functional.seeding import generator_from
 from mamlkit.functional.task_batch import TaskBatch
+from mamlkit.models.conv4 import Conv4
+from mamlkit.models.resnet12 import ResNet12
+from mamlkit.registry import ConfigError
 
 
 @dataclass(frozen=True, eq=False)
@@ -290,3 +294,20 @@ def folder_tasks(
                         "change class_split.")
     return ClassificationTasks(data, ways=ways, shots=shots, query_shots=query_shots,
                                classes=classes, augment=augment)
+
+
+def image_network(config: Any, image_shape: tuple[int, int, int], max_pool: bool) -> nn.Module:
+    """The config's image model for its N-way tasks: ``conv4`` (``hidden``: its filters), the
+    paper's strided form or, with ``max_pool``, its max-pool form sized to square images (the
+    paper's MiniImagenet network); or ``resnet12``."""
+    channels, height, width = image_shape
+    if config.model == "resnet12":
+        return ResNet12(config.ways, in_channels=channels)
+    hidden = config.hidden[0] if config.hidden else 64
+    if not max_pool:
+        return Conv4(ways=config.ways, hidden=hidden)
+    if height != width:
+        raise ConfigError(f"conv4 needs square images; these are {height}x{width}: set "
+                          "image_size to resize them.")
+    return Conv4(ways=config.ways, in_channels=channels, hidden=hidden, image_size=height,
+                 max_pool=True)

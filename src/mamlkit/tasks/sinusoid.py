@@ -6,9 +6,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from mamlkit.functional.seeding import generator_from
 from mamlkit.functional.task_batch import TaskBatch
+from mamlkit.models.mlp import mlp
+from mamlkit.registry import TaskSpec, register
 
 
 @dataclass(frozen=True)
@@ -51,3 +54,18 @@ class Sinusoid:
     def function(x: torch.Tensor, amp: float, phase: float) -> torch.Tensor:
         """The true function of one task, for plots."""
         return amp * torch.sin(x - phase)
+
+
+def _from_config(config, split: str) -> Sinusoid:
+    """The same distribution for every split (fresh draws, from the caller's seed)."""
+    return Sinusoid(shots=config.shots, query_shots=config.query_shots)
+
+
+def _network(config, tasks: Sinusoid) -> nn.Module:
+    """The paper's MLP from x to y, with ``hidden`` layer widths."""
+    return mlp([1, *config.hidden, 1])
+
+
+register(TaskSpec(name="sinusoid", build=_from_config, network=_network, models=("mlp",),
+                  metric="mse", figure="function",
+                  doc="regression of y = A sin(x - phase) from K points (Finn et al. 2017)"))
