@@ -349,7 +349,7 @@ def test_chunk_by_chunk_backward_equals_the_whole_graph(chunk_size):
     assert learner.frees_chunks(2)
     params = learner.params()
     whole = MF.meta_loss(model, params, learner.buffers_dict(), batch, loss=learner.loss_fn,
-                         inner_lr=0.3, steps=2, batching=learner.batching)
+                         inner=MF.InnerLoop(0.3, 2), batching=learner.batching)
     chunked = learner.meta_loss(batch)
     torch.testing.assert_close(chunked, whole, atol=1e-13, rtol=0)
     ours = torch.autograd.grad(3 * chunked, list(params.values()))

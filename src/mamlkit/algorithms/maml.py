@@ -17,7 +17,7 @@ from torch.utils import _pytree as pytree
 
 from mamlkit import functional as MF
 from mamlkit.algorithms.arguments import check_inner_lr, check_step_counts, check_steps
-from mamlkit.functional.adapt import InnerLR, is_zero
+from mamlkit.functional.adapt import InnerLoop, InnerLR, PerStep, is_zero
 from mamlkit.functional.batching import (
     Batching,
     TaskOps,
@@ -28,7 +28,6 @@ from mamlkit.functional.batching import (
 from mamlkit.functional.checkpointed import checkpointed_task_losses
 from mamlkit.functional.chunked import chunked_meta_loss
 from mamlkit.functional.losses import LossFn
-from mamlkit.functional.meta import PerStep
 from mamlkit.functional.select import select_names
 from mamlkit.functional.stacked import supports_task_stacking
 from mamlkit.functional.task_batch import TaskBatch
@@ -188,6 +187,15 @@ class MAML(nn.Module):
     def buffers_dict(self) -> dict[str, Tensor]:
         return dict(self.model.named_buffers())
 
+    def inner_loop(self, steps: int | None = None, inner_lr: InnerLR | None = None,
+                   first_order: bool | None = None) -> InnerLoop:
+        """The inner loop every task runs: this learner's settings, each one that is given
+        replaced (``steps`` and ``inner_lr`` checked)."""
+        steps = self.steps_or_default(steps)
+        return InnerLoop(self.rates(inner_lr, steps), steps,
+                         self.first_order if first_order is None else first_order,
+                         self.adapt_names, self.per_step())
+
     def map_adapted(self, batch: TaskBatch, fn: Callable[[TaskOps, dict, Any], Any],
                     steps: int | None = None, inner_lr: InnerLR | None = None,
                     first_order: bool | None = None) -> Any:
@@ -196,12 +204,9 @@ class MAML(nn.Module):
         The outer objective of any task: the query loss (supervised), the adapted policy's
         action distribution on the query trajectories (RL).
         """
-        steps = self.steps_or_default(steps)
-        return MF.map_adapted(
-            self.model, self.params(), self.buffers_dict(), batch, fn, loss=self.loss_fn,
-            inner_lr=self.rates(inner_lr, steps), steps=steps,
-            first_order=self.first_order if first_order is None else first_order,
-            adapt_names=self.adapt_names, per_step=self.per_step(), batching=self.batching)
+        inner = self.inner_loop(steps, inner_lr, first_order)
+        return MF.map_adapted(self.model, self.params(), self.buffers_dict(), batch, fn,
+                              loss=self.loss_fn, inner=inner, batching=self.batching)
 
     def observe(self, batch: TaskBatch) -> None:
         """Running statistics of converted batch-norm layers: theta on each task's support
@@ -221,16 +226,14 @@ class MAML(nn.Module):
         """Mean query loss after adaptation; ``.backward()`` fills the model's grads."""
         self.observe(batch)
         steps = self.steps_or_default(steps)
+        inner = self.inner_loop(steps)
         if self.checkpoint_inner and not self.first_order and steps > 0:
             return checkpointed_task_losses(  # recompute inner steps in the backward pass
                 self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
-                inner_lr=self.rates(), steps=steps, adapt_names=self.adapt_names,
-                batching=self.batching).mean()
+                inner=inner, batching=self.batching).mean()
         if self.frees_chunks(steps):  # back-propagate chunk by chunk: memory of one chunk
-            return chunked_meta_loss(
-                self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
-                inner_lr=self.rates(), steps=steps, first_order=self.first_order,
-                adapt_names=self.adapt_names, batching=self.batching)
+            return chunked_meta_loss(self.model, self.params(), self.buffers_dict(), batch,
+                                     loss=self.loss_fn, inner=inner, batching=self.batching)
         return self.map_adapted(batch, MF.meta.query_value, steps).mean()
 
     def frees_chunks(self, steps: int) -> bool:
@@ -265,11 +268,9 @@ class MAML(nn.Module):
         ``x`` alone may be any support data of the task loss (e.g. episodes). Use the result
         with ``torch.func.functional_call(learner.model, params, x)`` or ``learner(x, params)``.
         """
-        steps = self.steps_or_default(steps)
-        support = x if y is None else (x, y)
         ops = TaskOps(self.model, self.buffers_dict(), self.loss_fn)
-        return MF.trajectory(ops, self.params(), support, self.rates(inner_lr, steps), steps,
-                             self.first_order, self.adapt_names, self.per_step())[-1]
+        return MF.adapt(ops, self.params(), x if y is None else (x, y),
+                        self.inner_loop(steps, inner_lr))
 
     def forward(self, x: Any, params: dict[str, Tensor] | None = None) -> Tensor:
         """The model's prediction with ``params`` (adapted ones) or with theta; a tuple or dict
@@ -290,5 +291,5 @@ class MAML(nn.Module):
         steps = check_step_counts(steps)
         return MF.adaptation_curve(
             self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
-            metric=metric, inner_lr=self.rates(inner_lr, max(steps)), steps=steps,
-            adapt_names=self.adapt_names, per_step=self.per_step(), batching=self.batching)
+            metric=metric, inner=self.inner_loop(max(steps), inner_lr), steps=steps,
+            batching=self.batching)
