@@ -152,8 +152,8 @@ def test_auto_stacks_conv_nets_and_keeps_vmap_for_mlps(caplog):
             assert batching.kind == "stacked" and batching.stacked_forward is stacked_forward
         assert MAML(fresh("layer-norm-mlp"), 0.1).batching == Batching("vmap")
     assert not [r for r in caplog.records if "task-stacked" in r.getMessage()]
-    native = MAML(Conv4(3, hidden=4), 0.1).batching  # Conv4 keeps its hand-written path
-    assert native.kind == "stacked" and native.stacked_forward is None
+    conv4 = MAML(Conv4(3, hidden=4), 0.1).batching  # the same derived path as any model
+    assert conv4 == Batching("stacked") and conv4.stacked_forward is stacked_forward
     assert Batching("stacked", 2, stacked_forward=stacked_forward) == Batching("stacked", 2)
     given = MAML(fresh("conv1d"), 0.1, batching=Batching("stacked", 3)).batching
     assert given.chunk_size == 3 and given.stacked_forward is stacked_forward

@@ -7,7 +7,6 @@ functional core and looks at the query data with the adapted parameters.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,76 +20,17 @@ from mamlkit.functional.adapt import InnerLoop, InnerLR, PerStep, is_zero
 from mamlkit.functional.batching import (
     Batching,
     TaskOps,
-    auto_batching,
-    choose_batching,
+    has_torch_batch_norm,
     resolve_batching,
 )
 from mamlkit.functional.checkpointed import checkpointed_task_losses
 from mamlkit.functional.chunked import chunked_meta_loss
 from mamlkit.functional.losses import LossFn
 from mamlkit.functional.select import select_names
-from mamlkit.functional.stacked import supports_task_stacking
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss, as_task_loss, model_arguments
-from mamlkit.models.batch_norm import (
-    exact_batch_norm,
-    has_torch_batch_norm,
-    running_stat_layers,
-    update_running_stats,
-)
-from mamlkit.models.stacking import (
-    DERIVED_CHUNK,
-    stacked_forward,
-    stacking_problem,
-    update_running_stats_stacked,
-)
-
-log = logging.getLogger("mamlkit")
-
-
-def _has_conv(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-
-
-def _derived_stacking(model: nn.Module, chunk_size: int | None) -> Batching:
-    """``stacked`` through ``models/stacking.py``, or one sentence naming what prevents it."""
-    problem = stacking_problem(model)
-    if problem is not None:
-        raise ValueError(f"{type(model).__name__} does not support batching='stacked': {problem}; "
-                         "choose auto, vmap or loop.")
-    return Batching("stacked", DERIVED_CHUNK if chunk_size is None else chunk_size,
-                    stacked_forward=stacked_forward)
-
-
-def model_batching(batching: str | Batching, model: nn.Module, chunk_size: int | None = None,
-                   announce: bool = True) -> Batching:
-    """The learner's batching: ``resolve_batching``, plus task stacking derived from the layers
-    (``models/stacking.py``) for models that do not stack tasks themselves.
-
-    ``auto`` on CPU stacks a model that would otherwise run in a Python loop over tasks (conv
-    nets, batch norm; benchmarks/any_model.py); if it cannot, one log line (``announce``) names
-    the layer, for models with convolutions, where it matters. ``stacked`` asked for explicitly
-    uses it too, or raises naming the layer. Models on a GPU keep ``choose_batching``'s choice.
-    """
-    native = supports_task_stacking(model)
-    if isinstance(batching, Batching):
-        if batching.kind == "stacked" and batching.stacked_forward is None and not native:
-            return _derived_stacking(model, batching.chunk_size)
-        return resolve_batching(batching, model, chunk_size)
-    if batching == "stacked" and not native:
-        return _derived_stacking(model, chunk_size)
-    if batching != "auto" or any(t.is_cuda for t in model.parameters()):
-        return resolve_batching(batching, model, chunk_size)
-    kind = choose_batching(model)
-    if kind != "loop":
-        return auto_batching(kind, chunk_size)
-    problem = stacking_problem(model)
-    if problem is None:
-        return _derived_stacking(model, chunk_size)
-    if announce and _has_conv(model):
-        log.warning("mamlkit: %s runs with batching='loop', not task-stacked: %s.",
-                    type(model).__name__, problem)
-    return Batching(kind, chunk_size)
+from mamlkit.models.batch_norm import exact_batch_norm, running_stat_layers, update_running_stats
+from mamlkit.models.stacking import stacked_forward, stacker, update_running_stats_stacked
 
 
 class MAML(nn.Module):
@@ -100,7 +40,8 @@ class MAML(nn.Module):
     ``inner_lr=0`` is plain multi-task training (the "pretrained" baseline). ``first_order=True``
     drops the second-order terms. ``batching`` is ``"auto"``, ``"vmap"``, ``"loop"``, ``"stacked"``
     (models with ``supports_task_stacking``, or made of standard layers: ``models/stacking.py``) or
-    a ``functional.Batching`` (see ``model_batching``); ``chunk_size`` bounds how many tasks one
+    a ``functional.Batching`` (``functional.resolve_batching``, with the task stacking of
+    ``models/stacking.py``); ``chunk_size`` bounds how many tasks one
     call holds in memory. ``checkpoint_inner=True`` recomputes each inner step in the backward pass
     (second order): memory of one step of one chunk, at the cost of one extra first-order step per
     step (``functional/checkpointed.py``). Without it, stacked second-order meta-losses
@@ -147,7 +88,7 @@ class MAML(nn.Module):
         self.first_order = first_order
         self.loss_fn = as_task_loss(loss_fn)
         self.batching_choice = batching
-        self.batching = model_batching(batching, model, chunk_size)
+        self.batching = resolve_batching(batching, model, chunk_size, stacker, announce=True)
         self.checkpoint_inner = checkpoint_inner
         self.adapt_names = (select_names(self.params(), adapt_names)
                             if adapt_names is not None else None)
@@ -159,7 +100,7 @@ class MAML(nn.Module):
     def rebatch(self) -> None:
         """Choose the batching again for where the model now is (``auto`` only)."""
         if self.batching_choice == "auto":
-            chosen = model_batching("auto", self.model, self.batching.chunk_size, announce=False)
+            chosen = resolve_batching("auto", self.model, self.batching.chunk_size, stacker)
             if chosen != self.batching:  # the same kind keeps what it learnt (LoopFallback)
                 self.batching = chosen
 
