@@ -339,22 +339,25 @@ def test_traced_once_and_again_when_a_layer_is_replaced():
     assert compile_stacking(model) is not first
 
 
+@pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("chunk_size", [1, 2, 5])
-def test_chunk_by_chunk_backward_equals_the_whole_graph(chunk_size):
-    """The stacked second-order meta-loss back-propagates each chunk at once (its graph freed):
-    value and gradient as with the whole graph kept, scaled by any outer factor."""
+def test_chunk_by_chunk_backward_equals_the_whole_graph(chunk_size, first_order):
+    """The stacked meta-loss, first or second order, back-propagates each chunk at once (its
+    graph freed): value and gradient as with the whole graph kept, scaled by any outer factor,
+    and as the plain per-task loop's."""
     model = fresh("residual")
     batch = classification(5, (1, 12, 12))
-    learner = MAML(model, 0.3, 2, batching="stacked", chunk_size=chunk_size)
+    learner = MAML(model, 0.3, 2, first_order, batching="stacked", chunk_size=chunk_size)
     assert learner.frees_chunks(2)
     params = learner.params()
     whole = MF.meta_loss(model, params, learner.buffers_dict(), batch, loss=learner.loss_fn,
-                         inner=MF.InnerLoop(0.3, 2), batching=learner.batching)
+                         inner=MF.InnerLoop(0.3, 2, first_order), batching=learner.batching)
     chunked = learner.meta_loss(batch)
     torch.testing.assert_close(chunked, whole, atol=1e-13, rtol=0)
     ours = torch.autograd.grad(3 * chunked, list(params.values()))
-    assert_exact(ours, torch.autograd.grad(3 * whole, list(params.values())))
-    assert not MAML(model, 0.3, 2, first_order=True, batching="stacked").frees_chunks(2)
+    assert_exact(ours, torch.autograd.grad(3 * whole, list(params.values())), tol=1e-13)
+    loop = plain_meta_loss(model, batch, MF.cross_entropy, 0.3, 2, first_order)
+    assert_exact(ours, torch.autograd.grad(3 * loop, list(params.values())), tol=1e-12)
     assert not MetaSGD(model, 0.3, 2, batching="stacked").frees_chunks(2)  # learned rates
     with torch.no_grad():
         assert not learner.frees_chunks(2)

@@ -44,7 +44,7 @@ class MAML(nn.Module):
     ``models/stacking.py``); ``chunk_size`` bounds how many tasks one
     call holds in memory. ``checkpoint_inner=True`` recomputes each inner step in the backward pass
     (second order): memory of one step of one chunk, at the cost of one extra first-order step per
-    step (``functional/checkpointed.py``). Without it, stacked second-order meta-losses
+    step (``functional/checkpointed.py``). Without it, stacked meta-losses (first or second order)
     back-propagate each chunk as soon as it is computed and free its graph (``frees_chunks``,
     ``functional/chunked.py``): memory of one chunk, no extra work. ``adapt_names`` are glob
     patterns (``["head.*"]``) of the parameters the inner loop adapts (default: all); the others are
@@ -179,12 +179,12 @@ class MAML(nn.Module):
 
     def frees_chunks(self, steps: int) -> bool:
         """Whether ``meta_loss`` back-propagates each chunk of tasks at once and frees its
-        graph (``functional/chunked.py``): stacked batching, second order, grad mode on, step
-        sizes not learned (no per-step parameters). Same gradient, a chunk's memory."""
+        graph (``functional/chunked.py``): stacked batching (first or second order), grad mode
+        on, step sizes not learned (no per-step parameters). Same gradient, a chunk's memory."""
         learned = any(isinstance(t, Tensor) and t.requires_grad
                       for t in pytree.tree_leaves(self.rates()))
         return (self.batching.kind == "stacked" and torch.is_grad_enabled() and steps > 0
-                and not self.first_order and not learned and not self.per_step())
+                and not learned and not self.per_step())
 
     def adapted_params(self, support: Any, steps: int | None = None,
                        inner_lr: InnerLR | None = None) -> tuple[dict[str, Tensor], bool]:
