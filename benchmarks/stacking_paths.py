@@ -51,22 +51,26 @@ from mamlkit.run.memory import PeakMemory, rss_mb
 
 
 class HandStackedConv4(Conv4):
-    """Conv4 with the hand-written stacked forward it carried before the derived path."""
+    """Conv4 with the hand-written stacked forward it carried before the derived path
+    (``channels_last``: the activations' layout, None: channels-last for large batches)."""
 
     supports_task_stacking = True
+    channels_last: bool | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.features[0].weight.dim() != 5:
             return super().forward(x)
         tasks = self.features[0].weight.shape[0]
-        h = tasks_to_channels(x)
+        h = tasks_to_channels(x, self.channels_last)
         for layer in self.features:
             if isinstance(layer, nn.Conv2d):
                 h = stacked_conv2d(h, layer.weight, layer.bias, layer.stride, layer.padding)
             elif isinstance(layer, TaskBatchNorm):
                 h = stacked_batch_norm(h, layer.weight, layer.bias, layer.eps)
-            else:
+            elif isinstance(layer, nn.ReLU):
                 h = torch.relu_(h)  # batch norm saves its input, not its output
+            else:
+                h = layer(h)  # max-pooling: per channel, so per task
         return stacked_linear(channels_to_tasks(h, tasks), self.head.weight, self.head.bias)
 
 
