@@ -47,6 +47,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,9 @@ from torch.func import functional_call
 from mamlkit import MAML, TaskBatch
 from mamlkit.models import Conv4, TaskBatchNorm
 from mamlkit.run.memory import PeakMemory, rss_mb
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stacking_paths import HandStackedConv4  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Model variants (same parameters and names as Conv4, so one state dict fits all of them)
@@ -96,16 +100,16 @@ class ChannelsLastConv4(Conv4):
         return self.head(self.features[1:](h).flatten(start_dim=1))
 
 
-class NCHWStackedConv4(Conv4):
+class NCHWStackedConv4(HandStackedConv4):
     """Task stacking with NCHW activations for every batch."""
 
-    stacked_channels_last = False
+    channels_last = False
 
 
-class ChannelsLastStackedConv4(Conv4):
+class ChannelsLastStackedConv4(HandStackedConv4):
     """Task stacking with channels-last activations for every batch, support sets included."""
 
-    stacked_channels_last = True
+    channels_last = True
 
 
 def convert(model: Conv4, conv: type[nn.Conv2d] | None = None,

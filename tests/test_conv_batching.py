@@ -10,7 +10,8 @@ from torch import nn
 from mamlkit import MAML, TaskBatch
 from mamlkit import functional as MF
 from mamlkit.algorithms import choose_batching
-from mamlkit.models import Conv4, TaskBatchNorm, mlp
+from mamlkit.models import Conv4, TaskBatchNorm, mlp, stacked_forward
+from mamlkit.models.stacking import stacker
 from mamlkit.models.task_conv import stacked_batch_norm, stacked_conv2d, tasks_to_channels
 
 
@@ -28,7 +29,8 @@ def assert_same_grads(ours, ref, names, tol=1e-9):
 
 
 def test_conv4_gets_stacked_and_other_models_keep_their_batching():
-    assert choose_batching(Conv4(ways=5)) == "stacked"
+    assert choose_batching(Conv4(ways=5), stacker) == "stacked"
+    assert choose_batching(Conv4(ways=5)) == "loop"  # no way to stack it given
     user_conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
     assert choose_batching(user_conv) == "loop"
     assert choose_batching(mlp([1, 8, 1])) == "vmap"
@@ -121,14 +123,14 @@ def test_stacked_conv4_forward_equals_each_tasks_forward():
     model = Conv4(ways=4, hidden=6).double()
     params = {k: torch.stack([v + 0.1 * t for t in range(3)]) for k, v in model.named_parameters()}
     x = torch.randn(3, 7, 1, 28, 28, dtype=torch.double)
-    out = torch.func.functional_call(model, params, (x,))
+    out = stacked_forward(model, params, {}, x)
     assert out.shape == (3, 7, 4)
     for t in range(3):
         own = {k: v[t] for k, v in params.items()}
         expected = torch.func.functional_call(model, own, (x[t],))
         assert torch.allclose(out[t], expected, rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="need input"):
-        torch.func.functional_call(model, params, (x[0],))
+    with pytest.raises(ValueError, match="3 tasks needs input"):
+        stacked_forward(model, params, {}, x[0])
 
 
 def test_unfold_conv_of_the_study_equals_conv2d():

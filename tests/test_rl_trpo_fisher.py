@@ -10,6 +10,7 @@ import torch
 
 from mamlkit import MAML
 from mamlkit.envs import make_batch_env
+from mamlkit.functional.flat import flat
 from mamlkit.rl.estimators import inner_loss
 from mamlkit.rl.losses import (
     gaussian_kl,
@@ -24,10 +25,9 @@ from mamlkit.rl.policy import GaussianPolicy
 from mamlkit.rl.trpo import (
     GaussNewton,
     _gauss_newton_operator,
-    flat,
     gauss_newton_vector_product,
     hessian_vector_product,
-    same,
+    no_reduction,
     trpo_step,
 )
 from mamlkit.run.adapted import adapted_policy, query_actions
@@ -199,7 +199,7 @@ def test_quadratic_form_from_jv_alone_is_v_dot_hv():
         _, old_std = dist(None)
     curvature = GaussNewton(lambda: dist(None),
                             gaussian_kl_curvature(old_std, masked_mean_weights(batch.query.mask)))
-    matvec, quadratic = _gauss_newton_operator(curvature, params, 1e-3, same)
+    matvec, quadratic = _gauss_newton_operator(curvature, params, 1e-3, no_reduction)
     v = torch.randn(sum(p.numel() for p in params), generator=torch.Generator().manual_seed(4),
                     dtype=torch.float64)
     assert quadratic(v).item() == pytest.approx(v.dot(matvec(v)).item(), rel=1e-12)

@@ -152,8 +152,8 @@ def test_auto_stacks_conv_nets_and_keeps_vmap_for_mlps(caplog):
             assert batching.kind == "stacked" and batching.stacked_forward is stacked_forward
         assert MAML(fresh("layer-norm-mlp"), 0.1).batching == Batching("vmap")
     assert not [r for r in caplog.records if "task-stacked" in r.getMessage()]
-    native = MAML(Conv4(3, hidden=4), 0.1).batching  # Conv4 keeps its hand-written path
-    assert native.kind == "stacked" and native.stacked_forward is None
+    conv4 = MAML(Conv4(3, hidden=4), 0.1).batching  # the same derived path as any model
+    assert conv4 == Batching("stacked") and conv4.stacked_forward is stacked_forward
     assert Batching("stacked", 2, stacked_forward=stacked_forward) == Batching("stacked", 2)
     given = MAML(fresh("conv1d"), 0.1, batching=Batching("stacked", 3)).batching
     assert given.chunk_size == 3 and given.stacked_forward is stacked_forward
@@ -339,22 +339,41 @@ def test_traced_once_and_again_when_a_layer_is_replaced():
     assert compile_stacking(model) is not first
 
 
+@pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("chunk_size", [1, 2, 5])
-def test_chunk_by_chunk_backward_equals_the_whole_graph(chunk_size):
-    """The stacked second-order meta-loss back-propagates each chunk at once (its graph freed):
-    value and gradient as with the whole graph kept, scaled by any outer factor."""
+def test_chunk_by_chunk_backward_equals_the_whole_graph(chunk_size, first_order):
+    """The stacked meta-loss, first or second order, back-propagates each chunk at once (its
+    graph freed): value and gradient as with the whole graph kept, scaled by any outer factor,
+    and as the plain per-task loop's."""
     model = fresh("residual")
     batch = classification(5, (1, 12, 12))
-    learner = MAML(model, 0.3, 2, batching="stacked", chunk_size=chunk_size)
+    learner = MAML(model, 0.3, 2, first_order, batching="stacked", chunk_size=chunk_size)
     assert learner.frees_chunks(2)
     params = learner.params()
     whole = MF.meta_loss(model, params, learner.buffers_dict(), batch, loss=learner.loss_fn,
-                         inner_lr=0.3, steps=2, batching=learner.batching)
+                         inner=MF.InnerLoop(0.3, 2, first_order), batching=learner.batching)
     chunked = learner.meta_loss(batch)
     torch.testing.assert_close(chunked, whole, atol=1e-13, rtol=0)
     ours = torch.autograd.grad(3 * chunked, list(params.values()))
-    assert_exact(ours, torch.autograd.grad(3 * whole, list(params.values())))
-    assert not MAML(model, 0.3, 2, first_order=True, batching="stacked").frees_chunks(2)
+    assert_exact(ours, torch.autograd.grad(3 * whole, list(params.values())), tol=1e-13)
+    loop = plain_meta_loss(model, batch, MF.cross_entropy, 0.3, 2, first_order)
+    assert_exact(ours, torch.autograd.grad(3 * loop, list(params.values())), tol=1e-12)
     assert not MetaSGD(model, 0.3, 2, batching="stacked").frees_chunks(2)  # learned rates
     with torch.no_grad():
         assert not learner.frees_chunks(2)
+
+
+def test_stacked_chunk_defaults_to_two_tasks_for_stock_batch_norm_and_four_otherwise():
+    """Stock batch norm keeps more per task: 2 tasks per call keep it near the loop's memory."""
+    from mamlkit.functional.batching import STOCK_BATCH_NORM_CHUNK
+    from mamlkit.functional.stacked import DEFAULT_CHUNK
+    from mamlkit.models import Conv4
+
+    stock = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.LazyLinear(5))
+    stock(torch.zeros(2, 1, 8, 8))
+    assert MAML(stock, inner_lr=0.1).batching.chunk_size == STOCK_BATCH_NORM_CHUNK == 2
+    assert MAML(stock, inner_lr=0.1, batching="stacked").batching.chunk_size == 2
+    assert MAML(stock, inner_lr=0.1, chunk_size=3).batching.chunk_size == 3
+    conv4 = MAML(Conv4(5, hidden=8), inner_lr=0.1).batching
+    assert conv4.kind == "stacked" and conv4.chunk_size is None and DEFAULT_CHUNK == 4

@@ -18,25 +18,32 @@ import torch
 from torch import Tensor
 
 from mamlkit.algorithms.arguments import check_step_counts
-from mamlkit.functional.adapt import InnerLR, step_size
+from mamlkit.functional.adapt import (
+    InnerLoop,
+    InnerLR,
+    InnerStep,
+    Params,
+    Steps,
+    adapt,
+    gradient_step,
+)
 from mamlkit.functional.batching import TaskOps
 from mamlkit.functional.losses import LossFn
-from mamlkit.functional.meta import StepFn, at_step, curve_over_steps
+from mamlkit.functional.meta import adaptation_curve
 from mamlkit.functional.safeguard import safeguarded_step
-from mamlkit.functional.task_batch import TaskBatch, support_at
+from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss
 
 
-def trained_then_safeguarded(trained: int, inner_lr: InnerLR,
-                             adapt_names: Sequence[str] | None = None) -> StepFn:
-    """Plain first-order steps for the ``trained`` steps, safeguarded ones after them."""
-    def step_fn(ops, theta, adapted, support, step):
-        lr = step_size(inner_lr, step)
-        if step < trained:
-            return ops.step(adapted, support, lr, True, adapt_names)
-        return safeguarded_step(ops, adapted, support, lr, adapt_names)
+def trained_then_safeguarded(trained: int) -> InnerStep:
+    """The loop's own steps for the ``trained`` steps, safeguarded first-order ones after."""
+    def step(ops: Steps, params: Params, support: Any, k: int, inner: InnerLoop) -> Params:
+        if k < trained:
+            return gradient_step(ops, params, support, k, inner)
+        return safeguarded_step(ops, params, support, inner.lr(k),  # type: ignore[arg-type]
+                                inner.adapt_names)
 
-    return step_fn
+    return step
 
 
 class SafeguardedExtraSteps:
@@ -51,29 +58,21 @@ class SafeguardedExtraSteps:
         steps = check_step_counts(steps)
         if not self.learned_rates:
             return super().adaptation_curve(batch, steps, metric, inner_lr)
-        step_fn = trained_then_safeguarded(self.inner_steps, self.rates(inner_lr, max(steps)),
-                                           self.adapt_names)
-        return curve_over_steps(self.model, self.params(), self.buffers_dict(), batch,
-                                loss=self.loss_fn, metric=metric, step_fn=step_fn, steps=steps,
-                                per_step=self.per_step(), batching=self.batching)
+        return adaptation_curve(self.model, self.params(), self.buffers_dict(), batch,
+                                loss=self.loss_fn, metric=metric,
+                                inner=self.inner_loop(max(steps), inner_lr), steps=steps,
+                                step=trained_then_safeguarded(self.inner_steps),
+                                batching=self.batching)
 
     def adapt(self, x: Any, y: Any = None, steps: int | None = None,
               inner_lr: InnerLR | None = None) -> dict[str, Tensor]:
         """Adapted parameters for one task: the trained steps as in meta-training (with their
         graph), then safeguarded first-order steps."""
-        steps = self.steps_or_default(steps)
-        trained = min(steps, self.inner_steps)
-        adapted = super().adapt(x, y, trained, inner_lr)
-        if steps == trained or not self.learned_rates:
-            return adapted if steps == trained else super().adapt(x, y, steps, inner_lr)
-        support = x if y is None else (x, y)
+        if not self.learned_rates:
+            return super().adapt(x, y, steps, inner_lr)
         ops = TaskOps(self.model, self.buffers_dict(), self.loss_fn)
-        rates, per_step = self.rates(inner_lr, steps), self.per_step()
-        for step in range(trained, steps):
-            adapted = safeguarded_step(ops, adapted, support_at(support, step),
-                                       step_size(rates, step), self.adapt_names)
-            adapted = {**adapted, **at_step(per_step, step + 1)}
-        return adapted
+        return adapt(ops, self.params(), x if y is None else (x, y),
+                     self.inner_loop(steps, inner_lr), trained_then_safeguarded(self.inner_steps))
 
 
 __all__ = ["SafeguardedExtraSteps", "trained_then_safeguarded"]

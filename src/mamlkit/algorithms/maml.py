@@ -7,7 +7,6 @@ functional core and looks at the query data with the adapted parameters.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,82 +16,22 @@ from torch.utils import _pytree as pytree
 
 from mamlkit import functional as MF
 from mamlkit.algorithms.arguments import check_inner_lr, check_step_counts, check_steps
-from mamlkit.functional.adapt import InnerLR, is_zero
+from mamlkit.functional.adapt import InnerLoop, InnerLR, PerStep, is_zero
 from mamlkit.functional.batching import (
     Batching,
     TaskOps,
-    auto_batching,
-    choose_batching,
+    has_torch_batch_norm,
     resolve_batching,
 )
 from mamlkit.functional.checkpointed import checkpointed_task_losses
 from mamlkit.functional.chunked import chunked_meta_loss
 from mamlkit.functional.losses import LossFn
-from mamlkit.functional.meta import PerStep
 from mamlkit.functional.select import select_names
-from mamlkit.functional.stacked import supports_task_stacking
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss, as_task_loss, model_arguments
-from mamlkit.models.batch_norm import (
-    exact_batch_norm,
-    has_torch_batch_norm,
-    running_stat_layers,
-    update_running_stats,
-)
-from mamlkit.models.stacking import (
-    DERIVED_CHUNK,
-    stacked_forward,
-    stacking_problem,
-    update_running_stats_stacked,
-)
+from mamlkit.models.batch_norm import exact_batch_norm, running_stat_layers, update_running_stats
+from mamlkit.models.stacking import stacked_forward, stacker, update_running_stats_stacked
 from mamlkit.registry import LearnerArgs, LearnerSpec, register
-
-log = logging.getLogger("mamlkit")
-
-
-def _has_conv(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-
-
-def _derived_stacking(model: nn.Module, chunk_size: int | None) -> Batching:
-    """``stacked`` through ``models/stacking.py``, or one sentence naming what prevents it."""
-    problem = stacking_problem(model)
-    if problem is not None:
-        raise ValueError(f"{type(model).__name__} does not support batching='stacked': {problem}; "
-                         "choose auto, vmap or loop.")
-    return Batching("stacked", DERIVED_CHUNK if chunk_size is None else chunk_size,
-                    stacked_forward=stacked_forward)
-
-
-def model_batching(batching: str | Batching, model: nn.Module, chunk_size: int | None = None,
-                   announce: bool = True) -> Batching:
-    """The learner's batching: ``resolve_batching``, plus task stacking derived from the layers
-    (``models/stacking.py``) for models that do not stack tasks themselves.
-
-    ``auto`` on CPU stacks a model that would otherwise run in a Python loop over tasks (conv
-    nets, batch norm; benchmarks/any_model.py); if it cannot, one log line (``announce``) names
-    the layer, for models with convolutions, where it matters. ``stacked`` asked for explicitly
-    uses it too, or raises naming the layer. Models on a GPU keep ``choose_batching``'s choice.
-    """
-    native = supports_task_stacking(model)
-    if isinstance(batching, Batching):
-        if batching.kind == "stacked" and batching.stacked_forward is None and not native:
-            return _derived_stacking(model, batching.chunk_size)
-        return resolve_batching(batching, model, chunk_size)
-    if batching == "stacked" and not native:
-        return _derived_stacking(model, chunk_size)
-    if batching != "auto" or any(t.is_cuda for t in model.parameters()):
-        return resolve_batching(batching, model, chunk_size)
-    kind = choose_batching(model)
-    if kind != "loop":
-        return auto_batching(kind, chunk_size)
-    problem = stacking_problem(model)
-    if problem is None:
-        return _derived_stacking(model, chunk_size)
-    if announce and _has_conv(model):
-        log.warning("mamlkit: %s runs with batching='loop', not task-stacked: %s.",
-                    type(model).__name__, problem)
-    return Batching(kind, chunk_size)
 
 
 class MAML(nn.Module):
@@ -102,10 +41,11 @@ class MAML(nn.Module):
     ``inner_lr=0`` is plain multi-task training (the "pretrained" baseline). ``first_order=True``
     drops the second-order terms. ``batching`` is ``"auto"``, ``"vmap"``, ``"loop"``, ``"stacked"``
     (models with ``supports_task_stacking``, or made of standard layers: ``models/stacking.py``) or
-    a ``functional.Batching`` (see ``model_batching``); ``chunk_size`` bounds how many tasks one
+    a ``functional.Batching`` (``functional.resolve_batching``, with the task stacking of
+    ``models/stacking.py``); ``chunk_size`` bounds how many tasks one
     call holds in memory. ``checkpoint_inner=True`` recomputes each inner step in the backward pass
     (second order): memory of one step of one chunk, at the cost of one extra first-order step per
-    step (``functional/checkpointed.py``). Without it, stacked second-order meta-losses
+    step (``functional/checkpointed.py``). Without it, stacked meta-losses (first or second order)
     back-propagate each chunk as soon as it is computed and free its graph (``frees_chunks``,
     ``functional/chunked.py``): memory of one chunk, no extra work. ``adapt_names`` are glob
     patterns (``["head.*"]``) of the parameters the inner loop adapts (default: all); the others are
@@ -149,7 +89,7 @@ class MAML(nn.Module):
         self.first_order = first_order
         self.loss_fn = as_task_loss(loss_fn)
         self.batching_choice = batching
-        self.batching = model_batching(batching, model, chunk_size)
+        self.batching = resolve_batching(batching, model, chunk_size, stacker, announce=True)
         self.checkpoint_inner = checkpoint_inner
         self.adapt_names = (select_names(self.params(), adapt_names)
                             if adapt_names is not None else None)
@@ -161,7 +101,7 @@ class MAML(nn.Module):
     def rebatch(self) -> None:
         """Choose the batching again for where the model now is (``auto`` only)."""
         if self.batching_choice == "auto":
-            chosen = model_batching("auto", self.model, self.batching.chunk_size, announce=False)
+            chosen = resolve_batching("auto", self.model, self.batching.chunk_size, stacker)
             if chosen != self.batching:  # the same kind keeps what it learnt (LoopFallback)
                 self.batching = chosen
 
@@ -189,6 +129,15 @@ class MAML(nn.Module):
     def buffers_dict(self) -> dict[str, Tensor]:
         return dict(self.model.named_buffers())
 
+    def inner_loop(self, steps: int | None = None, inner_lr: InnerLR | None = None,
+                   first_order: bool | None = None) -> InnerLoop:
+        """The inner loop every task runs: this learner's settings, each one that is given
+        replaced (``steps`` and ``inner_lr`` checked)."""
+        steps = self.steps_or_default(steps)
+        return InnerLoop(self.rates(inner_lr, steps), steps,
+                         self.first_order if first_order is None else first_order,
+                         self.adapt_names, self.per_step())
+
     def map_adapted(self, batch: TaskBatch, fn: Callable[[TaskOps, dict, Any], Any],
                     steps: int | None = None, inner_lr: InnerLR | None = None,
                     first_order: bool | None = None) -> Any:
@@ -197,12 +146,9 @@ class MAML(nn.Module):
         The outer objective of any task: the query loss (supervised), the adapted policy's
         action distribution on the query trajectories (RL).
         """
-        steps = self.steps_or_default(steps)
-        return MF.map_adapted(
-            self.model, self.params(), self.buffers_dict(), batch, fn, loss=self.loss_fn,
-            inner_lr=self.rates(inner_lr, steps), steps=steps,
-            first_order=self.first_order if first_order is None else first_order,
-            adapt_names=self.adapt_names, per_step=self.per_step(), batching=self.batching)
+        inner = self.inner_loop(steps, inner_lr, first_order)
+        return MF.map_adapted(self.model, self.params(), self.buffers_dict(), batch, fn,
+                              loss=self.loss_fn, inner=inner, batching=self.batching)
 
     def observe(self, batch: TaskBatch) -> None:
         """Running statistics of converted batch-norm layers: theta on each task's support
@@ -222,26 +168,24 @@ class MAML(nn.Module):
         """Mean query loss after adaptation; ``.backward()`` fills the model's grads."""
         self.observe(batch)
         steps = self.steps_or_default(steps)
+        inner = self.inner_loop(steps)
         if self.checkpoint_inner and not self.first_order and steps > 0:
             return checkpointed_task_losses(  # recompute inner steps in the backward pass
                 self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
-                inner_lr=self.rates(), steps=steps, adapt_names=self.adapt_names,
-                batching=self.batching).mean()
+                inner=inner, batching=self.batching).mean()
         if self.frees_chunks(steps):  # back-propagate chunk by chunk: memory of one chunk
-            return chunked_meta_loss(
-                self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
-                inner_lr=self.rates(), steps=steps, first_order=self.first_order,
-                adapt_names=self.adapt_names, batching=self.batching)
+            return chunked_meta_loss(self.model, self.params(), self.buffers_dict(), batch,
+                                     loss=self.loss_fn, inner=inner, batching=self.batching)
         return self.map_adapted(batch, MF.meta.query_value, steps).mean()
 
     def frees_chunks(self, steps: int) -> bool:
         """Whether ``meta_loss`` back-propagates each chunk of tasks at once and frees its
-        graph (``functional/chunked.py``): stacked batching, second order, grad mode on, step
-        sizes not learned (no per-step parameters). Same gradient, a chunk's memory."""
+        graph (``functional/chunked.py``): stacked batching (first or second order), grad mode
+        on, step sizes not learned (no per-step parameters). Same gradient, a chunk's memory."""
         learned = any(isinstance(t, Tensor) and t.requires_grad
                       for t in pytree.tree_leaves(self.rates()))
         return (self.batching.kind == "stacked" and torch.is_grad_enabled() and steps > 0
-                and not self.first_order and not learned and not self.per_step())
+                and not learned and not self.per_step())
 
     def adapted_params(self, support: Any, steps: int | None = None,
                        inner_lr: InnerLR | None = None) -> tuple[dict[str, Tensor], bool]:
@@ -266,11 +210,9 @@ class MAML(nn.Module):
         ``x`` alone may be any support data of the task loss (e.g. episodes). Use the result
         with ``torch.func.functional_call(learner.model, params, x)`` or ``learner(x, params)``.
         """
-        steps = self.steps_or_default(steps)
-        support = x if y is None else (x, y)
         ops = TaskOps(self.model, self.buffers_dict(), self.loss_fn)
-        return MF.trajectory(ops, self.params(), support, self.rates(inner_lr, steps), steps,
-                             self.first_order, self.adapt_names, self.per_step())[-1]
+        return MF.adapt(ops, self.params(), x if y is None else (x, y),
+                        self.inner_loop(steps, inner_lr))
 
     def forward(self, x: Any, params: dict[str, Tensor] | None = None) -> Tensor:
         """The model's prediction with ``params`` (adapted ones) or with theta; a tuple or dict
@@ -291,8 +233,8 @@ class MAML(nn.Module):
         steps = check_step_counts(steps)
         return MF.adaptation_curve(
             self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
-            metric=metric, inner_lr=self.rates(inner_lr, max(steps)), steps=steps,
-            adapt_names=self.adapt_names, per_step=self.per_step(), batching=self.batching)
+            metric=metric, inner=self.inner_loop(max(steps), inner_lr), steps=steps,
+            batching=self.batching)
 
 
 def _from_config(config, args: LearnerArgs) -> MAML:

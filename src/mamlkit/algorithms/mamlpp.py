@@ -119,9 +119,7 @@ class MAMLpp(SafeguardedExtraSteps, MAML):
         steps = self.steps_or_default(steps)
         losses = multi_step_losses(
             self.model, self.params(), self.buffers_dict(), batch, loss=self.loss_fn,
-            inner_lr=self.rates(steps=steps), steps=steps, weights=self.weights(steps),
-            first_order=self.first_order, adapt_names=self.adapt_names,
-            per_step=self.per_step(), batching=self.batching)
+            inner=self.inner_loop(steps), weights=self.weights(steps), batching=self.batching)
         return losses[:, 0].mean(), losses[:, 1].mean()
 
     def meta_loss(self, batch: TaskBatch, steps: int | None = None) -> Tensor:

@@ -42,8 +42,7 @@ class Reptile(MAML):
         params = self.params()
         adapted, losses = adapt_tasks(
             self.model, params, self.buffers_dict(), batch, loss=self.loss_fn,
-            inner_lr=self.rates(), steps=self.steps_or_default(steps),
-            data=self.data, adapt_names=self.adapt_names, batching=self.batching)
+            inner=self.inner_loop(steps), data=self.data, batching=self.batching)
         return surrogate(losses.mean(), params, reptile_direction(params, adapted))
 
 

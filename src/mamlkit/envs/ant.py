@@ -36,7 +36,6 @@ from typing import Any
 
 import mujoco
 import numpy as np
-import torch
 from gymnasium.envs.mujoco import ant_v5
 
 from mamlkit.envs.mujoco_tasks import (
@@ -45,7 +44,6 @@ from mamlkit.envs.mujoco_tasks import (
     RESET_NOISE,
     LocomotionBatch,
     LocomotionTaskEnv,
-    sample_locomotion_tasks,
 )
 
 CTRL_COST = 0.005
@@ -58,13 +56,7 @@ XML = os.path.join(os.path.dirname(ant_v5.__file__), "assets", "ant.xml")
 
 __all__ = ["CONTACT_COST", "CTRL_COST", "FRAME_SKIP", "HEALTHY_Z", "KINDS", "MAX_VELOCITY",
            "RESET_NOISE", "SURVIVE_REWARD", "VELOCITY_BONUS", "XML", "AntBatch", "AntDir", "AntVel",
-           "ant_reward", "is_healthy", "sample_ant_tasks"]
-
-
-def sample_ant_tasks(kind: str, num_tasks: int,
-                     generator: torch.Generator | int | None) -> list[dict]:
-    """``{"velocity": v}`` with ``v ~ U[0, 3]``, or ``{"direction": +-1}`` with equal odds."""
-    return sample_locomotion_tasks(kind, num_tasks, generator, MAX_VELOCITY, "Ant")
+           "ant_reward", "is_healthy"]
 
 
 def ant_reward(kind: str, task_value: Any, x_velocity: Any, action: Any,

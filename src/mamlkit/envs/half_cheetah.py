@@ -26,7 +26,6 @@ from typing import Any
 
 import mujoco
 import numpy as np
-import torch
 from gymnasium.envs.mujoco import half_cheetah_v5
 
 from mamlkit.envs.mujoco_tasks import (
@@ -36,7 +35,6 @@ from mamlkit.envs.mujoco_tasks import (
     LocomotionBatch,
     LocomotionTaskEnv,
     load_xml_model,
-    sample_locomotion_tasks,
 )
 
 CTRL_COST = 0.05
@@ -44,19 +42,12 @@ MAX_VELOCITY = 2.0
 XML = os.path.join(os.path.dirname(half_cheetah_v5.__file__), "assets", "half_cheetah.xml")
 
 __all__ = ["CTRL_COST", "FRAME_SKIP", "KINDS", "MAX_VELOCITY", "RESET_NOISE", "XML",
-           "HalfCheetahBatch", "HalfCheetahDir", "HalfCheetahVel", "cheetah_reward", "load_model",
-           "sample_cheetah_tasks"]
+           "HalfCheetahBatch", "HalfCheetahDir", "HalfCheetahVel", "cheetah_reward", "load_model"]
 
 
 def load_model(xml_file: str = XML) -> mujoco.MjModel:
     """The half-cheetah ``MjModel`` without the deprecation noise."""
     return load_xml_model(xml_file)
-
-
-def sample_cheetah_tasks(kind: str, num_tasks: int,
-                         generator: torch.Generator | int | None) -> list[dict]:
-    """``{"velocity": v}`` with ``v ~ U[0, 2]``, or ``{"direction": +-1}`` with equal odds."""
-    return sample_locomotion_tasks(kind, num_tasks, generator, MAX_VELOCITY, "Half-cheetah")
 
 
 def cheetah_reward(kind: str, task_value: Any, x_velocity: Any, action: Any) -> Any:

@@ -7,12 +7,16 @@ solver.
 
 from mamlkit.functional.adapt import (
     BoundLoss,
+    InnerLoop,
     InnerLR,
+    InnerStep,
     Params,
     adapt,
+    gradient_step,
     inner_step,
     sgd_update,
     step_size,
+    trajectory,
 )
 from mamlkit.functional.batching import (
     BATCHINGS,
@@ -24,14 +28,7 @@ from mamlkit.functional.batching import (
 )
 from mamlkit.functional.cg import conjugate_gradient
 from mamlkit.functional.losses import accuracy, cross_entropy, mse, resolve_loss, resolve_metric
-from mamlkit.functional.meta import (
-    adaptation_curve,
-    curve_over_steps,
-    map_adapted,
-    meta_loss,
-    task_losses,
-    trajectory,
-)
+from mamlkit.functional.meta import adaptation_curve, map_adapted, meta_loss, task_losses
 from mamlkit.functional.seeding import generator_from
 from mamlkit.functional.task_batch import StepData, TaskBatch
 from mamlkit.functional.task_loss import (
@@ -47,6 +44,8 @@ __all__ = [
     "Batching",
     "BoundLoss",
     "InnerLR",
+    "InnerLoop",
+    "InnerStep",
     "Params",
     "StepData",
     "SupervisedLoss",
@@ -61,9 +60,9 @@ __all__ = [
     "choose_batching",
     "conjugate_gradient",
     "cross_entropy",
-    "curve_over_steps",
     "forward",
     "generator_from",
+    "gradient_step",
     "has_torch_batch_norm",
     "inner_step",
     "map_adapted",

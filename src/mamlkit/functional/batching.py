@@ -8,20 +8,22 @@ one task, where ``ops`` offers the task's loss, an inner step and the model's fo
 - ``vmap``: ``torch.func.vmap`` over tasks (``chunk_size`` tasks per call), with per-task ops;
 - ``loop``: a Python loop over tasks with the same per-task ops, exact for any module;
 - ``stacked``: chunks of tasks (``chunk_size``, default ``DEFAULT_CHUNK``) with *stacked* ops,
-  which call a task-stacking model (``Conv4``) once for the whole chunk, or the batching's
-  ``stacked_forward`` (``models/stacking.py`` derives one for models of standard layers); ``fn``
-  then sees parameters and data with a leading task dimension and gets ``[T]``-shaped values.
+  which run the model once for the whole chunk through the batching's ``stacked_forward``
+  (``models/stacking.py`` derives one for any model of standard layers; a model that declares
+  ``supports_task_stacking`` stacks tasks itself); ``fn`` then sees parameters and data with a
+  leading task dimension and gets ``[T]``-shaped values.
 
-``choose_batching`` picks the strategy measured fastest and exact for a model; where it picks
-``vmap`` for ``auto``, ``LoopFallback`` remembers an operation that ``vmap`` cannot batch (an
-LSTM's) once the first call meets it, and the loop runs from then on.
+``resolve_batching`` is the one place a model gets its batching: ``choose_batching`` picks the
+strategy measured fastest and exact for it; where that is ``vmap`` for ``auto``,
+``LoopFallback`` remembers an operation that ``vmap`` cannot batch (an LSTM's) once the first
+call meets it, and the loop runs from then on.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -76,17 +78,12 @@ class TaskOps:
 
 @dataclass(frozen=True)
 class StackedOps(TaskOps):
-    """The same operations on a chunk of ``tasks`` tasks with stacked parameters ``[T, ...]``.
+    """The same operations on a chunk of ``tasks`` tasks with stacked parameters ``[T, ...]``,
+    the model run through ``stacked_forward``."""
 
-    The model runs through ``stacked_forward`` if given, else through ``functional_call`` (a
-    model that stacks tasks itself, ``Conv4``).
-    """
-
-    stacked_forward: StackedForward | None = None
+    stacked_forward: StackedForward = forward
 
     def forward(self, params: Mapping[str, Tensor], x: Any) -> Any:
-        if self.stacked_forward is None:
-            return super().forward(params, x)
         return self.stacked_forward(self.model, params, self.buffers, x)
 
     def value(self, params, data, loss=None) -> Tensor:
@@ -94,8 +91,6 @@ class StackedOps(TaskOps):
         if loss.stacked is None:
             raise ValueError(f"The task loss {loss!r} has no stacked form; choose "
                              "batching='vmap' or 'loop'.")
-        if self.stacked_forward is None:  # keeps custom losses without the keyword working
-            return loss.stacked(self.model, params, self.buffers, data)
         return loss.stacked(self.model, params, self.buffers, data,
                             stacked_forward=self.stacked_forward)
 
@@ -169,10 +164,10 @@ def _restore(states: list[tuple[torch.device, Tensor]]) -> None:
 class Batching:
     """``vmap`` | ``loop`` | ``stacked``, with ``chunk_size`` tasks per call (None: default).
 
-    ``stacked_forward`` (stacked only) runs the model for a chunk of tasks, for models that do
-    not stack tasks themselves; ``fallback`` (vmap only, what ``auto`` gives) loops over tasks
-    once an operation without a vmap rule is met, saying so once. Both are how, not what, so
-    equality and hashing ignore them.
+    ``stacked_forward`` (stacked only) runs the model for a chunk of tasks (``resolve_batching``
+    fills it in; left out, the model must stack tasks itself); ``fallback`` (vmap only, what
+    ``auto`` gives) loops over tasks once an operation without a vmap rule is met, saying so
+    once. Both are how, not what, so equality and hashing ignore them.
     """
 
     kind: str = "vmap"
@@ -201,14 +196,11 @@ class Batching:
         outputs stacked over tasks. ``params`` are shared unless ``batched_params``."""
         params, buffers = dict(params), dict(buffers)
         if self.kind == "stacked":
-            if self.stacked_forward is None and not supports_task_stacking(model):
-                raise ValueError(f"{type(model).__name__} does not support batching='stacked'; "
-                                 "choose auto, vmap or loop.")
+            run_stacked = self.stacked_forward or _own_stacking(model)
             outputs = []
             for part in self.slices(leaves(data)[0].shape[0]):
                 chunk = take(data, part)
-                ops = StackedOps(model, buffers, loss, leaves(chunk)[0].shape[0],
-                                 self.stacked_forward)
+                ops = StackedOps(model, buffers, loss, leaves(chunk)[0].shape[0], run_stacked)
                 p = take(params, part) if batched_params else ops.shared(params)
                 outputs.append(fn(ops, p, chunk))
             return _stack(outputs, torch.cat)
@@ -236,30 +228,68 @@ class Batching:
 
 
 def has_torch_batch_norm(model: nn.Module) -> bool:
+    """Whether ``model`` holds a stock ``nn.BatchNorm1d/2d/3d``."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def choose_batching(model: nn.Module) -> str:
-    """The batching strategy we measured to be fastest and exact for this kind of model.
+def has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
-    Models that run many tasks in one call with stacked parameters (``Conv4``) get
-    ``"stacked"``: 1.6-2.3x faster than a plain autograd loop on CPU at about 0.6x its peak
-    memory (benchmarks/conv_batching.py). For other conv nets per-task weights make ``vmap`` turn
-    each convolution into a grouped NCHW one, slower than a loop on CPU, and ``nn.BatchNorm`` under
-    ``vmap`` gives inexact second-order gradients: they get the loop here, and the learners'
-    ``auto`` stacks them instead where ``models/stacking.py`` can derive their stacked forward
-    (``algorithms/maml.py::model_batching``). Everything else is batched with ``vmap``. On a
-    GPU, ``vmap`` over Conv4 was 18x faster than the plain loop on an H100 (grouped
-    convolutions are fast there), so models on CUDA without ``nn.BatchNorm`` get it.
+
+# model -> its task-stacked forward, or ValueError naming the layer that has none
+# (``models.stacking.stacker`` derives one for models of standard layers)
+Stacker = Callable[[nn.Module], StackedForward]
+
+
+def _own_stacking(model: nn.Module) -> StackedForward:
+    """A model that stacks tasks itself runs through ``functional_call`` as it is."""
+    if not supports_task_stacking(model):
+        raise ValueError(f"{type(model).__name__} does not support batching='stacked'; "
+                         "choose auto, vmap or loop.")
+    return forward
+
+
+def stacking_for(model: nn.Module, stacker: Stacker | None) -> StackedForward:
+    """The model's task-stacked forward: its own, else ``stacker``'s; or one sentence."""
+    if supports_task_stacking(model) or stacker is None:
+        return _own_stacking(model)
+    try:
+        return stacker(model)
+    except ValueError as error:
+        raise ValueError(f"{type(model).__name__} does not support batching='stacked': "
+                         f"{error}; choose auto, vmap or loop.") from None
+
+
+def _stackable(model: nn.Module, stacker: Stacker | None) -> str | None:
+    """None if ``model`` can be stacked, else why not."""
+    if supports_task_stacking(model):
+        return None
+    if stacker is None:
+        return "no stacked form given"
+    try:
+        stacker(model)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def choose_batching(model: nn.Module, stacker: Stacker | None = None) -> str:
+    """The batching strategy measured fastest and exact for this kind of model.
+
+    On CPU, conv nets and batch norm run task-stacked where the model stacks itself or
+    ``stacker`` derives its stacked form (else in a loop: ``vmap`` makes per-task grouped NCHW
+    convolutions, and is inexact at second order with ``nn.BatchNorm``); on a GPU, ``vmap``
+    unless the model holds ``nn.BatchNorm``. Everything else runs in one ``vmap``. The
+    measurements are in docs/speed-and-scale.md.
     """
     on_gpu = any(p.is_cuda for p in model.parameters())
-    if on_gpu and not has_torch_batch_norm(model):
-        return "vmap"
-    if supports_task_stacking(model) and not has_torch_batch_norm(model):
+    batch_norm = has_torch_batch_norm(model)
+    if on_gpu:
+        return "loop" if batch_norm else "vmap"
+    if supports_task_stacking(model) and not batch_norm:
         return "stacked"
-    if has_torch_batch_norm(model) or any(isinstance(m, nn.modules.conv._ConvNd)
-                                          for m in model.modules()):
-        return "loop"
+    if batch_norm or has_conv(model):
+        return "stacked" if _stackable(model, stacker) is None else "loop"
     return "vmap"
 
 
@@ -268,21 +298,48 @@ def auto_batching(kind: str, chunk_size: int | None = None) -> Batching:
     return Batching(kind, chunk_size, fallback=LoopFallback() if kind == "vmap" else None)
 
 
-def resolve_batching(batching: str | Batching, model: nn.Module,
-                     chunk_size: int | None = None) -> Batching:
-    """A ``Batching`` from ``"auto"``, a kind or a ``Batching`` (checked against the model)."""
+STOCK_BATCH_NORM_CHUNK = 2  # keeps a stock-BN conv net within 2x the loop's memory
+
+
+def _keeps_running_stats(model: nn.Module) -> bool:
+    """Batch norm with running statistics: a stock layer, or one that ``MAML`` converted."""
+    return any(getattr(m, "track_running_stats", False) for m in model.modules())
+
+
+def _stacked(model: nn.Module, chunk_size: int | None, stacker: Stacker | None) -> Batching:
+    """Task stacking; without a ``chunk_size``, models with stock batch norm (running statistics)
+    stack 2 tasks per call (they keep more per task), the rest ``DEFAULT_CHUNK``."""
+    if chunk_size is None and _keeps_running_stats(model):
+        chunk_size = STOCK_BATCH_NORM_CHUNK
+    return Batching("stacked", chunk_size, stacked_forward=stacking_for(model, stacker))
+
+
+def resolve_batching(batching: str | Batching, model: nn.Module, chunk_size: int | None = None,
+                     stacker: Stacker | None = None, announce: bool = False) -> Batching:
+    """A ``Batching`` for ``model`` from ``"auto"``, a kind or a ``Batching``.
+
+    ``stacked`` (asked for, or chosen by ``auto``) runs through the model's own stacked forward
+    or ``stacker``'s, or stops with one sentence naming the layer. ``announce``: one log line
+    when ``auto`` leaves a conv net in a loop because it cannot be stacked.
+    """
     if isinstance(batching, Batching):
-        result = batching
-    elif batching == "auto":
-        result = auto_batching(choose_batching(model), chunk_size)
-    else:
-        result = Batching(batching, chunk_size)
-    if (result.kind == "stacked" and result.stacked_forward is None
-            and not supports_task_stacking(model)):
-        raise ValueError(f"{type(model).__name__} does not support batching='stacked'; "
-                         "choose auto, vmap or loop.")
-    return result
+        if batching.kind == "stacked" and batching.stacked_forward is None:
+            return replace(batching, stacked_forward=stacking_for(model, stacker))
+        return batching
+    if batching == "stacked":
+        return _stacked(model, chunk_size, stacker)
+    if batching != "auto":
+        return Batching(batching, chunk_size)
+    kind = choose_batching(model, stacker)
+    if kind == "stacked":
+        return _stacked(model, chunk_size, stacker)
+    on_gpu = any(p.is_cuda for p in model.parameters())
+    if kind == "loop" and announce and has_conv(model) and not on_gpu:
+        log.warning("mamlkit: %s runs with batching='loop', not task-stacked: %s.",
+                    type(model).__name__, _stackable(model, stacker))
+    return auto_batching(kind, chunk_size)
 
 
-__all__ = ["BATCHINGS", "Batching", "LoopFallback", "StackedOps", "TaskOps", "auto_batching",
-           "choose_batching", "has_torch_batch_norm", "resolve_batching"]
+__all__ = ["BATCHINGS", "Batching", "LoopFallback", "StackedOps", "Stacker", "TaskOps",
+           "auto_batching", "choose_batching", "has_conv", "has_torch_batch_norm",
+           "resolve_batching", "stacking_for"]

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.utils import _pytree as pytree
 
-from mamlkit.functional.adapt import InnerLR, Params, step_size
+from mamlkit.functional.adapt import InnerLoop, InnerLR, Params, gradient_step
 from mamlkit.functional.batching import Batching, TaskOps
 from mamlkit.functional.stacked import stack_params
 from mamlkit.functional.task_batch import TaskBatch, support_at
@@ -55,8 +55,7 @@ class _Plan:
     loss: TaskLoss
     support: Any
     query: Any
-    steps: int
-    adapt_names: Sequence[str] | None
+    inner: InnerLoop  # second order; its inner_lr is rebuilt from lr_spec and the leaves
     batching: Batching
     lr_spec: Any  # pytree spec of inner_lr
     lr_leaves: list[Any]  # its leaves; tensor slots that need grad are filled per call
@@ -75,13 +74,15 @@ class _Plan:
 
     def step(self, params: Params, k: int, inner_lr: InnerLR) -> Params:
         """Inner step ``k`` of every task (second order when grad mode is on)."""
-        lr = step_size(inner_lr, k)
-        return self._map(lambda ops, p, s: ops.step(p, s, lr, False, self.adapt_names), params,
+        inner = self.inner.but(inner_lr=inner_lr)
+        return self._map(lambda ops, p, s: gradient_step(ops, p, s, k, inner), params,
                          support_at(self.support, k))
 
     def query_losses(self, params: Params) -> Tensor:
         """Every task's query loss ``[tasks]`` with its own (stacked) parameters."""
         return self._map(lambda ops, p, q: ops.value(p, q), params, self.query)
+
+
 def _leaves(params: Params) -> Params:
     return {n: t.detach().requires_grad_() for n, t in params.items()}
 
@@ -96,7 +97,7 @@ class _CheckpointedQueryLosses(torch.autograd.Function):
         tasks = plan.tasks
         inner_lr = plan.rates([t.detach() for t in rate_tensors])
         states = [stack_params({n: t.detach() for n, t in theta.items()}, tasks)]
-        for k in range(plan.steps):  # grad mode is off here: first-order steps, no graph
+        for k in range(plan.inner.steps):  # grad mode is off here: first-order steps, no graph
             states.append({n: t.detach() for n, t in plan.step(states[-1], k, inner_lr).items()})
         with torch.enable_grad():
             last = _leaves(states.pop())
@@ -120,7 +121,7 @@ class _CheckpointedQueryLosses(torch.autograd.Function):
         with torch.enable_grad():
             rates = [t.detach().requires_grad_() for t in rate_tensors]
             inner_lr = plan.rates(rates)
-            for k in reversed(range(plan.steps)):
+            for k in reversed(range(plan.inner.steps)):
                 before = _leaves(ctx.states[k])
                 after = plan.step(before, k, inner_lr)
                 outs = [n for n in after if after[n].requires_grad]
@@ -145,27 +146,29 @@ def checkpointed_task_losses(
     batch: TaskBatch,
     *,
     loss: str | Callable | TaskLoss,
-    inner_lr: InnerLR,
-    steps: int,
-    adapt_names: Sequence[str] | None = None,
+    inner: InnerLoop,
     batching: Batching | str = "vmap",
 ) -> Tensor:
-    """Query loss after ``steps`` second-order inner steps of every task, ``[tasks]``, with
-    checkpointing across inner steps (see the module docstring).
+    """Query loss after ``inner.steps`` second-order inner steps of every task, ``[tasks]``,
+    with checkpointing across inner steps (see the module docstring; no per-step parameters).
 
     Tasks go in the batching's chunks (stacked: ``DEFAULT_CHUNK``; vmap and loop: all tasks
     unless ``chunk_size`` is set); the backward holds one inner step of one chunk at a time.
     """
+    if inner.per_step:
+        raise ValueError("Checkpointed inner steps take no per-step parameters; use the "
+                         "ordinary meta-loss.")
     batching = batching if isinstance(batching, Batching) else Batching(batching)
     task_loss = as_task_loss(batch.loss or loss)
     names = list(params)
-    leaves, spec = pytree.tree_flatten(_plain(inner_lr))
+    leaves, spec = pytree.tree_flatten(_plain(inner.inner_lr))
     slots = [i for i, t in enumerate(leaves) if torch.is_tensor(t) and t.requires_grad]
     losses = []
     for part in batching.slices(batch.num_tasks):
         chunk = batch[part]
-        plan = _Plan(model, dict(buffers), task_loss, chunk.support, chunk.query, steps,
-                     adapt_names, batching, spec, leaves, slots, chunk.num_tasks)
+        plan = _Plan(model, dict(buffers), task_loss, chunk.support, chunk.query,
+                     inner.but(first_order=False), batching, spec, leaves, slots,
+                     chunk.num_tasks)
         losses.append(_CheckpointedQueryLosses.apply(
             plan, names, *(params[n] for n in names), *(leaves[i] for i in slots)))
     return torch.cat(losses)

@@ -8,8 +8,9 @@ the chunks add up to the meta-gradient, kept until ``backward``, which only scal
 incoming gradient (the result is one number, the mean query loss, so that is exact for any use
 of it). Peak memory is one chunk's graph and one gradient; the work is the same, done earlier.
 
-Used by the learner for second-order meta-losses on the stacked path when nothing but theta
-needs a gradient (step sizes and per-step parameters are not learned); once differentiable.
+Used by the learner for meta-losses on the stacked path, first or second order (a first-order
+chunk's graph still holds its query pass), when nothing but theta needs a gradient (step sizes
+and per-step parameters are not learned); once differentiable.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from mamlkit.functional.adapt import BoundLoss, InnerLR, Params
 from mamlkit.functional.batching import Batching, TaskOps
 from mamlkit.functional.cg import conjugate_gradient
+from mamlkit.functional.meta import values_at
 from mamlkit.functional.proximal import ProximalSolver
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss, as_task_loss, as_task_metric
@@ -73,11 +74,9 @@ def proximal_adaptation_curve(
     batching, solver = _per_task_batching(batching, solver)
 
     def per_task(ops: TaskOps, theta: Params, data: Any) -> Tensor:
-        (support, query), values = data, []
-        for k, phi in enumerate(solver.iterates(ops.bound(), theta, support, wanted[-1])):
-            if k in wanted:
-                values.append(ops.value(phi, query, metric_loss))
-        return torch.stack(values, dim=-1)
+        support, query = data
+        return values_at(solver.iterates(ops.bound(), theta, support, wanted[-1]), wanted,
+                         lambda phi: ops.value(phi, query, metric_loss))
 
     with torch.no_grad():
         detached = {n: t.detach() for n, t in params.items()}

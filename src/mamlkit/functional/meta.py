@@ -6,57 +6,38 @@ Each is one per-task function (adapt on the support data, then look at the query
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mamlkit.functional.adapt import InnerLR, Params, step_size
+from mamlkit.functional.adapt import (
+    InnerLoop,
+    InnerStep,
+    Params,
+    adapt,
+    detached,
+    gradient_step,
+    trajectory,
+)
 from mamlkit.functional.batching import Batching, TaskOps
-from mamlkit.functional.task_batch import TaskBatch, support_at
+from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss, as_task_loss, as_task_metric
-
-# Parameters that replace entries before each inner step (MAML++'s per-step batch-norm
-# weights); steps past the given ones reuse the last set.
-PerStep = Sequence[Mapping[str, Tensor]] | None
-
-
-def at_step(per_step: PerStep, step: int) -> Mapping[str, Tensor]:
-    if not per_step:
-        return {}
-    return per_step[min(step, len(per_step) - 1)]
-
-
-def trajectory(ops: TaskOps, params: Mapping[str, Tensor], support: Any, inner_lr: InnerLR,
-               steps: int, first_order: bool = False, adapt_names: Sequence[str] | None = None,
-               per_step: PerStep = None) -> list[Params]:
-    """Parameters after 0, 1, ..., ``steps`` inner steps (``steps + 1`` dicts)."""
-    current = {**params, **ops.shared(at_step(per_step, 0))}
-    out = [current]
-    for step in range(steps):
-        current = ops.step(current, support_at(support, step), step_size(inner_lr, step),
-                           first_order, adapt_names)
-        current = {**current, **ops.shared(at_step(per_step, step + 1))}
-        out.append(current)
-    return out
 
 
 def map_adapted(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                 batch: TaskBatch, fn: Callable[[TaskOps, Params, Any], Any], *,
-                loss: str | Callable | TaskLoss, inner_lr: InnerLR, steps: int,
-                first_order: bool = False, adapt_names: Sequence[str] | None = None,
-                per_step: PerStep = None, batching: Batching | str = "vmap") -> Any:
-    """``fn(ops, adapted, query)`` of every task after ``steps`` inner steps on its support.
+                loss: str | Callable | TaskLoss, inner: InnerLoop,
+                batching: Batching | str = "vmap") -> Any:
+    """``fn(ops, adapted, query)`` of every task after ``inner``'s steps on its support.
 
     The general form of the outer objective: the query loss for supervised tasks, the adapted
     policy's action distribution on the query trajectories for RL tasks.
     """
     def per_task(ops: TaskOps, p: Params, data: Any) -> Any:
         support, query = data
-        adapted = trajectory(ops, p, support, inner_lr, steps, first_order, adapt_names,
-                             per_step)[-1]
-        return fn(ops, adapted, query)
+        return fn(ops, adapt(ops, p, support, inner), query)
 
     batching = batching if isinstance(batching, Batching) else Batching(batching)
     return batching.map(per_task, model, buffers, as_task_loss(batch.loss or loss), params,
@@ -78,69 +59,54 @@ def meta_loss(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[s
               batch: TaskBatch, **kwargs) -> Tensor:
     """The meta-objective: mean over tasks of the query loss after adaptation.
 
-    Differentiable with respect to ``params`` (second order unless ``first_order=True``).
+    Differentiable with respect to ``params`` (second order unless ``inner.first_order``).
     """
     return task_losses(model, params, buffers, batch, **kwargs).mean()
 
 
-# (ops, theta, adapted, support, step index) -> adapted after that step
-StepFn = Callable[[TaskOps, Params, Params, Any, int], Params]
-
-
-def plain_steps(inner_lr: InnerLR, adapt_names: Sequence[str] | None = None) -> StepFn:
-    """First-order gradient steps of ``inner_lr``: how most learners adapt at evaluation."""
-    def step_fn(ops, theta, adapted, support, step):
-        return ops.step(adapted, support, step_size(inner_lr, step), True, adapt_names)
-
-    return step_fn
-
-
-def curve_over_steps(model: nn.Module, params: Mapping[str, Tensor],
-                     buffers: Mapping[str, Tensor], batch: TaskBatch, *,
-                     loss: str | Callable | TaskLoss, metric: str | Callable | TaskLoss,
-                     step_fn: StepFn, steps: Sequence[int], per_step: PerStep = None,
-                     batching: Batching | str = "vmap") -> Tensor:
-    """Query metric after each number of ``step_fn`` steps in ``steps``: ``[len(steps), tasks]``.
-
-    The evaluation loop every learner shares; a learner brings its own inner step (plain
-    gradient steps, iMAML's proximal ones). No meta-gradient: runs under no_grad from a
-    detached theta.
-    """
-    wanted = sorted(set(int(s) for s in steps))
-    metric_loss = as_task_metric(metric)
-    frozen = [{n: t.detach() for n, t in p.items()} for p in per_step] if per_step else None
-
-    def per_task(ops: TaskOps, p: Params, data: Any) -> Tensor:
-        (support, query), values = data, []
-        adapted = {**p, **ops.shared(at_step(frozen, 0))}
-        for step in range(wanted[-1] + 1):
-            if step in wanted:
-                values.append(ops.value(adapted, query, metric_loss))
-            if step < wanted[-1]:
-                adapted = step_fn(ops, p, adapted, support_at(support, step), step)
-                adapted = {**{n: t.detach() for n, t in adapted.items()},
-                           **ops.shared(at_step(frozen, step + 1))}
-        return torch.stack(values, dim=-1)
-
-    batching = batching if isinstance(batching, Batching) else Batching(batching)
-    with torch.no_grad():
-        detached = {n: t.detach() for n, t in params.items()}
-        curve = batching.map(per_task, model, dict(buffers), as_task_loss(batch.loss or loss),
-                             detached, (batch.support, batch.query))
-    return curve.T[[wanted.index(int(s)) for s in steps]]
+def values_at(iterates: Iterable[Params], wanted: Sequence[int],
+              value: Callable[[Params], Tensor]) -> Tensor:
+    """``value`` of the iterates numbered in ``wanted`` (sorted), stacked on the last dim; the
+    iterates are not asked for past the last one wanted."""
+    values = []
+    for k, params in enumerate(iterates):
+        if k in wanted:
+            values.append(value(params))
+        if k == wanted[-1]:
+            break
+    return torch.stack(values, dim=-1)
 
 
 def adaptation_curve(model: nn.Module, params: Mapping[str, Tensor],
                      buffers: Mapping[str, Tensor], batch: TaskBatch, *,
                      loss: str | Callable | TaskLoss, metric: str | Callable | TaskLoss,
-                     inner_lr: InnerLR, steps: Sequence[int],
-                     adapt_names: Sequence[str] | None = None, per_step: PerStep = None,
+                     inner: InnerLoop, steps: Sequence[int], step: InnerStep = gradient_step,
                      batching: Batching | str = "vmap") -> Tensor:
-    """Query metric of every task after each number of plain inner steps: ``[len, tasks]``."""
-    return curve_over_steps(model, params, buffers, batch, loss=loss, metric=metric,
-                            step_fn=plain_steps(inner_lr, adapt_names), steps=steps,
-                            per_step=per_step, batching=batching)
+    """Query metric of every task after each number of inner steps in ``steps``:
+    ``[len(steps), tasks]``.
+
+    The evaluation loop every learner shares: first-order ``step``s (``inner.steps`` and
+    ``inner.first_order`` are set by the curve), each step's result detached. No meta-gradient:
+    runs under no_grad from a detached theta.
+    """
+    wanted = sorted(set(int(s) for s in steps))
+    metric_loss = as_task_metric(metric)
+    frozen = ([{n: t.detach() for n, t in p.items()} for p in inner.per_step]
+              if inner.per_step else None)
+    walk = inner.but(steps=wanted[-1], first_order=True, per_step=frozen)
+
+    def per_task(ops: TaskOps, p: Params, data: Any) -> Tensor:
+        support, query = data
+        return values_at(trajectory(ops, p, support, walk, detached(step)), wanted,
+                         lambda adapted: ops.value(adapted, query, metric_loss))
+
+    batching = batching if isinstance(batching, Batching) else Batching(batching)
+    with torch.no_grad():
+        detached_theta = {n: t.detach() for n, t in params.items()}
+        curve = batching.map(per_task, model, dict(buffers), as_task_loss(batch.loss or loss),
+                             detached_theta, (batch.support, batch.query))
+    return curve.T[[wanted.index(int(s)) for s in steps]]
 
 
-__all__ = ["PerStep", "StepFn", "adaptation_curve", "at_step", "curve_over_steps", "map_adapted",
-           "meta_loss", "plain_steps", "query_value", "task_losses", "trajectory"]
+__all__ = ["adaptation_curve", "map_adapted", "meta_loss", "query_value", "task_losses",
+           "values_at"]

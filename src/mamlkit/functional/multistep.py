@@ -1,7 +1,7 @@
 """MAML++'s multi-step loss: the query loss after every inner step, with annealed weights.
 
 With one-hot weights on the last step and no per-step parameters this is exactly MAML's
-meta-loss; the trajectory, per-step parameters and batching are the ones of ``meta.py``.
+meta-loss; the trajectory (``adapt.trajectory``), per-step parameters and batching are MAML's.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mamlkit.functional.adapt import InnerLR, Params
+from mamlkit.functional.adapt import InnerLoop, Params, trajectory
 from mamlkit.functional.batching import Batching, TaskOps
-from mamlkit.functional.meta import PerStep, trajectory
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss, as_task_loss
 
@@ -32,26 +31,23 @@ def multi_step_losses(
     batch: TaskBatch,
     *,
     loss: str | Callable | TaskLoss,
-    inner_lr: InnerLR,
-    steps: int,
+    inner: InnerLoop,
     weights: Sequence[float],
-    first_order: bool = False,
-    adapt_names: Sequence[str] | None = None,
-    per_step: PerStep = None,
     batching: Batching | str = "vmap",
 ) -> Tensor:
     """Per task ``[objective, last-step query loss]`` (shape ``[tasks, 2]``).
 
-    ``objective = sum_s weights[s-1] * L_query(theta_s)`` over steps ``s = 1..steps``; query
-    losses of steps with weight 0 are not computed.
+    ``objective = sum_s weights[s-1] * L_query(theta_s)`` over steps ``s = 1..inner.steps``;
+    query losses of steps with weight 0 are not computed.
     """
+    steps = inner.steps
     if steps < 1:
         raise ValueError("The multi-step loss needs at least one inner step.")
     wanted = sorted({s for s in range(1, steps + 1) if weights[s - 1] != 0} | {steps})
 
     def per_task(ops: TaskOps, p: Params, data: Any) -> Tensor:
         support, query = data
-        path = trajectory(ops, p, support, inner_lr, steps, first_order, adapt_names, per_step)
+        path = list(trajectory(ops, p, support, inner))
         return _weighted({s: ops.value(path[s], query) for s in wanted}, weights, steps)
 
     batching = batching if isinstance(batching, Batching) else Batching(batching)

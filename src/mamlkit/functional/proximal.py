@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from mamlkit.functional.adapt import BoundLoss, InnerLR, Params, step_size
+from mamlkit.functional.flat import flat, unflat
 
 SOLVERS = ("lbfgs", "gd")
 LINE_SEARCH = torch.tensor([2.0 ** -j for j in range(16)])  # trial step lengths: 1, 1/2 .. 2^-15
@@ -42,15 +43,11 @@ ARMIJO = 1e-4  # sufficient decrease: F(x + t d) <= F(x) + ARMIJO * t * grad.d
 
 
 def flatten(params: Mapping[str, Tensor]) -> Tensor:
-    return torch.cat([p.reshape(-1) for p in params.values()])
+    return flat(params.values())
 
 
-def unflatten(flat: Tensor, like: Mapping[str, Tensor]) -> Params:
-    out, offset = {}, 0
-    for n, t in like.items():
-        out[n] = flat[offset:offset + t.numel()].view_as(t)
-        offset += t.numel()
-    return out
+def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> Params:
+    return dict(zip(like, unflat(vector, list(like.values())), strict=True))
 
 
 @dataclass(frozen=True)

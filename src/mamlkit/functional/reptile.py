@@ -7,15 +7,14 @@ adapted parameters: an optimiser step with this "gradient" is Reptile's update.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mamlkit.functional.adapt import InnerLR, Params
+from mamlkit.functional.adapt import InnerLoop, Params, adapt
 from mamlkit.functional.batching import Batching, TaskOps
-from mamlkit.functional.meta import trajectory
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss, as_task_loss
 
@@ -27,10 +26,8 @@ def adapt_tasks(
     batch: TaskBatch,
     *,
     loss: str | Callable | TaskLoss,
-    inner_lr: InnerLR,
-    steps: int,
+    inner: InnerLoop,
     data: str = "all",
-    adapt_names: Sequence[str] | None = None,
     batching: Batching | str = "vmap",
 ) -> tuple[Params, Tensor]:
     """Every task's first-order adapted parameters (stacked ``[tasks, ...]``) and its query loss.
@@ -45,16 +42,19 @@ def adapt_tasks(
         (sx, sy), (qx, qy) = support, query
         support = (torch.cat([sx, qx], dim=1), torch.cat([sy, qy], dim=1))
     theta = {n: t.detach() for n, t in params.items()}
+    inner = inner.but(first_order=True)
 
     def per_task(ops: TaskOps, p: Params, task: Any) -> tuple[Params, Tensor]:
         s, q = task
-        adapted = trajectory(ops, p, s, inner_lr, steps, True, adapt_names)[-1]
+        adapted = adapt(ops, p, s, inner)
         return {n: t.detach() for n, t in adapted.items()}, ops.value(adapted, q)
 
     batching = batching if isinstance(batching, Batching) else Batching(batching)
     with torch.no_grad():
         return batching.map(per_task, model, buffers, as_task_loss(batch.loss or loss), theta,
                             (support, query))
+
+
 def reptile_direction(params: Mapping[str, Tensor], adapted: Mapping[str, Tensor]) -> Params:
     """mean over tasks of (theta - theta'_T): the update direction to descend along."""
     return {n: p.detach() - adapted[n].mean(dim=0) for n, p in params.items()}

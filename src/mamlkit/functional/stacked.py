@@ -1,13 +1,15 @@
-"""Task stacking: the inner step of many tasks in one call, for models that stack parameters.
+"""Task stacking: the inner step of many tasks in one call, for models run with stacked parameters.
 
-A model that declares ``supports_task_stacking = True`` (mamlkit's ``Conv4``), called through
-``functional_call`` with parameters that carry a leading task dimension ``T`` and an input
-``[T, N, ...]``, returns ``[T, N, ...]``: every task computed with its own parameters, tasks never
-mixed. Then the gradient of the sum of the per-task losses with respect to the stacked parameters
-is every task's own inner gradient, and plain ``torch.autograd.grad`` (``create_graph`` for second
-order) gives all of them at once. No ``vmap``: the model picks kernels that are fast for stacked
-weights (grouped channels-last convolutions) and exact at second order (fused batch norm, whose
-second-order gradients under ``vmap`` are wrong in torch 2.13).
+A task-stacked forward (``models/stacking.py`` derives one for any model of standard layers; a
+model that declares ``supports_task_stacking = True`` is one itself, called through
+``functional_call``) takes parameters that carry a leading task dimension ``T`` and an input
+``[T, N, ...]`` and returns ``[T, N, ...]``: every task computed with its own parameters, tasks
+never mixed. Then the gradient of the sum of the per-task losses with respect to the stacked
+parameters is every task's own inner gradient, and plain ``torch.autograd.grad``
+(``create_graph`` for second order) gives all of them at once. No ``vmap``: the forward picks
+kernels that are fast for stacked weights (grouped channels-last convolutions) and exact at
+second order (fused batch norm, whose second-order gradients under ``vmap`` are wrong in torch
+2.13).
 """
 
 from __future__ import annotations
@@ -20,12 +22,8 @@ from torch import Tensor, nn
 
 from mamlkit.functional.adapt import Params, StepSize, is_zero, sgd_update
 
-# Tasks per model call. Second-order meta-losses free each chunk's graph once back-propagated
-# (functional/chunked.py), so peak memory grows with the chunk. 4 tasks: conv4 meta-steps 3-9%
-# faster than 2 (benchmarks/results/any_model.md) and whole omniglot-5w1s-quick iterations 16%
-# faster (200 iterations alone: 24.8 s against 29.5 s), at 1.6-1.7x the memory of a loop that
-# back-propagates task by task; chunk_size=2 takes 0.55-0.7x of that memory, and a model whose
-# task graphs are gigabytes (ResNet-12 at 84x84) wants chunk_size=1 or 2.
+# Tasks per model call; peak memory grows with it (meta-losses free each chunk's graph once
+# back-propagated). Measurements and when to lower it: docs/speed-and-scale.md.
 DEFAULT_CHUNK = 4
 
 # losses(params, data) -> [T]: every task's loss from stacked parameters and stacked data
@@ -33,7 +31,7 @@ StackedLoss = Callable[[Mapping[str, Tensor], Any], Tensor]
 
 
 def supports_task_stacking(model: nn.Module) -> bool:
-    """True for models that accept parameters stacked over tasks (see the module docstring)."""
+    """True for models that stack tasks themselves (see the module docstring)."""
     return bool(getattr(model, "supports_task_stacking", False))
 
 

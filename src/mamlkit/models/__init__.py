@@ -3,7 +3,6 @@
 from mamlkit.models.batch_norm import (
     TaskBatchNorm,
     exact_batch_norm,
-    has_torch_batch_norm,
     update_running_stats,
 )
 from mamlkit.models.conv4 import Conv4
@@ -12,5 +11,5 @@ from mamlkit.models.resnet12 import ResNet12
 from mamlkit.models.stacking import Unstackable, compile_stacking, stacked_forward, stacking_problem
 
 __all__ = ["Conv4", "ResNet12", "TaskBatchNorm", "Unstackable", "compile_stacking",
-           "exact_batch_norm", "has_torch_batch_norm", "mlp", "stacked_forward",
+           "exact_batch_norm", "mlp", "stacked_forward",
            "stacking_problem", "update_running_stats"]

@@ -148,9 +148,5 @@ def update_running_stats(model: nn.Module, inputs: Iterable[Tensor]) -> None:
             hook.remove()
 
 
-def has_torch_batch_norm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-__all__ = ["TaskBatchNorm", "exact_batch_norm", "has_torch_batch_norm", "running_stat_layers",
+__all__ = ["TaskBatchNorm", "exact_batch_norm", "running_stat_layers",
            "update_running_stats"]

@@ -1,7 +1,6 @@
 """Task stacking for any model built from standard layers: many tasks in one call.
 
-``Conv4`` stacks tasks by hand (``task_conv``); here the same is derived for any model made of
-standard layers. ``torch.fx`` traces the model once (standard layers and ``TaskBatchNorm`` as
+``torch.fx`` traces the model once (standard layers and ``TaskBatchNorm`` as
 leaves) and an interpreter runs the graph for ``T`` tasks at once, with parameters stacked
 ``[T, ...]`` and input ``[T, N, ...]``. Every value lives in one of two layouts:
 
@@ -12,7 +11,8 @@ leaves) and an interpreter runs the graph for ``T`` tasks at once, with paramete
 - task-major ``[T, N, ...]``: Linear (one ``bmm``), LayerNorm, Flatten, reshapes, reductions.
 
 A value changes layout only where an operation needs the other one, so chains of conv / norm /
-activation / pool / residual add stay folded, as in ``Conv4``'s hand-written path. Tasks never
+activation / pool / residual add stay folded (for ``Conv4`` the same kernels, bit for bit, as
+its former hand-written stacked forward: ``benchmarks/stacking_paths.py``). Tasks never
 mix, so the gradient of the summed per-task losses with respect to the stacked parameters is
 every task's own gradient (``functional.stacked``), and grouped convolutions and fused norms are
 exact at second order outside ``vmap``. A layer or operation without a rule here makes the model
@@ -40,12 +40,6 @@ from torch.utils import _pytree as pytree
 from mamlkit.functional.stacked import stack_params
 from mamlkit.models.batch_norm import TaskBatchNorm
 from mamlkit.models.task_conv import stacked_linear, tasks_to_channels
-
-# Tasks per stacked call for models stacked here (``functional/stacked.py``'s DEFAULT_CHUNK is
-# for models that stack themselves, like Conv4). A conv4 written as nn.Sequential with stock batch
-# norm (benchmarks/any_model.py, 5-way 1-shot, 32 tasks, 1 step): peak memory 94 MB at 2 tasks,
-# 149 MB at 4, against 60 MB for a loop that back-propagates task by task; 2 tasks were as fast.
-DERIVED_CHUNK = 2
 
 
 class Unstackable(ValueError):
@@ -714,9 +708,11 @@ class StackedForward:
                  buffers: Mapping[str, Tensor], x: Tensor, observe: bool = False) -> Any:
         """``observe``: also fold every task's batch statistics, in task order, into the running
         statistics of tracking ``TaskBatchNorm`` layers (in training mode)."""
-        if not isinstance(x, Tensor) or x.dim() < 2:
-            raise ValueError("A task-stacked forward needs input [tasks, N, ...]; got "
-                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}.")
+        tasks = next((p.shape[0] for p in params.values()), None)
+        if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] != (tasks or x.shape[0]):
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"A task-stacked forward of {tasks or 'T'} tasks needs input "
+                             f"[tasks, N, ...]; got {got}.")
         run = _Run(x.shape[0], params, buffers, observe)
         for step in self.steps:
             if step.rule is _input:
@@ -776,6 +772,13 @@ def stacking_problem(model: nn.Module) -> str | None:
     return None
 
 
+def stacker(model: nn.Module) -> Callable[..., Any]:
+    """``functional.resolve_batching``'s ``Stacker``: ``stacked_forward`` for a model that can
+    be stacked, else ``Unstackable`` (a ValueError) naming what prevents it."""
+    compile_stacking(model)
+    return stacked_forward
+
+
 def stacked_forward(model: nn.Module, params: Mapping[str, Tensor],
                     buffers: Mapping[str, Tensor], x: Tensor) -> Any:
     """``model`` run for ``T`` tasks at once: parameters ``[T, ...]``, ``x`` ``[T, N, ...]``,
@@ -796,5 +799,5 @@ def update_running_stats_stacked(model: nn.Module, inputs: Tensor, chunk_size: i
         forward(model, stack_params(theta, x.shape[0]), buffers, x, observe=True)
 
 
-__all__ = ["DERIVED_CHUNK", "StackedForward", "Unstackable", "compile_stacking", "stacked_forward",
+__all__ = ["StackedForward", "Unstackable", "compile_stacking", "stacked_forward", "stacker",
            "stacking_problem", "update_running_stats_stacked"]

@@ -24,7 +24,7 @@ from mamlkit.rl.losses import (
     ppo_clip_loss,
     surrogate_loss,
 )
-from mamlkit.rl.trpo import GaussNewton, same, trpo_step
+from mamlkit.rl.trpo import GaussNewton, no_reduction, trpo_step
 
 Distribution = Callable[[int | None], tuple[Tensor, Tensor]]
 OUTER_STEPS = ("trpo", "ppo", "adam")
@@ -120,7 +120,7 @@ def outer_step(params: list[Tensor], distribution: Distribution, query: RLData,
     ``task_slice`` and ``num_tasks`` say which tasks of the whole meta-batch this rank holds
     (for the KL Hessian's subsample).
     """
-    total = same if reduce is None else reduce
+    total = no_reduction if reduce is None else reduce
     steps_here = query.mask.sum()
     share = 1.0 if reduce is None else steps_here / total(steps_here.clone())
     if extra_loss is not None and world_size > 1:
@@ -197,7 +197,7 @@ def _subsample(mask: Tensor, share: Tensor | float, settings: OuterSettings,
         return _Subsample(None, share)
     sub = min(max(whole_sub - start, 0), here)
     part_steps = mask[:sub].sum()
-    return _Subsample(sub, 1.0 if total is same else part_steps / total(part_steps.clone()))
+    return _Subsample(sub, 1.0 if total is no_reduction else part_steps / total(part_steps.clone()))
 
 
 def _hessian_kl(objective: _Objective, params: list[Tensor],

@@ -2,8 +2,8 @@
 
 The policy is an ordinary ``nn.Module`` so the rest of the library can call it through
 ``torch.func.functional_call`` with per-task adapted parameters. ``forward`` returns the mean and
-the standard deviation; ``min_std`` puts a floor under the standard deviation (see
-``meta.py`` for why second-order meta-gradients push it down).
+the standard deviation; ``min_std`` puts a floor under the standard deviation (why
+second-order meta-gradients push it down: docs/meta-rl.md).
 """
 
 from __future__ import annotations

@@ -2,35 +2,15 @@
 
 The policy sees ``[1, trajectories, obs_dim]``, one call per task and time step, and returns
 Gaussian ``(mean, std)``; a policy with per-task (adapted) parameters provides
-``task_slice(start, stop)``, the policy of tasks ``start:stop``. One call per task, on a fresh copy
-of that task's observations, is what makes a task's actions a function of its own observations and
-parameters alone: a matrix product over all tasks at once gives a task's rows other low bits than
-a product over its share, because the BLAS kernel picks its reduction order by the number of rows
-and by the alignment of the data (measured with MKL on an AVX2 CPU; a chaotic simulator turns
-those bits into different returns within a few steps). The price, measured on the 2-core AMD
-machine: a 100-100 MLP call costs ~75 us, so 20 tasks of 2D navigation pay ~1.5 ms per time step
-where one call for all paid 0.2-0.4 ms; 40 half-cheetah tasks x 20 trajectories pay ~3 ms per
-step beside ~40 ms of MuJoCo (800 copies at ~21k steps/s on one core).
+``task_slice(start, stop)``, the policy of tasks ``start:stop``. One call per task, on a fresh
+copy of its observations, keeps a task's actions a function of its own observations and
+parameters alone (one product over all tasks changes their low bits with the batch).
 
 Randomness is drawn per task: ``sample_episodes`` draws one seed per task from ``generator``
 and each task's reset noise and action noise come from that task's own generator. The episodes of
 a task therefore do not depend on which other tasks share the batch, which is what lets
 ``rl.workers.SamplerPool`` split tasks across processes and still return exactly the episodes of
-in-process sampling.
-
-Speed (``benchmarks/rl_sampling.py``, 64-64 tanh MLP policy in the loop, 2-core CPU machine
-shared with other jobs, load 2-5, medians of interleaved repeats; ranges over three runs):
-
-    nav2d   20 tasks x 20 trajs x H100, 1 torch thread    0.42M - 1.2M steps/s
-                                         2 torch threads   6k - 1.2M steps/s (up to 70x slower)
-    cheetah 20 tasks x 10 trajs x H100, 1 torch thread     11k - 26k steps/s
-                                         2 torch threads   1.9k - 21k steps/s
-    cheetah 40 tasks x 20 trajs x H200 (paper size), 1 / 2 threads   13.6k / 4.5k steps/s
-
-Use 1 torch thread: a second thread never helped and, when the machine is busy, makes the tiny
-forward passes wait for a core (``torch.set_num_threads(1)``; the training loop's ``threads``).
-2D navigation costs the policy's forward pass (the environment alone: 3.5M-10M steps/s); the
-half-cheetah costs MuJoCo (``mj_step`` is ~80% of the environment's time, 10k-19k steps/s alone).
+in-process sampling. Speed and why one torch thread: docs/meta-rl.md ("Sampling speed").
 """
 
 from __future__ import annotations

@@ -18,18 +18,7 @@ import torch
 from torch import Tensor
 
 from mamlkit.functional.cg import conjugate_gradient
-
-
-def flat(tensors: Sequence[Tensor]) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def unflat(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-    out, start = [], 0
-    for t in like:
-        out.append(vector[start:start + t.numel()].view_as(t))
-        start += t.numel()
-    return out
+from mamlkit.functional.flat import flat, unflat
 
 
 def solve(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10,
@@ -40,14 +29,14 @@ def solve(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10,
     return x["x"].detach()
 
 
-def same(tensor: Tensor) -> Tensor:
-    """No reduction: one process holds the whole meta-batch."""
+def no_reduction(tensor: Tensor) -> Tensor:
+    """The identity, for ``reduce``: one process holds the whole meta-batch."""
     return tensor
 
 
 def hessian_vector_product(kl_fn: Callable[[], Tensor], params: Sequence[Tensor],
                            damping: float,
-                           reduce: Callable[[Tensor], Tensor] = same
+                           reduce: Callable[[Tensor], Tensor] = no_reduction
                            ) -> Callable[[Tensor], Tensor]:
     """``v -> (H + damping I) v`` with H the Hessian of ``kl_fn()`` at ``params``.
 
@@ -86,7 +75,7 @@ class GaussNewton(NamedTuple):
 
 def gauss_newton_vector_product(curvature: GaussNewton, params: Sequence[Tensor],
                                 damping: float,
-                                reduce: Callable[[Tensor], Tensor] = same
+                                reduce: Callable[[Tensor], Tensor] = no_reduction
                                 ) -> Callable[[Tensor], Tensor]:
     """``v -> (J^T M J + damping I) v`` without forming J.
 
@@ -150,7 +139,7 @@ def trpo_step(params: Sequence[Tensor], loss_fn: Callable[[], Tensor],
               cg_damping: float = 1e-5, backtrack_ratio: float = 0.5,
               line_search_steps: int = 15,
               hessian_kl_fn: Callable[[], Tensor] | None = None,
-              reduce: Callable[[Tensor], Tensor] = same,
+              reduce: Callable[[Tensor], Tensor] = no_reduction,
               gauss_newton: GaussNewton | None = None,
               loss_and_kl: Callable[[], tuple[Tensor, Tensor]] | None = None,
               loss: Tensor | None = None) -> TRPOStats:
@@ -212,5 +201,5 @@ def _line_search(params: list[Tensor], full_step: Tensor,
     return TRPOStats(False, 0.0, 0.0, loss_before, loss_before)
 
 
-__all__ = ["GaussNewton", "TRPOStats", "flat", "gauss_newton_vector_product",
-           "hessian_vector_product", "same", "solve", "trpo_step", "unflat"]
+__all__ = ["GaussNewton", "TRPOStats", "gauss_newton_vector_product", "hessian_vector_product",
+           "no_reduction", "solve", "trpo_step"]

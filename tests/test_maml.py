@@ -1,4 +1,4 @@
-"""The calculus of the functional core against independent computations."""
+"""The MAML learner (and what every learner shares) against independent computations."""
 
 import pytest
 import torch
