@@ -59,7 +59,7 @@ install_higher() {
 install_learn2learn() {
     local src="$WORK/learn2learn-$L2L_VERSION" name
     step "pip download learn2learn==$L2L_VERSION" \
-        "$PY" -m pip download --no-deps --no-binary :all: "learn2learn==$L2L_VERSION" \
+        "$PY" -m pip download --no-deps --no-binary learn2learn "learn2learn==$L2L_VERSION" \
         -d "$WORK/sdist" || return 1
     step "unpacking the learn2learn sdist" \
         tar -xzf "$WORK/sdist/learn2learn-$L2L_VERSION.tar.gz" -C "$WORK" || return 1
