@@ -12,7 +12,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import types
 import typing
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import yaml
 
 from mamlkit.registry import ConfigError, TaskSpec
 from mamlkit.run import components
+from mamlkit.run.atomic import write_atomic
 
 BATCHINGS = ("auto", "vmap", "loop", "stacked")  # what the learners accept (MAML.__init__)
 # The order of the groups in config.yaml and in 'mamlkit presets --show'.
@@ -899,18 +899,7 @@ def save(config: Config, path: Path) -> None:
     The text goes to a temporary file in the same folder that then replaces ``path`` in one
     step, so a crash or a full disk never leaves a half-written config behind.
     """
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(yaml_text(config))
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the config from other readers
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomic(path, yaml_text(config))
 
 
 def load(path: Path) -> Config:
