@@ -350,7 +350,7 @@ def state(run_dir):
     ("sinusoid-anil", {}),
     ("sinusoid-mamlpp", {"inner_steps": 2, "msl_iterations": 8, "fo_iterations": 6}),
     ("sinusoid-reptile", {"inner_steps": 2}),
-    pytest.param("sinusoid-imaml", {"inner_steps": 3, "cg_steps": 2}, marks=pytest.mark.slow),
+    pytest.param("sinusoid-imaml", {"inner_steps": 3, "imaml_cg_steps": 2}, marks=pytest.mark.slow),
 ])
 def test_train_kill_and_resume_is_bit_exact(tmp_path, preset, extra):
     config = resolve(preset, {**SMALL, **extra})

@@ -25,6 +25,7 @@ from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval, query_actions
 from mamlkit.run.build import VAL_SEED, build_learner, build_network, build_tasks, device_of
 from mamlkit.run.config import Config
 from mamlkit.run.held_out import Curve, HeldOut, ValuesOf, held_out_curve
+from mamlkit.run.learner import Learner
 from mamlkit.run.metrics import read_metrics
 from mamlkit.run.scale import meta_loss_fn, meta_step_backward
 from mamlkit.run.stats import mean_ci95
@@ -41,7 +42,7 @@ class SupervisedStep:
         self.val_tasks = build_tasks(config, "val")
         torch.manual_seed(config.seed)
         model = build_network(config, self.tasks).to(self.device)  # sized to the images
-        self.learner = build_learner(config, model, self.tasks)
+        self.learner: Learner = build_learner(config, model, self.tasks)
         self.optimizer = torch.optim.Adam(self.trained_parameters(), lr=config.meta_lr)
         self.meta_loss = self.objective()
         self.batch: TaskBatch | None = None
@@ -115,7 +116,8 @@ class RLStep:
         self.config, self.context = config, context
         self.tasks = build_tasks(config, "train")
         assert isinstance(self.tasks, RLTasks)
-        self.learner = build_learner(config, build_network(config, self.tasks), self.tasks)
+        self.learner: Learner = build_learner(config, build_network(config, self.tasks),
+                                              self.tasks)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.meta_lr)
         self.imitation = (ImitationTasks(config.demonstrations) if config.imitation_tasks
                           else None)
