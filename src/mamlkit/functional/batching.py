@@ -37,7 +37,7 @@ from mamlkit.functional.stacked import (
     supports_task_stacking,
 )
 from mamlkit.functional.task_batch import leaves, take
-from mamlkit.functional.task_loss import StackedForward, TaskLoss, forward
+from mamlkit.functional.task_loss import StackedForwardFn, TaskLoss, forward
 
 BATCHINGS: tuple[str, ...] = ("vmap", "loop", "stacked")
 
@@ -82,7 +82,7 @@ class StackedOps(TaskOps):
     model that stacks tasks itself, ``Conv4``).
     """
 
-    stacked_forward: StackedForward | None = None
+    stacked_forward: StackedForwardFn | None = None
 
     def forward(self, params: Mapping[str, Tensor], x: Any) -> Any:
         if self.stacked_forward is None:
@@ -177,7 +177,7 @@ class Batching:
 
     kind: str = "vmap"
     chunk_size: int | None = None
-    stacked_forward: StackedForward | None = field(default=None, compare=False, hash=False,
+    stacked_forward: StackedForwardFn | None = field(default=None, compare=False, hash=False,
                                                    repr=False)
     fallback: LoopFallback | None = field(default=None, compare=False, hash=False, repr=False)
 
