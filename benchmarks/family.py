@@ -58,7 +58,7 @@ SUFFIX = {"Meta-SGD": "-metasgd", "ANIL": "-anil", "MAML++": "-mamlpp", "Reptile
 # keys a variant's preset sets on top of MAML's (copied onto the set-up's base)
 FAMILY_KEYS = ("algorithm", "adapt", "inner_steps", "inner_lr", "msl", "msl_iterations", "lslr",
                "bnwb", "fo_iterations", "cosine_meta_lr", "min_meta_lr", "reptile_data",
-               "imaml_lambda", "cg_steps", "imaml_max_grad_norm")
+               "imaml_lambda", "imaml_cg_steps", "imaml_max_grad_norm")
 QUIET = {"log_every": 10_000_000, "val_every": 10_000_000}
 SETUPS: dict[str, dict[str, Any]] = {
     "sinusoid": {"base": "sinusoid", "family": "sinusoid", "metric": "mse",

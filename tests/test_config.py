@@ -19,6 +19,7 @@ from mamlkit.run.config import (
     preset_names,
     resolve,
     save,
+    yaml_text,
 )
 
 RL_KEYS = {name for name, section in config_lib.key_sections().items() if section == "rl"}
@@ -46,7 +47,7 @@ def test_sections_of_representative_keys():
     sections = config_lib.key_sections()
     expected = {"seed": "run", "eval_steps": "run", "shots": "task", "data_root": "task",
                 "hidden": "model", "inner_lr": "inner", "adapt": "inner", "meta_lr": "outer",
-                "min_meta_lr": "outer", "msl": "family", "cg_steps": "family",
+                "min_meta_lr": "outer", "msl": "family", "imaml_cg_steps": "family",
                 "batching": "scale", "compile": "scale", "outer": "rl", "demonstrations": "rl"}
     assert {key: sections[key] for key in expected} == expected
 
@@ -127,12 +128,13 @@ def test_applicability_follows_task_algorithm_and_outer_step():
         return set(applicable_keys(resolve(preset, overrides)))
 
     family = {"msl", "msl_iterations", "lslr", "bnwb", "fo_iterations", "reptile_data",
-              "imaml_lambda", "cg_steps", "imaml_max_grad_norm"}
+              "imaml_lambda", "imaml_cg_steps", "imaml_max_grad_norm"}
     assert keys("sinusoid") & family == set()
     assert keys("sinusoid-mamlpp") & family == {"msl", "msl_iterations", "lslr", "bnwb",
                                                 "fo_iterations"}
     assert keys("sinusoid-reptile") & family == {"reptile_data"}
-    assert keys("sinusoid-imaml") & family == {"imaml_lambda", "cg_steps", "imaml_max_grad_norm"}
+    assert keys("sinusoid-imaml") & family == {"imaml_lambda", "imaml_cg_steps",
+                                               "imaml_max_grad_norm"}
     assert "adapt" in keys("sinusoid-anil") and "adapt" not in keys("sinusoid-imaml")
     assert "first_order" not in keys("sinusoid-reptile") | keys("sinusoid-imaml")
     assert "min_meta_lr" in keys("sinusoid-mamlpp") and "min_meta_lr" not in keys("sinusoid")
@@ -155,6 +157,18 @@ def test_old_flat_files_with_every_key_still_load(tmp_path):
     path = tmp_path / "old.yaml"
     path.write_text(yaml.safe_dump(old.to_dict(), sort_keys=False))
     assert load(path) == old
+
+
+def test_the_old_name_of_imaml_cg_steps_is_read_and_saved_under_the_new(tmp_path):
+    old = tmp_path / "old.yaml"  # a run directory's config.yaml from before the rename
+    old.write_text(yaml_text(resolve("sinusoid-imaml", {})).replace("imaml_cg_steps:",
+                                                                    "cg_steps:"))
+    assert "cg_steps: 5" in old.read_text() and load(old).imaml_cg_steps == 5
+    assert resolve("sinusoid-imaml", {"cg_steps": 3}).imaml_cg_steps == 3
+    save(load(old), tmp_path / "new.yaml")
+    assert "imaml_cg_steps: 5" in (tmp_path / "new.yaml").read_text()
+    with pytest.raises(ConfigError, match="set only 'imaml_cg_steps'"):
+        resolve("sinusoid-imaml", {"cg_steps": 3, "imaml_cg_steps": 4})
 
 
 def test_choices_follow_the_learners():

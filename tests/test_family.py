@@ -152,8 +152,17 @@ def test_metasgd_with_rates_frozen_at_alpha_equals_maml(batching):
 
 def test_anil_with_every_parameter_adapted_equals_maml():
     model = tiny_mlp()
-    assert_same_as_maml(ANIL(model, 0.05, 2, adapt=["*"]), MAML(model, 0.05, 2),
+    assert_same_as_maml(ANIL(model, 0.05, 2, adapt_names=["*"]), MAML(model, 0.05, 2),
                         sinusoid_batch())
+
+
+def test_anil_old_adapt_keyword_still_works_with_a_deprecation_warning():
+    model = tiny_mlp()
+    with pytest.warns(DeprecationWarning, match="adapt_names"):
+        old = ANIL(model, 0.05, 2, adapt=["*"])
+    assert old.adapt_names == ANIL(model, 0.05, 2, adapt_names=["*"]).adapt_names
+    with pytest.raises(TypeError, match="not both"):
+        ANIL(model, 0.05, 2, adapt_names=["*"], adapt=["*"])
 
 
 @pytest.mark.parametrize("model_fn,batch_fn,loss", [(tiny_mlp, sinusoid_batch, "mse"),
@@ -350,7 +359,7 @@ def state(run_dir):
     ("sinusoid-anil", {}),
     ("sinusoid-mamlpp", {"inner_steps": 2, "msl_iterations": 8, "fo_iterations": 6}),
     ("sinusoid-reptile", {"inner_steps": 2}),
-    pytest.param("sinusoid-imaml", {"inner_steps": 3, "cg_steps": 2}, marks=pytest.mark.slow),
+    pytest.param("sinusoid-imaml", {"inner_steps": 3, "imaml_cg_steps": 2}, marks=pytest.mark.slow),
 ])
 def test_train_kill_and_resume_is_bit_exact(tmp_path, preset, extra):
     config = resolve(preset, {**SMALL, **extra})
@@ -399,9 +408,9 @@ def test_cli_set_algorithm_trains_and_evaluates(tmp_path, capsys, algorithm):
     learned = algorithm in ("metasgd", "mamlpp")
     assert (result["inner_lr"] == "learned") == learned
     assert "learned" in capsys.readouterr().out or not learned
-    assert type(load(run)).__name__ == {"metasgd": "MetaSGD", "anil": "ANIL",
-                                        "mamlpp": "MAMLpp", "reptile": "Reptile",
-                                        "imaml": "IMAML"}[algorithm]
+    assert type(load(run).learner).__name__ == {"metasgd": "MetaSGD", "anil": "ANIL",
+                                                "mamlpp": "MAMLpp", "reptile": "Reptile",
+                                                "imaml": "IMAML"}[algorithm]
 
 
 def test_bad_family_keys_give_one_sentence(tmp_path, capsys):

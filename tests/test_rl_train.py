@@ -148,7 +148,7 @@ def test_the_papers_evaluation_protocol_more_trajectories_and_a_step_size_schedu
     """``eval_trajectories`` samples more per step at evaluation than in training, and a list
     ``eval_inner_lr`` adapts with one step size per step, its last entry repeated (the paper's
     0.1 then 0.05), applied step by step to the adaptation that samples each next set."""
-    from mamlkit.run import adapted, evaluate
+    from mamlkit.run import adapted, held_out
     from mamlkit.run.adapted import inner_lr_at_eval
 
     config = resolve("nav2d", {"eval_inner_lr": [0.1, 0.05], "eval_steps": [0, 1, 3]})
@@ -164,7 +164,7 @@ def test_the_papers_evaluation_protocol_more_trajectories_and_a_step_size_schedu
     monkeypatch.setattr(RLTasks, "_sample", lambda self, *a: (sampled.append(self.trajectories),
                                                              sample(self, *a))[1])
     policy = adapted.adapted_policy
-    monkeypatch.setattr(evaluate, "adapted_policy",
+    monkeypatch.setattr(held_out, "adapted_policy",
                         lambda learner, lr=None: (rates.append(lr), policy(learner, lr))[1])
     assert main(["eval", str(run), "--tasks", "2"]) == 0
     # the run and its random-init reference, each sampling before and after 1 and 2 steps

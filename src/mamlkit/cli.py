@@ -353,17 +353,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user can cause, each printed as its one sentence."""
+    from mamlkit.data import DataError
     from mamlkit.run.errors import RunDirectoryError, TrainingDiverged
 
-    errors: list[type[BaseException]] = [config_lib.ConfigError, RunDirectoryError,
-                                         TrainingDiverged, FileNotFoundError]
-    try:
-        from mamlkit.data import DataError
-
-        errors.append(DataError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (config_lib.ConfigError, RunDirectoryError, TrainingDiverged, FileNotFoundError,
+            DataError)
 
 
 def _out_of_memory(error: BaseException) -> bool:

@@ -90,11 +90,11 @@ class IMAML(MAML):
 
 def _from_config(config, args: LearnerArgs) -> IMAML:
     return IMAML(args.model, args.inner_lr, args.inner_steps, lam=config.imaml_lambda,
-                 cg_steps=config.cg_steps, max_grad_norm=config.imaml_max_grad_norm,
+                 cg_steps=config.imaml_cg_steps, max_grad_norm=config.imaml_max_grad_norm,
                  solver=config.imaml_solver, tol=config.imaml_tol, **args.common)
 
 
 register(LearnerSpec(name="imaml", build=_from_config, rl=False, min_inner_steps=1,
-                     keys=("imaml_lambda", "cg_steps", "imaml_max_grad_norm", "imaml_solver",
+                     keys=("imaml_lambda", "imaml_cg_steps", "imaml_max_grad_norm", "imaml_solver",
                            "imaml_tol"),
                      doc="iMAML: implicit gradients of a proximal inner problem"))

@@ -39,7 +39,7 @@ from mamlkit.functional.stacked import (
     supports_task_stacking,
 )
 from mamlkit.functional.task_batch import leaves, take
-from mamlkit.functional.task_loss import StackedForward, TaskLoss, forward
+from mamlkit.functional.task_loss import StackedForwardFn, TaskLoss, forward
 
 BATCHINGS: tuple[str, ...] = ("vmap", "loop", "stacked")
 
@@ -81,7 +81,7 @@ class StackedOps(TaskOps):
     """The same operations on a chunk of ``tasks`` tasks with stacked parameters ``[T, ...]``,
     the model run through ``stacked_forward``."""
 
-    stacked_forward: StackedForward = forward
+    stacked_forward: StackedForwardFn = forward
 
     def forward(self, params: Mapping[str, Tensor], x: Any) -> Any:
         return self.stacked_forward(self.model, params, self.buffers, x)
@@ -172,7 +172,7 @@ class Batching:
 
     kind: str = "vmap"
     chunk_size: int | None = None
-    stacked_forward: StackedForward | None = field(default=None, compare=False, hash=False,
+    stacked_forward: StackedForwardFn | None = field(default=None, compare=False, hash=False,
                                                    repr=False)
     fallback: LoopFallback | None = field(default=None, compare=False, hash=False, repr=False)
 
@@ -238,10 +238,10 @@ def has_conv(model: nn.Module) -> bool:
 
 # model -> its task-stacked forward, or ValueError naming the layer that has none
 # (``models.stacking.stacker`` derives one for models of standard layers)
-Stacker = Callable[[nn.Module], StackedForward]
+Stacker = Callable[[nn.Module], StackedForwardFn]
 
 
-def _own_stacking(model: nn.Module) -> StackedForward:
+def _own_stacking(model: nn.Module) -> StackedForwardFn:
     """A model that stacks tasks itself runs through ``functional_call`` as it is."""
     if not supports_task_stacking(model):
         raise ValueError(f"{type(model).__name__} does not support batching='stacked'; "
@@ -249,7 +249,7 @@ def _own_stacking(model: nn.Module) -> StackedForward:
     return forward
 
 
-def stacking_for(model: nn.Module, stacker: Stacker | None) -> StackedForward:
+def stacking_for(model: nn.Module, stacker: Stacker | None) -> StackedForwardFn:
     """The model's task-stacked forward: its own, else ``stacker``'s; or one sentence."""
     if supports_task_stacking(model) or stacker is None:
         return _own_stacking(model)

@@ -20,7 +20,7 @@ from mamlkit.functional.task_batch import supervised_pair
 
 # (model, params stacked [T, ...], buffers, x [T, N, ...]) -> [T, N, ...]: a model run for a
 # chunk of tasks at once (``models/stacking.py`` builds one for models of standard layers)
-StackedForward = Callable[[nn.Module, Mapping[str, Tensor], Mapping[str, Tensor], Any], Any]
+StackedForwardFn = Callable[[nn.Module, Mapping[str, Tensor], Mapping[str, Tensor], Any], Any]
 
 
 def _accepts(model: nn.Module, *args: Any, **kwargs: Any) -> bool:
@@ -80,7 +80,7 @@ class SupervisedLoss(TaskLoss):
         return self.fn(forward(model, params, buffers, x), y)
 
     def stacked(self, model, params, buffers, data,  # type: ignore[override]
-                stacked_forward: StackedForward | None = None) -> Tensor:
+                stacked_forward: StackedForwardFn | None = None) -> Tensor:
         """Each task's loss ``[T]`` from one call of a task-stacking model, or of
         ``stacked_forward`` for models that do not stack tasks themselves."""
         x, y = supervised_pair(data)
@@ -105,5 +105,5 @@ def as_task_metric(metric: str | LossFn | TaskLoss) -> TaskLoss:
     return SupervisedLoss(resolve_metric(metric))
 
 
-__all__ = ["StackedForward", "SupervisedLoss", "TaskLoss", "as_task_loss", "as_task_metric",
+__all__ = ["StackedForwardFn", "SupervisedLoss", "TaskLoss", "as_task_loss", "as_task_metric",
            "forward", "model_arguments"]

@@ -3,10 +3,14 @@ with, and a learner's adapted policies for sampling RL tasks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from mamlkit.functional.task_batch import StepData
 from mamlkit.rl.losses import RLData
 from mamlkit.rl.policy import sampling_fn
 from mamlkit.run.config import Config
+from mamlkit.run.learner import InnerLr, Learner
 
 
 def inner_lr_at_eval(config: Config, steps: int | None = None) -> float | list[float]:
@@ -20,7 +24,7 @@ def inner_lr_at_eval(config: Config, steps: int | None = None) -> float | list[f
     return lr + lr[-1:] * (steps - len(lr))
 
 
-def adapted_policy(learner, inner_lr: float | None = None):
+def adapted_policy(learner: Learner, inner_lr: InnerLr = None) -> Callable[[list[RLData]], Any]:
     """``policy_for`` of ``RLTasks``: support data so far -> the policy that samples next."""
     def policy_for(support: list[RLData]):
         if not support:

@@ -12,6 +12,7 @@ from torch import nn
 from mamlkit.registry import EnvSpec, LearnerArgs, TaskSpec
 from mamlkit.run import components
 from mamlkit.run.config import Config, ConfigError
+from mamlkit.run.learner import Learner
 from mamlkit.tasks import RLTasks, TaskDistribution
 
 # Held-out tasks of every evaluation are drawn from this seed, so runs compare on the same tasks.
@@ -93,7 +94,8 @@ def build_network(config: Config, tasks: TaskDistribution | RLTasks) -> nn.Modul
     return spec.network(config, tasks)
 
 
-def build_learner(config: Config, model: nn.Module, tasks: TaskDistribution | RLTasks):
+def build_learner(config: Config, model: nn.Module,
+                  tasks: TaskDistribution | RLTasks) -> Learner:
     """The learner of ``config.algorithm`` (the MAML family) around ``model``.
 
     RL tasks take at least one inner step (their support trajectories are sampled per step).

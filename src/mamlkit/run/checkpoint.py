@@ -31,6 +31,7 @@ from safetensors.torch import save as tensors_to_bytes
 from torch import nn
 
 from mamlkit.run import config as config_lib
+from mamlkit.run.atomic import sync, temporaries, write_atomic
 from mamlkit.run.errors import NEW_OUT, RESUME, RunDirectoryError
 
 KEEP = 2
@@ -39,27 +40,6 @@ _NAME = re.compile(r"step_\d{8}")
 _FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
 _STATE_KEYS = ("iteration", "param_groups", "optimizer_scalars", "task_rng", "torch_rng")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-
-
-def _sync(path: Path) -> None:
-    """Flush ``path`` (a file or a directory's entries) to disk before a rename relies on it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # a platform that cannot open directories: the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # file systems without fsync on directories
-    finally:
-        os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    _sync(tmp)
-    os.replace(tmp, path)
 
 
 def _write_files(folder: Path, files: dict[str, bytes]) -> None:
@@ -75,7 +55,7 @@ def _write_files(folder: Path, files: dict[str, bytes]) -> None:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-    _sync(folder)
+    sync(folder)
 
 
 def _read_sums(folder: Path) -> dict[str, str] | None:
@@ -150,11 +130,10 @@ def save(run_dir: Path, iteration: int, model: nn.Module, optimizer: torch.optim
                                             config))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        _sync(root)
-        _write_text_atomic(root / "latest", final.name)
+        sync(root)
+        write_atomic(root / "latest", final.name)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        (root / "latest.tmp").unlink(missing_ok=True)
         raise _unwritten(run_dir, final, error) from None
     # newer ones are from a branch a resume abandoned (say a damaged checkpoint skipped)
     newer = [p for p in kept(run_dir) if p.name > final.name]
@@ -389,7 +368,9 @@ def remove_partial(run_dir: Path) -> None:
                 break
     for path in (tmp, old, *(run_dir / "checkpoints").glob(".step_*.tmp")):
         shutil.rmtree(path, ignore_errors=True)
-    (run_dir / "checkpoints" / "latest.tmp").unlink(missing_ok=True)
+    checkpoints = run_dir / "checkpoints"
+    for path in [checkpoints / "latest.tmp", *temporaries(checkpoints)]:  # and older versions'
+        path.unlink(missing_ok=True)
 
 
 def _reads_back(best_dir: Path) -> bool:

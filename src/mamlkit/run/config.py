@@ -12,7 +12,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import types
 import typing
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import yaml
 
 from mamlkit.registry import ConfigError, TaskSpec
 from mamlkit.run import components
+from mamlkit.run.atomic import write_atomic
 
 BATCHINGS = ("auto", "vmap", "loop", "stacked")  # what the learners accept (MAML.__init__)
 # The order of the groups in config.yaml and in 'mamlkit presets --show'.
@@ -196,7 +196,8 @@ class Config:
     reptile_data: str = _key("family", "all", "reptile: adapt on all examples (all) or the "
                              "support set only", ("all", "support"))
     imaml_lambda: float = _key("family", 1.0, "imaml: proximal strength lambda", bounds=_ABOVE_0)
-    cg_steps: int = _key("family", 5, "imaml: conjugate-gradient steps", bounds=_AT_LEAST_1)
+    imaml_cg_steps: int = _key("family", 5, "imaml: conjugate-gradient steps of the implicit "
+                               "meta-gradient", bounds=_AT_LEAST_1)
     head_steps: int = _key("family", 100, "pretrained: L-BFGS iterations of the linear head fit "
                            "at evaluation", bounds=_AT_LEAST_1)
     head_weight_decay: float = _key("family", 1e-3, "pretrained: L2 penalty of the linear head "
@@ -495,8 +496,27 @@ def _unknown_key(key: Any, valid: list[str]) -> ConfigError:
     return ConfigError(f"Unknown config key {key!r}; valid keys{hint} are: {', '.join(valid)}.")
 
 
+# Old key names, still read (from config files, overrides and run directories of their day)
+# and saved under the new name.
+RENAMED_KEYS = {"cg_steps": "imaml_cg_steps"}  # iMAML's, apart from TRPO's cg_iters
+
+
+def current_names(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the old names of ``RENAMED_KEYS`` under their new ones."""
+    renamed = dict(values)
+    for old, new in RENAMED_KEYS.items():
+        if old in renamed:
+            if new in renamed:
+                raise ConfigError(f"Config keys {old!r} and {new!r} are the same key (the old "
+                                  f"and the new name); set only {new!r}.")
+            renamed[new] = renamed.pop(old)
+    return renamed
+
+
 def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
-    """A Config from ``values`` over ``base``; unknown keys and wrong types raise ConfigError."""
+    """A Config from ``values`` over ``base``; unknown keys and wrong types raise ConfigError;
+    old key names (``RENAMED_KEYS``) are read as their new ones."""
+    values = current_names(values)
     kinds = field_types()
     unknown = [key for key in values if key not in kinds]
     if unknown:
@@ -605,7 +625,7 @@ def _read_yaml(path: Path, label: str) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"The top level of {label} must be 'key: value' lines, got a "
                           f"{type(values).__name__}.")
-    return values
+    return current_names(values)
 
 
 def _load(name: str, folder: Path | None, chain: tuple[tuple[Path, str], ...]) -> Config:
@@ -677,6 +697,7 @@ def resolve(preset: str, overrides: dict[str, Any]) -> Config:
     alpha unless ``eval_inner_lr`` says otherwise: the paper's "pretrained" baseline.
     """
     base, own, label = _load_own(preset, None, ())
+    overrides = current_names(overrides)
     config = from_dict(overrides, base)
     if config.eval_inner_lr is None:
         config.eval_inner_lr = config.inner_lr if config.inner_lr > 0 else base.inner_lr
@@ -899,18 +920,7 @@ def save(config: Config, path: Path) -> None:
     The text goes to a temporary file in the same folder that then replaces ``path`` in one
     step, so a crash or a full disk never leaves a half-written config behind.
     """
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(yaml_text(config))
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the config from other readers
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomic(path, yaml_text(config))
 
 
 def load(path: Path) -> Config:

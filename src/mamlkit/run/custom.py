@@ -48,7 +48,7 @@ def load(run_dir: str | Path, *, tasks: Any, model: nn.Module, which: str = "bes
         return loading.load(run_dir, which)
 
 
-def evaluate(learner, *, tasks: Any, num_tasks: int | None = None,
+def evaluate(learner: loading.Loaded, *, tasks: Any, num_tasks: int | None = None,
              steps: list[int] | None = None):
     """The evaluation protocol of every run (same held-out seed, mean ± 95% CI) on ``tasks``:
     an ``Evaluation``, a dict that prints as the table of ``mamlkit eval``."""

@@ -137,15 +137,6 @@ def average_gradients(params: Iterable[Tensor], local_loss: Tensor | float, loca
     return flat[-1].item()
 
 
-def broadcast_parameters(params: Iterable[Tensor], src: int = 0) -> None:
-    """Make every rank's ``params`` equal rank ``src``'s (as DDP does at start)."""
-    if not current().distributed:
-        return
-    with torch.no_grad():
-        for p in params:
-            dist.broadcast(p.data, src)
-
-
 def all_sum(tensor: Tensor) -> Tensor:
     """The sum of ``tensor`` over all ranks, as a new tensor (the tensor itself alone)."""
     if not current().distributed:
@@ -204,5 +195,5 @@ def leave_group_after() -> Iterator[None]:
 
 
 __all__ = ["Context", "agree", "average_gradients", "backend", "barrier", "broadcast_object",
-           "broadcast_parameters", "cleanup", "current", "env_context", "is_main",
-           "leave_group_after", "local_device", "setup", "shard"]
+           "cleanup", "current", "env_context", "is_main", "leave_group_after", "local_device",
+           "setup", "shard"]

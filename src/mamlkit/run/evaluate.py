@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,52 +19,36 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval
+from mamlkit.run.adapted import inner_lr_at_eval
+from mamlkit.run.atomic import write_atomic
 from mamlkit.run.build import EVAL_SEED, build_tasks, device_of
 from mamlkit.run.compare import baseline_rows, mean_ci_text, metric_name
-from mamlkit.run.components import is_rl
+from mamlkit.run.held_out import HeldOut, ValuesOf, held_out_curve
+from mamlkit.run.learner import Pretrains
+from mamlkit.run.load import Loaded
 from mamlkit.run.stats import mean_ci95, task_values
-from mamlkit.tasks import RLTasks, generator_from
+from mamlkit.tasks import RLTasks
 
 EVAL_CHUNK = 100  # supervised tasks per sampling call; fixed so every run sees the same tasks
 RL_EVAL_CHUNK = 20  # RL tasks sampled together; fixed so every run draws the same noise
 
 
-def _supervised_curve(learner, tasks, num_tasks: int, steps: list[int],
-                      inner_lr: float | list[float] | None, bar: tqdm,
-                      curve_of=None) -> torch.Tensor:
-    """``curve_of(part)`` (default: the adaptation curve) of every held-out task, ``[rows, T]``."""
-    config = learner.config
+def _curve(loaded: Loaded, tasks: Any, held_out: HeldOut, bar: tqdm,
+           values_of: ValuesOf | None = None) -> torch.Tensor:
+    """The evaluation protocol's chunks: 100 supervised tasks per draw, adapted a meta-batch
+    at a time (memory as in training); RL tasks 20 at a time, with ``eval_trajectories``."""
+    learner, config = loaded.learner, loaded.config
+    if isinstance(tasks, RLTasks):  # sampled on the CPU, where the policy stays
+        if config.eval_trajectories is not None:  # the paper samples more than training
+            tasks = dataclasses.replace(tasks, trajectories=config.eval_trajectories)
+        held_out = dataclasses.replace(held_out, eval_chunk=RL_EVAL_CHUNK)
+        return held_out_curve(learner, tasks, held_out, progress=bar.update).values
     device = device_of(config)
     learner.to(device)
     learner.rebatch()  # with "auto", the fastest strategy depends on where the model now is
-    generator = generator_from(EVAL_SEED)
-    curves = []
-    for start in range(0, num_tasks, EVAL_CHUNK):
-        batch = tasks.sample(min(EVAL_CHUNK, num_tasks - start), generator)
-        # evaluate a meta-batch at a time: memory as in training, same tasks for every run
-        for piece in range(0, batch.num_tasks, config.meta_batch_size):
-            part = batch[piece:piece + config.meta_batch_size].to(device)
-            curves.append(curve_of(part) if curve_of else learner.adaptation_curve(
-                part, steps, tasks.metric, inner_lr=inner_lr))
-            bar.update(part.num_tasks)
-    return torch.cat(curves, dim=1).cpu()
-
-
-def _rl_curve(learner, tasks: RLTasks, num_tasks: int, steps: list[int],
-              inner_lr: float | list[float] | None, bar: tqdm) -> torch.Tensor:
-    trajectories = learner.config.eval_trajectories
-    if trajectories is not None:  # the paper's protocol samples more per step than training
-        tasks = dataclasses.replace(tasks, trajectories=trajectories)
-    held_out = tasks.sample_tasks(num_tasks, generator_from(EVAL_SEED))
-    generator = generator_from(EVAL_SEED + 1)
-    policy_for = adapted_policy(learner, inner_lr)
-    curves = []
-    for i in range(0, num_tasks, RL_EVAL_CHUNK):
-        chunk = held_out[i:i + RL_EVAL_CHUNK]
-        curves.append(tasks.returns_after_steps(chunk, generator, policy_for, steps)[0])
-        bar.update(len(chunk))
-    return torch.cat(curves, dim=1)
+    held_out = dataclasses.replace(held_out, sample_chunk=EVAL_CHUNK,
+                                   eval_chunk=config.meta_batch_size)
+    return held_out_curve(learner, tasks, held_out, device, values_of, bar.update).values
 
 
 class Evaluation(dict):
@@ -78,7 +61,7 @@ class Evaluation(dict):
     __str__ = __repr__
 
 
-def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = None,
+def evaluate(learner: Loaded, num_tasks: int | None = None, steps: list[int] | None = None,
              inner_lr: float | list[float] | None = None, progress: bool = False,
              desc: str | None = None) -> Evaluation:
     """The task metric of ``num_tasks`` held-out tasks after each number of inner steps.
@@ -97,31 +80,33 @@ def evaluate(learner, num_tasks: int | None = None, steps: list[int] | None = No
     num_tasks = num_tasks or config.eval_tasks
     steps = steps or config.eval_steps
     inner_lr = inner_lr if inner_lr is not None else inner_lr_at_eval(config, max(steps))
-    learned = getattr(learner, "learned_rates", False)
+    learned = learner.learner.learned_rates
     tasks = build_tasks(config, "test")
-    curve_of = _rl_curve if is_rl(config) else _supervised_curve
+    held_out = HeldOut(EVAL_SEED, num_tasks, steps, None if learned else inner_lr)
     with tqdm(total=num_tasks, desc=desc, unit="task", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
-        curve = curve_of(learner, tasks, num_tasks, steps, None if learned else inner_lr, bar)
+        curve = _curve(learner, tasks, held_out, bar)
     result = Evaluation({
         "metric": tasks.metric,
         "num_tasks": num_tasks,
         "inner_lr": "learned" if learned else inner_lr,
-        "checkpoint": getattr(learner, "checkpoint", None),
-        "iteration": getattr(learner, "iteration", None),
+        "checkpoint": learner.checkpoint,
+        "iteration": learner.iteration,
         "steps": {str(s): mean_ci95(curve[i]) for i, s in enumerate(steps)},
         # every run sees the same tasks in the same order: two runs compare task by task
         "per_task": {str(s): task_values(curve[i]) for i, s in enumerate(steps)},
     })
-    if hasattr(learner, "frozen_names"):  # the pretrained baseline: its fine-tune is above
-        result["baselines"] = _frozen_baselines(learner, tasks, result, progress, desc)
+    if isinstance(learner.learner, Pretrains):  # the pretrained baseline: fine-tuning above
+        result["baselines"] = _frozen_baselines(learner, tasks, held_out, result, progress, desc)
     return result
 
 
-def _frozen_baselines(learner, tasks, result: dict[str, Any], progress: bool,
-                      desc: str | None) -> dict[str, dict[str, Any]]:
+def _frozen_baselines(loaded: Loaded, tasks: Any, held_out: HeldOut, result: dict[str, Any],
+                      progress: bool, desc: str | None) -> dict[str, dict[str, Any]]:
     """The linear head and nearest mean on the same held-out tasks, as evaluations of their
     own; they use the support set once, so each step k >= 1 reports the same value."""
+    learner = loaded.learner
+    assert isinstance(learner, Pretrains)
     num_tasks, steps = result["num_tasks"], [int(s) for s in result["steps"]]
     names = learner.frozen_names
 
@@ -131,7 +116,7 @@ def _frozen_baselines(learner, tasks, result: dict[str, Any], progress: bool,
 
     with tqdm(total=num_tasks, desc=desc and f"{desc} frozen", unit="task", file=sys.stderr,
               disable=not progress, dynamic_ncols=True) as bar:
-        curve = _supervised_curve(learner, tasks, num_tasks, steps, None, bar, accuracy)
+        curve = _curve(loaded, tasks, held_out, bar, accuracy)
     return {name: {**result, "inner_lr": "frozen",
                    "steps": {str(s): mean_ci95(curve[i]) for s in steps if s > 0},
                    "per_task": {str(s): task_values(curve[i]) for s in steps if s > 0}}
@@ -160,9 +145,7 @@ def write(run_dir: Path, result: dict[str, Any], full_tasks: int | None = None) 
     """Write ``result`` where ``eval_path`` says, through a temporary file and a rename (a
     kill never leaves half a file); raises ``OSError`` where the run directory is read-only."""
     path = eval_path(Path(run_dir), result["num_tasks"], full_tasks)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(result, indent=2) + "\n")
     return path
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from mamlkit.run.atomic import write_atomic
 from mamlkit.run.config import Config, ConfigError
 from mamlkit.run.metrics import read_metrics
 
@@ -107,9 +108,7 @@ def _wandb_id(path: Path) -> str:
         if kept:
             return kept
     run_id = secrets.token_hex(6)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(run_id + "\n")
-    os.replace(temporary, path)
+    write_atomic(path, run_id + "\n")
     return run_id
 
 

@@ -25,6 +25,7 @@ from mamlkit.run.config import Config, applicable_keys
 from mamlkit.run.console import Console
 from mamlkit.run.errors import RunDirectoryError, TrainingDiverged, TrainingInterrupted
 from mamlkit.run.interrupts import Interrupts
+from mamlkit.run.learner import Learner
 from mamlkit.run.loggers import Logger, close_loggers, open_loggers
 from mamlkit.run.memory import PeakMemory
 from mamlkit.run.pretrain_step import PretrainStep
@@ -51,7 +52,7 @@ def make_step(config: Config, context: distributed.Context,
     return (PretrainStep if learner.pretrains else SupervisedStep)(config, context, run_dir)
 
 
-def _schedule(learner, optimizer: torch.optim.Optimizer, config: Config,
+def _schedule(learner: Learner, optimizer: torch.optim.Optimizer, config: Config,
               iteration: int) -> None:
     """Per-iteration schedules, pure functions of the iteration so that resume stays exact:
     the learner's annealing (MAML++ MSL weights, derivative order) and cosine meta_lr."""

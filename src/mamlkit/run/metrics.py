@@ -10,10 +10,11 @@ or half-written.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from mamlkit.run.atomic import write_atomic
 
 _warned: set[tuple[str, int, int]] = set()  # (file, size, mtime) already reported
 
@@ -79,9 +80,7 @@ def trim_metrics(run_dir: str | Path, iteration: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_metrics(run_dir) if r["iteration"] <= iteration]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 __all__ = ["is_record", "read_metrics", "trim_metrics"]

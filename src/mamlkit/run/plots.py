@@ -29,12 +29,12 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
-from mamlkit.algorithms import MAML  # noqa: E402
 from mamlkit.run import components  # noqa: E402
 from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval  # noqa: E402
 from mamlkit.run.build import EVAL_SEED, build_tasks  # noqa: E402
 from mamlkit.run.compare import Group, group_by_seed, mean_ci95_across, metric_name  # noqa: E402
 from mamlkit.run.config import Config, ConfigError  # noqa: E402
+from mamlkit.run.load import Loaded  # noqa: E402
 from mamlkit.run.metrics import read_metrics  # noqa: E402
 from mamlkit.tasks import Sinusoid, generator_from  # noqa: E402
 
@@ -223,7 +223,7 @@ def learning_curve_figure(groups: Sequence[Group], metric: str) -> Figure:
     return rl_figure(groups) if metric == "return" else supervised_figure(groups, metric)
 
 
-def _sinusoid_panel(ax: Axes, learner: MAML, support: tuple, truth: tuple, grid: torch.Tensor,
+def _sinusoid_panel(ax: Axes, learner: Loaded, support: tuple, truth: tuple, grid: torch.Tensor,
                     steps: tuple[int, ...]) -> None:
     """Ground truth, the support points and ``learner``'s fit after each number of ``steps``."""
     sx, sy = support
@@ -241,7 +241,7 @@ def _sinusoid_panel(ax: Axes, learner: MAML, support: tuple, truth: tuple, grid:
 
 
 @torch.no_grad()
-def sinusoid_figure(learners: dict[str, MAML], num_tasks: int = 3,
+def sinusoid_figure(learners: dict[str, Loaded], num_tasks: int = 3,
                     steps: tuple[int, ...] = (0, 1, 10), by_task: bool = False) -> Figure:
     """True function, the K support points and predictions after 0, 1 and 10 steps per run,
     on the same held-out tasks for every run (drawn with the first run's config).
@@ -272,7 +272,7 @@ def sinusoid_figure(learners: dict[str, MAML], num_tasks: int = 3,
 
 
 @torch.no_grad()
-def classification_figure(learner: MAML, name: str, queries_per_class: int = 3) -> Figure:
+def classification_figure(learner: Loaded, name: str, queries_per_class: int = 3) -> Figure:
     """One held-out task: support images with labels, query images with the labels predicted
     before and after adaptation (green right, red wrong)."""
     config = learner.config
@@ -320,12 +320,12 @@ NAV_STYLES = {0: ("0.6", "before adaptation"), 1: ("C0", "after 1 step"),
               3: ("C2", "after 3 steps")}
 
 
-def _checkpoint_text(learner: MAML) -> str:
+def _checkpoint_text(learner: Loaded) -> str:
     kind = "best validation return" if str(learner.checkpoint).startswith("best") else "latest"
     return f"checkpoint of iteration {learner.iteration} ({kind})"
 
 
-def nav2d_figure(learner: MAML, name: str, num_tasks: int = 4, shown: int = 5) -> Figure:
+def nav2d_figure(learner: Loaded, name: str, num_tasks: int = 4, shown: int = 5) -> Figure:
     """Sampled trajectories of held-out goals before adaptation and after 1 and 3 steps."""
     config = learner.config
     rl_tasks = build_tasks(config, "test")
@@ -333,7 +333,7 @@ def nav2d_figure(learner: MAML, name: str, num_tasks: int = 4, shown: int = 5) -
     inner_lr = inner_lr_at_eval(config)
     steps = list(NAV_STYLES)
     returns, kept = rl_tasks.returns_after_steps(
-        tasks, generator_from(EVAL_SEED + 1), adapted_policy(learner, inner_lr), steps,
+        tasks, generator_from(EVAL_SEED + 1), adapted_policy(learner.learner, inner_lr), steps,
         keep_episodes=True)
     fig, axes = plt.subplots(1, num_tasks, figsize=(4 * num_tasks, 4.7), squeeze=False)
     for t, ax in enumerate(axes[0]):
@@ -356,7 +356,7 @@ def nav2d_figure(learner: MAML, name: str, num_tasks: int = 4, shown: int = 5) -
     return fig
 
 
-def _one_metric(learners: dict[str, MAML]) -> str:
+def _one_metric(learners: dict[str, Loaded]) -> str:
     metrics = {metric_of(learner.config) for learner in learners.values()}
     if len(metrics) > 1:
         raise ConfigError(f"These runs report different metrics ({', '.join(sorted(metrics))});"
@@ -364,7 +364,7 @@ def _one_metric(learners: dict[str, MAML]) -> str:
     return metrics.pop()
 
 
-def _adaptation(learners: dict[str, MAML], out_dir: Path, baseline: bool = False) -> list[Path]:
+def _adaptation(learners: dict[str, Loaded], out_dir: Path, baseline: bool = False) -> list[Path]:
     """The adaptation pictures: one for function-fitting runs together (with a ``baseline``, the
     last learner, the runs side by side on each task), one per image or trajectory run."""
     figures = {name: figure_of(learner.config) for name, learner in learners.items()}
@@ -383,12 +383,12 @@ def _adaptation(learners: dict[str, MAML], out_dir: Path, baseline: bool = False
     return written
 
 
-def _baseline_name(baseline: MAML) -> str:
+def _baseline_name(baseline: Loaded) -> str:
     config = baseline.config
     return "pretrained (α = 0)" if config.inner_lr == 0 else "baseline"
 
 
-def _check_baseline(learners: dict[str, MAML], baseline: MAML, path: Path) -> None:
+def _check_baseline(learners: dict[str, Loaded], baseline: Loaded, path: Path) -> None:
     """A baseline goes beside sinusoid runs only, as a sinusoid run itself (one sentence)."""
     first = next(iter(learners.values())).config
     if figure_of(first) != "function" or figure_of(baseline.config) != "function":

@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 
 from mamlkit.functional.task_batch import TaskBatch
-from mamlkit.run.build import VAL_SEED
+from mamlkit.run.learner import Pretrains
 from mamlkit.run.steps import SupervisedStep
-from mamlkit.tasks import generator_from
 from mamlkit.tasks.global_labels import sample_global
 
 
@@ -46,11 +45,16 @@ class PretrainStep(SupervisedStep):
         """Fine-tuning before and after ``inner_steps`` steps (``val_pre``, ``val_post``), and
         the linear head and nearest mean, on the fixed held-out tasks."""
         record = super().validation(run_dir, iteration)
-        with torch.random.fork_rng(devices=[]):
-            batch = self.val_tasks.sample(self.config.val_tasks, generator_from(VAL_SEED))
-        frozen = self.learner.frozen_accuracy(batch.to(self.device))
+        learner = self.learner
+        assert isinstance(learner, Pretrains)
+
+        def accuracy(part: TaskBatch) -> torch.Tensor:
+            values = learner.frozen_accuracy(part)
+            return torch.stack([values[name] for name in learner.frozen_names])
+
+        frozen = self.validation_curve(accuracy).values
         return {**record, **{f"val_{name.replace(' ', '_')}": value.mean().item()
-                             for name, value in frozen.items()}}
+                             for name, value in zip(learner.frozen_names, frozen, strict=True)}}
 
 
 __all__ = ["PretrainStep"]

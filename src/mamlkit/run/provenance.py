@@ -11,7 +11,6 @@ nothing earlier is overwritten (the top level keeps the first session's facts).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import subprocess
@@ -24,6 +23,7 @@ import numpy
 import torch
 
 import mamlkit
+from mamlkit.run.atomic import write_atomic
 
 NAME = "run.json"
 
@@ -74,9 +74,7 @@ def record(run_dir: Path, resume: bool, start_iteration: int,
             data["note"] = "run.json was missing or unreadable when this resume started"
     else:
         data.setdefault("sessions", []).append(session)
-    tmp = path.with_name(NAME + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
     return data
 
 

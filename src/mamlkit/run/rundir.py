@@ -25,6 +25,7 @@ import yaml
 
 from mamlkit.run import checkpoint, provenance
 from mamlkit.run import config as config_lib
+from mamlkit.run.atomic import temporaries
 from mamlkit.run.config import Config, ConfigError
 from mamlkit.run.errors import NEW_OUT, OUT, RESUME, RunDirectoryError
 from mamlkit.run.metrics import read_metrics, trim_metrics
@@ -243,10 +244,11 @@ def begin(run_dir: Path, decided: Plan, lock: RunLock, world_size: int = 1) -> P
 
 
 def _remove_temporaries(run_dir: Path) -> None:
-    """What a kill in the middle of a rename-into-place write leaves (the ``.tmp`` files)."""
+    """What a kill in the middle of a rename-into-place write leaves (the ``.tmp`` files,
+    also those of older versions, which wrote ``NAME.tmp``)."""
     checkpoint.remove_partial(run_dir)
     names = [f"{name}.tmp" for name in (CONFIG, provenance.NAME, "metrics.jsonl")]
-    for path in [*(run_dir / name for name in names), *run_dir.glob(f".{CONFIG}.*.tmp")]:
+    for path in [*(run_dir / name for name in names), *temporaries(run_dir)]:
         if path.is_file():
             path.unlink()
 

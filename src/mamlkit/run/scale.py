@@ -16,11 +16,12 @@ from torch import Tensor
 
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.run import distributed
+from mamlkit.run.learner import Learner
 
 MetaLossFn = Callable[[TaskBatch], Tensor]
 
 
-def compile_blocker(learner) -> str | None:
+def compile_blocker(learner: Learner) -> str | None:
     """Why the meta-step of ``learner`` is not worth compiling, or None if it can be tried.
 
     The checkpointed inner loop calls ``autograd.grad`` inside a custom ``autograd.Function``,
@@ -43,7 +44,7 @@ def compile_blocker(learner) -> str | None:
 class CompiledMetaLoss:
     """``torch.compile`` of ``learner.meta_loss``; the first failure warns and turns it eager."""
 
-    def __init__(self, learner) -> None:
+    def __init__(self, learner: Learner) -> None:
         self.learner = learner
         self.failed: str | None = None
 
@@ -68,7 +69,8 @@ class CompiledMetaLoss:
         return self.learner.meta_loss(batch)
 
 
-def meta_loss_fn(learner, compile: bool = False, checkpoint_inner: bool = False) -> MetaLossFn:
+def meta_loss_fn(learner: Learner, compile: bool = False,
+                 checkpoint_inner: bool = False) -> MetaLossFn:
     """The meta-loss of a meta-batch: eager, or compiled with a clean fallback to eager.
 
     ``checkpoint_inner`` switches the learner to recomputing inner steps in the backward pass;

@@ -24,10 +24,12 @@ from mamlkit.run import checkpoint, distributed
 from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval, query_actions
 from mamlkit.run.build import VAL_SEED, build_learner, build_network, build_tasks, device_of
 from mamlkit.run.config import Config
+from mamlkit.run.held_out import Curve, HeldOut, ValuesOf, held_out_curve
+from mamlkit.run.learner import Learner
 from mamlkit.run.metrics import read_metrics
 from mamlkit.run.scale import meta_loss_fn, meta_step_backward
 from mamlkit.run.stats import mean_ci95
-from mamlkit.tasks import ImitationTasks, RLTasks, generator_from
+from mamlkit.tasks import ImitationTasks, RLTasks
 
 
 class SupervisedStep:
@@ -40,7 +42,7 @@ class SupervisedStep:
         self.val_tasks = build_tasks(config, "val")
         torch.manual_seed(config.seed)
         model = build_network(config, self.tasks).to(self.device)  # sized to the images
-        self.learner = build_learner(config, model, self.tasks)
+        self.learner: Learner = build_learner(config, model, self.tasks)
         self.optimizer = torch.optim.Adam(self.trained_parameters(), lr=config.meta_lr)
         self.meta_loss = self.objective()
         self.batch: TaskBatch | None = None
@@ -90,9 +92,14 @@ class SupervisedStep:
     def validation(self, run_dir: Path, iteration: int) -> dict[str, float]:
         """Pre- and post-adaptation query metric on fixed held-out tasks, each with its 95%
         CI (1.96 standard errors over the tasks) for the figures' bands."""
-        with torch.random.fork_rng(devices=[]):
-            batch = self.val_tasks.sample(self.config.val_tasks, generator_from(VAL_SEED))
-        return _with_ci(self.curve(batch.to(self.device)).cpu())
+        return _with_ci(self.validation_curve().values)
+
+    def validation_curve(self, values_of: ValuesOf | None = None) -> Curve:
+        """The held-out validation tasks, all drawn and adapted at once, before and after
+        ``inner_steps`` (at least one) steps; ``values_of`` replaces the adaptation curve."""
+        held_out = HeldOut(VAL_SEED, self.config.val_tasks,
+                           [0, max(self.config.inner_steps, 1)], inner_lr_at_eval(self.config))
+        return held_out_curve(self.learner, self.val_tasks, held_out, self.device, values_of)
 
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
         return {"loss": f"{record['loss']:.4g}"} if "loss" in record else {}
@@ -109,7 +116,8 @@ class RLStep:
         self.config, self.context = config, context
         self.tasks = build_tasks(config, "train")
         assert isinstance(self.tasks, RLTasks)
-        self.learner = build_learner(config, build_network(config, self.tasks), self.tasks)
+        self.learner: Learner = build_learner(config, build_network(config, self.tasks),
+                                              self.tasks)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.meta_lr)
         self.imitation = (ImitationTasks(config.demonstrations) if config.imitation_tasks
                           else None)
@@ -207,13 +215,12 @@ class RLStep:
         """Pre- and post-adaptation return on fixed validation tasks, each with its 95% CI
         over the tasks' average returns; keeps ``best/``."""
         inner_lr = inner_lr_at_eval(self.config)
-        tasks = self.tasks.sample_tasks(self.config.val_tasks, generator_from(VAL_SEED))
-        rl = self.tasks.collect(tasks, generator_from(VAL_SEED + 1),
-                                adapted_policy(self.learner, inner_lr), self.steps(inner_lr))
-        post = rl.query_episodes.task_returns()
-        pre = rl.support_episodes[0].task_returns() if rl.support_episodes else post
-        record = {**_with_ci(torch.stack([pre, post])), "val_pre": rl.pre_return,
-                  "val_post": rl.post_return}
+        held_out = HeldOut(VAL_SEED, self.config.val_tasks, [0, self.steps(inner_lr)], inner_lr)
+        curve = held_out_curve(self.learner, self.tasks, held_out)
+        assert curve.returns is not None
+        record = {**_with_ci(curve.values),  # the means over all trajectories, as in training
+                  "val_pre": float(curve.returns[0].mean()),
+                  "val_post": float(curve.returns[1].mean())}
         if record["val_post"] > self.best:
             self.best = record["val_post"]
             checkpoint.save_best(run_dir, self.learner, iteration, self.best)
