@@ -37,8 +37,10 @@ def test_table_paired_lead_budget_and_missing_runs(tmp_path, monkeypatch):
     assert "0.3 min" in table  # 10 s, then 8 s after a resume
     assert "| ant, forward/backward (`ant-dir-quick`) | MAML | not run |" in table
     assert "/ 315.65 (Table 5, H = 200) |" in table  # the paper's numbers where it gives them
-    assert "(`nav2d-paper`) | pretrained | not run | not run | not run | not run | plot only |" \
-        in table  # and nowhere else
+    assert "(`nav2d-paper`) | pretrained | not run | not run | not run | not run | -40.81 / " \
+        "-19.73 / -11.72 / -8.47 (Fig. 4 data) |" in table  # the paper's code's plotted data
+    assert "(`cheetah-vel-quick`) | pretrained | not run | not run | not run | not run | " \
+        "plot only |" in table  # Figure 5's other curves
     assert "?" not in table and "≈" not in table
     assert "- `ant-dir-quick`: not run" in table
     rl_figure5.plot(tmp_path / "figure5.png")
