@@ -33,5 +33,15 @@ def test_table_and_figure_from_a_resumed_run(tmp_path, monkeypatch):
     assert "| `omniglot-5w1s` | 97% | 1,500 | 1.50 | 0.50 | 1.00 |" in table
     assert "| `omniglot-5w1s` | 98% | not yet (best 97.5% at 2,000) |" in table
     assert "| `omniglot-5w5s` | not run |" in table
+    peer = tmp_path / "learn2learn-example-5w1s"
+    peer.mkdir()
+    (peer / "metrics.jsonl").write_text("".join(
+        json.dumps({"iteration": i, "seconds": 2 * c, "cpu_seconds": c, "val_post": v,
+                    "val_post_ci95": 0.02}) + "\n"
+        for i, c, v in [(500, 1800.0, 0.70), (1000, 3600.0, 0.80), (1500, 5400.0, 0.85)]))
+    (line,) = time_to_accuracy.peer_lines(step_cost)
+    assert line.startswith("- learn2learn example (5w1s): 85.0 ± 2.0% after 1,500 iterations, "
+                           "1.50 core-hours; 80.0 ± 2.0% at 1.00 core-hours, where mamlkit's "
+                           "`omniglot-5w1s` reached 97% (1.00 core-hours)")
     time_to_accuracy.plot(step_cost, tmp_path / "figure.png")
     assert (tmp_path / "figure.png").stat().st_size > 10_000
