@@ -24,6 +24,7 @@ from mamlkit.run import checkpoint, distributed
 from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval, query_actions
 from mamlkit.run.build import VAL_SEED, build_learner, build_network, build_tasks, device_of
 from mamlkit.run.config import Config
+from mamlkit.run.custom_task import Components
 from mamlkit.run.held_out import Curve, HeldOut, ValuesOf, held_out_curve
 from mamlkit.run.learner import Learner
 from mamlkit.run.metrics import read_metrics
@@ -35,14 +36,15 @@ from mamlkit.tasks import ImitationTasks, RLTasks
 class SupervisedStep:
     """H = 1: the learner's meta-loss on a sampled meta-batch, backward, one Adam step."""
 
-    def __init__(self, config: Config, context: distributed.Context, run_dir: Path) -> None:
+    def __init__(self, config: Config, context: distributed.Context, run_dir: Path,
+                 given: Components | None = None) -> None:
         self.config, self.context = config, context
         self.device = distributed.local_device(device_of(config), context)
-        self.tasks = build_tasks(config, "train")  # draws no random numbers
-        self.val_tasks = build_tasks(config, "val")
+        self.tasks = build_tasks(config, "train", given)  # draws no random numbers
+        self.val_tasks = build_tasks(config, "val", given)
         torch.manual_seed(config.seed)
-        model = build_network(config, self.tasks).to(self.device)  # sized to the images
-        self.learner: Learner = build_learner(config, model, self.tasks)
+        model = build_network(config, self.tasks, given).to(self.device)  # sized to the images
+        self.learner: Learner = build_learner(config, model, self.tasks, given)
         self.optimizer = torch.optim.Adam(self.trained_parameters(), lr=config.meta_lr)
         self.meta_loss = self.objective()
         self.batch: TaskBatch | None = None
