@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -168,8 +168,9 @@ def adapt(loss: BoundLoss | Steps, params: Mapping[str, Tensor], support: Any,
     ``loss(params, support)`` is the task's loss (or ``Steps`` that take the step, as the
     batching's ops do for a chunk of stacked tasks).
     """
-    ops = loss if hasattr(loss, "shared") else LossSteps(loss)  # type: ignore[arg-type]
-    *_, adapted = trajectory(ops, params, support, inner, step)  # type: ignore[arg-type]
+    # the batching's ops have ``shared``; a bound loss does not (hasattr does not narrow types)
+    ops = cast(Steps, loss) if hasattr(loss, "shared") else LossSteps(loss)
+    *_, adapted = trajectory(ops, params, support, inner, step)
     return adapted
 
 
