@@ -22,6 +22,8 @@ from mamlkit.tasks.global_labels import sample_global
 class PretrainStep(SupervisedStep):
     """One Adam step on the global-label cross-entropy of a meta-batch's images."""
 
+    learner: Pretrains
+
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.learner.training_parameters())
 

@@ -30,7 +30,7 @@ from mamlkit.run.learner import Learner
 from mamlkit.run.metrics import read_metrics
 from mamlkit.run.scale import meta_loss_fn, meta_step_backward
 from mamlkit.run.stats import mean_ci95
-from mamlkit.tasks import ImitationTasks, RLTasks
+from mamlkit.tasks import ImitationTasks, RLTasks, TaskDistribution
 
 
 class SupervisedStep:
@@ -40,7 +40,9 @@ class SupervisedStep:
                  given: Components | None = None) -> None:
         self.config, self.context = config, context
         self.device = distributed.local_device(device_of(config), context)
-        self.tasks = build_tasks(config, "train", given)  # draws no random numbers
+        tasks = build_tasks(config, "train", given)  # draws no random numbers
+        assert not isinstance(tasks, RLTasks)
+        self.tasks: TaskDistribution = tasks
         self.val_tasks = build_tasks(config, "val", given)
         torch.manual_seed(config.seed)
         model = build_network(config, self.tasks, given).to(self.device)  # sized to the images
@@ -116,8 +118,9 @@ class RLStep:
 
     def __init__(self, config: Config, context: distributed.Context, run_dir: Path) -> None:
         self.config, self.context = config, context
-        self.tasks = build_tasks(config, "train")
-        assert isinstance(self.tasks, RLTasks)
+        tasks = build_tasks(config, "train")
+        assert isinstance(tasks, RLTasks)
+        self.tasks: RLTasks = tasks
         self.learner: Learner = build_learner(config, build_network(config, self.tasks),
                                               self.tasks)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.meta_lr)
