@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from mamlkit.functional.adapt import BoundLoss, InnerLR, Params, step_size
+from mamlkit.functional.adapt import BoundLoss, InnerLR, Params, scalar_step_size
 from mamlkit.functional.cg import total
 from mamlkit.functional.flat import flat, unflat
 
@@ -174,12 +174,7 @@ def _lbfgs(solver: ProximalSolver, loss: BoundLoss, theta: Params, support: Any,
 
 
 def _rate(solver: ProximalSolver, step: int) -> float | Tensor:
-    """The step size of ``step``: one number for every parameter."""
-    rate = step_size(solver.inner_lr, step)
-    if isinstance(rate, Mapping):
-        raise TypeError("The proximal solver takes one step size per step, not one per "
-                        "parameter.")
-    return rate
+    return scalar_step_size(solver.inner_lr, step, "The proximal solver")
 
 
 def _flat_grad(value: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
