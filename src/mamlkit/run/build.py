@@ -6,6 +6,8 @@ The run's task, environment and learner are looked up by name in the registry
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -117,7 +119,8 @@ def build_learner(config: Config, model: nn.Module, tasks: TaskDistribution | RL
                        chunk_size=config.chunk_size,
                        train_tasks=lambda: build_tasks(config, "train", given))
     try:
-        return components.learner(config.algorithm).build(config, args)
+        # the registry holds modules (it sits below run/); every learner has the Learner shape
+        return cast(Learner, components.learner(config.algorithm).build(config, args))
     except ValueError as error:  # e.g. an adapt pattern that matches no parameter
         if isinstance(error, ConfigError):
             raise

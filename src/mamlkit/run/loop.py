@@ -275,6 +275,8 @@ def _run(run: _Run, start: int, progress: bool, stop_after: int | None) -> Train
 def _iterate(run: _Run, start: int, stop_after: int | None) -> int:
     """The iterations from ``start + 1``; returns the last one completed."""
     config, step = run.config, run.step
+    # opened by _run
+    assert run.interrupts is not None and run.sinks is not None and run.console is not None
     peak = PeakMemory(getattr(step, "device", torch.device("cpu")))
     window = run.window
     iteration = start
@@ -312,6 +314,7 @@ def _stop_flags(run: _Run) -> tuple[bool, bool]:
     ranks (every rank stops at the same iteration, or a collective would hang)."""
     limit = run.config.time_limit
     out_of_time = limit is not None and time.perf_counter() - run.began > 60 * limit
+    assert run.interrupts is not None  # installed by _run
     interrupted = run.interrupts.signum is not None
     if run.context.distributed:
         # one buffer for the whole run: a tensor that outlives each all-reduce leaves gloo's
@@ -326,6 +329,7 @@ def _record(run: _Run, iteration: int, window: list[float], peak: PeakMemory,
             last: bool) -> bool:
     """The metrics record of ``iteration``, if one is due; True if it took the loss window."""
     config, step = run.config, run.step
+    assert run.sinks is not None and run.console is not None  # opened by _run
     record: dict[str, float | int] = {}
     logged = iteration % config.log_every == 0 or last
     postfix: dict[str, str] = {}
@@ -356,6 +360,7 @@ def _stop_on_signal(run: _Run, iteration: int, window: list[float], saved: bool)
     """Checkpoint ``iteration`` (unless just done) and raise TrainingInterrupted."""
     if not saved:
         _save(run, iteration, window)
+    assert run.interrupts is not None  # installed by _run
     signum = run.interrupts.signum or signal.SIGTERM  # a rank whose peer got the signal
     raise TrainingInterrupted(f"interrupted at iteration {iteration}; checkpoint written; "
                               "continue with --resume", signum, iteration)

@@ -19,14 +19,14 @@ import torch
 from mamlkit.functional.adapt import is_zero
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.rl.outer import OuterSettings, outer_step
-from mamlkit.rl.policy import mean_std
+from mamlkit.rl.policy import GaussianPolicy, mean_std
 from mamlkit.run import checkpoint, distributed
 from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval, query_actions
 from mamlkit.run.build import VAL_SEED, build_learner, build_network, build_tasks, device_of
 from mamlkit.run.config import Config
 from mamlkit.run.custom_task import Components
 from mamlkit.run.held_out import Curve, HeldOut, ValuesOf, held_out_curve
-from mamlkit.run.learner import Learner
+from mamlkit.run.learner import InnerLr, Learner
 from mamlkit.run.metrics import read_metrics
 from mamlkit.run.scale import meta_loss_fn, meta_step_backward
 from mamlkit.run.stats import mean_ci95
@@ -136,7 +136,7 @@ class RLStep:
         self.env_steps: int | None = None  # so far, over all ranks; read at the first record
         self.window_steps, self.window_seconds = 0, 0.0  # since the last record, this rank
 
-    def steps(self, inner_lr: float | None = None) -> int:
+    def steps(self, inner_lr: InnerLr | None = None) -> int:
         """Inner steps to sample for: none when the step size is zero (alpha = 0 runs)."""
         return 0 if is_zero(self.learner.rates(inner_lr)) else self.learner.inner_steps
 
@@ -159,7 +159,9 @@ class RLStep:
                            self.context.world_size, share, len(tasks))
         pre, post = self._mean_over_ranks(rl.pre_return, rl.post_return,
                                           rl.tasks.query.mask.shape[0], len(tasks))
-        self.last.update(pre_return=pre, post_return=post, std=mean_std(learner.model),
+        policy = learner.model
+        assert isinstance(policy, GaussianPolicy)  # RL runs meta-train build_policy's
+        self.last.update(pre_return=pre, post_return=post, std=mean_std(policy),
                          kl=stats.kl, step_fraction=stats.step_fraction)
         finite = all(torch.isfinite(p).all() for p in learner.parameters())
         self.window_seconds += time.perf_counter() - began
