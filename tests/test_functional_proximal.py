@@ -155,3 +155,12 @@ def test_eager_solver_takes_the_same_iterates_with_fewer_evaluations(kind, tol):
 
 def flat(params):
     return torch.cat([t.reshape(-1) for t in params.values()])
+
+
+@pytest.mark.parametrize("kind", ["lbfgs", "gd"])
+def test_a_step_size_per_parameter_is_refused_in_one_sentence(kind):
+    theta = {"w": torch.ones(2, dtype=torch.double)}
+    solver = ProximalSolver(kind, {"w": 0.1}, lam=1.0)
+    with pytest.raises(TypeError, match=r"^The proximal solver takes one step size per step, "
+                                        r"not one per parameter\.$"):
+        solver.solve(lambda p, s: (p["w"] ** 2).sum(), theta, None, 2)

@@ -3,7 +3,7 @@ as in meta-training, then safeguarded steps that never raise the support loss (n
 
 import pytest
 import torch
-from test_family import bn_mlp, conv_batch, sinusoid_batch, tiny_mlp
+from test_algorithms_family import bn_mlp, conv_batch, sinusoid_batch, tiny_mlp
 from torch import nn
 
 from mamlkit import MAML, MAMLpp, MetaSGD

@@ -206,3 +206,30 @@ def test_a_task_distribution_without_loss_or_metric_is_told_what_to_add(tmp_path
             custom.train(config, tmp_path / "run", tasks=tasks, model=nn.Linear(1, 1),
                          progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_custom_components_are_passed_explicitly_to_the_builders():
+    """The builders take a custom run's tasks and model as an argument (no state between calls);
+    without them the registered ``custom`` task says in one sentence where they come from."""
+    from torch import nn
+
+    from mamlkit.run import custom
+    from mamlkit.run.build import build_network, build_tasks
+    from mamlkit.run.config import ConfigError
+
+    class Tasks:
+        loss, metric = "mse", "mse"
+
+        def sample(self, num_tasks, generator):
+            raise AssertionError("not reached")
+
+    train, val, model = Tasks(), Tasks(), nn.Linear(1, 1)
+    given = custom.Components(train, model, val_tasks=val)
+    config = custom.config()
+    assert build_tasks(config, "train", given) is train
+    assert build_tasks(config, "val", given) is val and build_tasks(config, "test", given) is val
+    assert build_network(config, train, given) is model
+    for build in (lambda: build_tasks(config, "train"), lambda: build_network(config, train)):
+        with pytest.raises(ConfigError, match=r"^This run's tasks and model come from Python "
+                                              r"\(task: custom\); .*mamlkit\.run\.custom\."):
+            build()

@@ -225,7 +225,7 @@ def test_every_rl_learner_takes_the_estimator_through_its_one_inner_step(make):
 @pytest.mark.parametrize("estimator", ["dice", "lvc"])
 def test_estimator_reaches_the_rl_step(tmp_path, estimator):
     """The config key chooses the RL tasks' inner loss, which the learner uses (resume with
-    it is bit-exact: ``tests/test_rl_train.py``)."""
+    it is bit-exact: ``tests/test_run_rl.py``)."""
     from mamlkit.run import distributed
     from mamlkit.run.config import resolve
     from mamlkit.run.steps import RLStep

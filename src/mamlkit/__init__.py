@@ -12,6 +12,7 @@ from importlib import import_module
 from importlib.abc import MetaPathFinder
 from importlib.machinery import ModuleSpec
 from importlib.util import find_spec
+from types import ModuleType
 
 __version__ = "0.1.0"
 
@@ -59,7 +60,7 @@ class _RegisterWhenGymnasiumLoads(MetaPathFinder):
             return spec
         run_gymnasium = spec.loader.exec_module
 
-        def exec_module(module: object) -> None:
+        def exec_module(module: ModuleType) -> None:
             run_gymnasium(module)
             if self in sys.meta_path:
                 sys.meta_path.remove(self)

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 # Nothing heavier than the config (yaml) at import: the console script imports this module
 # before ``main`` runs, and torch loads inside ``main``, where a Ctrl-C becomes one line.
@@ -185,7 +186,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                      "supervised metric); evaluate RL and supervised runs "
                                      "separately.")
     progress = not args.no_progress and sys.stderr.isatty()
-    results, random_policy = {}, None
+    results: dict[str, dict[str, Any]] = {}
+    random_policy = None
     for name, (_, learner) in learners.items():
         # the run's measured thread count: small models slow down badly with more threads
         torch.set_num_threads(learner.config.threads)

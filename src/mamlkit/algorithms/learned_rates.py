@@ -12,7 +12,7 @@ The extra steps are first order (evaluation and plots need no meta-gradient thro
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -34,6 +34,11 @@ from mamlkit.functional.safeguard import safeguarded_step
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss
 
+if TYPE_CHECKING:  # the mixin's host, for the checker; at run time a plain mixin
+    from mamlkit.algorithms.maml import MAML as _Host
+else:
+    _Host = object
+
 
 def trained_then_safeguarded(trained: int) -> InnerStep:
     """The loop's own steps for the ``trained`` steps, safeguarded first-order ones after."""
@@ -46,7 +51,7 @@ def trained_then_safeguarded(trained: int) -> InnerStep:
     return step
 
 
-class SafeguardedExtraSteps:
+class SafeguardedExtraSteps(_Host):
     """Mixin before ``MAML``: ``adaptation_curve`` and ``adapt`` beyond ``inner_steps`` take
     safeguarded steps with the last trained rates (only where the rates are learned)."""
 

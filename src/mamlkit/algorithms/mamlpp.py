@@ -22,7 +22,7 @@ from mamlkit.algorithms.arguments import check_steps
 from mamlkit.algorithms.learned_rates import SafeguardedExtraSteps
 from mamlkit.algorithms.maml import MAML
 from mamlkit.algorithms.metasgd import rate_key
-from mamlkit.functional.adapt import InnerLR, step_size
+from mamlkit.functional.adapt import InnerLR, scalar_step_size
 from mamlkit.functional.losses import LossFn
 from mamlkit.functional.multistep import multi_step_losses
 from mamlkit.functional.schedules import msl_weights
@@ -84,7 +84,8 @@ class MAMLpp(SafeguardedExtraSteps, MAML):
         if lslr:
             self.lslr_rates = nn.ParameterDict({
                 rate_key(n): nn.Parameter(torch.tensor(
-                    [float(step_size(inner_lr, s)) for s in range(inner_steps)],
+                    [float(scalar_step_size(inner_lr, s, "MAML++ with learned rates (lslr)"))
+                     for s in range(inner_steps)],
                     dtype=params[n].dtype, device=params[n].device))
                 for n in self._rate_names})
 
@@ -101,7 +102,7 @@ class MAMLpp(SafeguardedExtraSteps, MAML):
         return [{n: self.lslr_rates[rate_key(n)][min(s, self.inner_steps - 1)]
                  for n in self._rate_names} for s in range(count)]
 
-    def per_step(self) -> list[dict[str, Tensor]] | None:  # type: ignore[override]
+    def per_step(self) -> list[dict[str, Tensor]] | None:
         """Batch-norm weights and biases for the parameters after 0..inner_steps steps."""
         if not self.bn_names:
             return None

@@ -84,6 +84,7 @@ class Pretrained(MAML):
                          chunk_size=chunk_size, adapt_names=adapt_names, **kwargs)
         self._head_name = head_name
         head = model.get_submodule(head_name)
+        assert isinstance(head, nn.Linear)  # last_linear's
         with torch.no_grad():  # the new N-way head of every task starts at zero
             head.weight.zero_()
             if head.bias is not None:
@@ -134,7 +135,9 @@ class Pretrained(MAML):
     def frozen_accuracy(self, batch: TaskBatch) -> dict[str, Tensor]:
         """Query accuracy ``[T]`` of the linear head and of the nearest class mean, both on
         the frozen features of the support set (N-way: the network's head has N outputs)."""
-        ways = self.model.get_submodule(self._head_name).out_features
+        head = self.model.get_submodule(self._head_name)
+        assert isinstance(head, nn.Linear)  # last_linear's, as in __init__
+        ways = head.out_features
         support, query = self.features(batch)
         sy, qy = batch.support[1], batch.query[1]
         support, query = heads.normalise(support), heads.normalise(query)

@@ -44,7 +44,9 @@ def class_images_from_dataset(dataset: Any, class_names: Sequence[str] | None = 
     share one shape (resize them in the dataset's transform). ``max_per_class`` keeps the first
     images of each class only.
     """
-    images, labels, seen = [], [], {}
+    images: list[Tensor] = []
+    labels: list[Any] = []
+    seen: dict[Any, int] = {}  # images per label (an int or a string)
     for index in range(len(dataset)):
         image, label = dataset[index][:2]
         label = label.item() if isinstance(label, Tensor) else label
@@ -67,7 +69,8 @@ def class_images_from_dataset(dataset: Any, class_names: Sequence[str] | None = 
     else:
         names = [str(k) for k in order]
     ids = {k: i for i, k in enumerate(order)}
-    return ClassImages(torch.stack(images), torch.tensor([ids[k] for k in labels]), names)
+    return ClassImages(torch.stack(images), torch.tensor([ids[k] for k in labels]),
+                       tuple(names))
 
 
 __all__ = ["class_images_from_dataset"]

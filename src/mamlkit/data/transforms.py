@@ -43,7 +43,7 @@ def decode_image(
     """
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode must be 'L' (grayscale) or 'RGB'; got {mode!r}.")
-    image = Image.open(io.BytesIO(data))
+    image: Image.Image = Image.open(io.BytesIO(data))
     image.load()
     if size is not None and (image.height, image.width) != size:
         if resample != "nearest":

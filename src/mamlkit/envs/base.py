@@ -41,7 +41,7 @@ def per_task(generator: Generators | None, num_tasks: int) -> list[torch.Generat
     (drawn from in task order), ``None`` uses torch's global generator."""
     if generator is None or isinstance(generator, torch.Generator):
         return [generator] * num_tasks
-    generators = list(generator)
+    generators: list[torch.Generator | None] = list(generator)
     if len(generators) != num_tasks:
         raise ValueError(f"reset got {len(generators)} generators for {num_tasks} tasks; pass one "
                          "generator, or one per task.")

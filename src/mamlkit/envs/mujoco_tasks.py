@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mujoco
 import numpy as np
@@ -61,7 +61,14 @@ def sample_locomotion_tasks(kind: str, num_tasks: int, generator: torch.Generato
     raise ValueError(f"{robot} task kind must be one of {KINDS}, got {kind!r}.")
 
 
-class LocomotionTaskEnv:
+if TYPE_CHECKING:  # the mixin's host, for the checker
+    from gymnasium.envs.mujoco.mujoco_env import MujocoEnv as _Host
+    from gymnasium.spaces import Box
+else:
+    _Host = object
+
+
+class LocomotionTaskEnv(_Host):
     """Mixin before a gymnasium MuJoCo environment: ``reset_task(task)`` or
     ``reset(options={"task"})``, actions clipped to the action space, the task's reward.
 
@@ -70,6 +77,7 @@ class LocomotionTaskEnv:
     kind = "velocity"
     robot = "Robot"
     max_velocity = 1.0
+    action_space: Box  # what MuJoCo environments act in
 
     def __init__(self, task: dict | None = None, clip_actions: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -106,8 +114,9 @@ class LocomotionTaskEnv:
             action = np.clip(action, self.action_space.low, self.action_space.high)
         observation, _, terminated, truncated, info = super().step(action)
         reward = float(self.task_reward(float(self._task[self.kind]), info["x_velocity"], action))
-        info["task"] = dict(self._task)
-        return observation, reward, terminated, truncated, info
+        extended: dict[str, Any] = info  # the same dict, which now holds the task too
+        extended["task"] = dict(self._task)
+        return observation, reward, terminated, truncated, extended
 
 
 class LocomotionBatch:

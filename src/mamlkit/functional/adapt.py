@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -75,7 +75,15 @@ class InnerLoop:
         return replace(self, **changes)
 
 
-def is_zero(lr: StepSize) -> bool:
+def scalar_step_size(inner_lr: InnerLR, step: int, user: str) -> float | Tensor:
+    """``step_size`` where ``user`` (named in the error) takes one number for every parameter."""
+    rate = step_size(inner_lr, step)
+    if isinstance(rate, Mapping):
+        raise TypeError(f"{user} takes one step size per step, not one per parameter.")
+    return rate
+
+
+def is_zero(lr: InnerLR) -> bool:
     """True for a plain zero step size (alpha = 0 skips the inner gradient entirely)."""
     return isinstance(lr, int | float) and lr == 0
 
@@ -168,8 +176,9 @@ def adapt(loss: BoundLoss | Steps, params: Mapping[str, Tensor], support: Any,
     ``loss(params, support)`` is the task's loss (or ``Steps`` that take the step, as the
     batching's ops do for a chunk of stacked tasks).
     """
-    ops = loss if hasattr(loss, "shared") else LossSteps(loss)  # type: ignore[arg-type]
-    *_, adapted = trajectory(ops, params, support, inner, step)  # type: ignore[arg-type]
+    # the batching's ops have ``shared``; a bound loss does not (hasattr does not narrow types)
+    ops = cast(Steps, loss) if hasattr(loss, "shared") else LossSteps(loss)
+    *_, adapted = trajectory(ops, params, support, inner, step)
     return adapted
 
 
@@ -183,4 +192,4 @@ def detached(step: InnerStep) -> InnerStep:
 
 __all__ = ["BoundLoss", "InnerLR", "InnerLoop", "InnerStep", "LossSteps", "Params", "PerStep",
            "StepSize", "Steps", "adapt", "at_step", "detached", "gradient_step", "inner_step",
-           "is_zero", "sgd_update", "step_size", "trajectory"]
+           "is_zero", "scalar_step_size", "sgd_update", "step_size", "trajectory"]

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,8 @@ from mamlkit.functional.stacked import (
 )
 from mamlkit.functional.task_batch import leaves, take
 from mamlkit.functional.task_loss import StackedForwardFn, TaskLoss, forward
+
+Out = TypeVar("Out")  # what a per-task function returns; stacked over tasks, the same form
 
 BATCHINGS: tuple[str, ...] = ("vmap", "loop", "stacked")
 
@@ -86,26 +88,31 @@ class StackedOps(TaskOps):
     def forward(self, params: Mapping[str, Tensor], x: Any) -> Any:
         return self.stacked_forward(self.model, params, self.buffers, x)
 
-    def value(self, params, data, loss=None) -> Tensor:
+    def value(self, params: Mapping[str, Tensor], data: Any,
+              loss: TaskLoss | None = None) -> Tensor:
         loss = loss or self.loss
         if loss.stacked is None:
             raise ValueError(f"The task loss {loss!r} has no stacked form; choose "
                              "batching='vmap' or 'loop'.")
-        return loss.stacked(self.model, params, self.buffers, data,
-                            stacked_forward=self.stacked_forward)
+        value: Tensor = loss.stacked(self.model, params, self.buffers, data,
+                                     stacked_forward=self.stacked_forward)
+        return value
 
-    def step(self, params, data, lr, first_order=False, adapt_names=None) -> Params:
+    def step(self, params: Mapping[str, Tensor], data: Any, lr: StepSize,
+             first_order: bool = False, adapt_names: Sequence[str] | None = None) -> Params:
         return stacked_inner_step(self.bound(), params, data, lr, first_order, adapt_names)
 
-    def shared(self, params) -> Params:
+    def shared(self, params: Mapping[str, Tensor]) -> Params:
+        assert self.tasks is not None  # a stacked chunk always knows its size
         return stack_params(params, self.tasks)
 
 
-def _stack(outputs: list[Any], dim_fn: Callable[[list[Tensor]], Tensor]) -> Any:
+def _stack(outputs: list[Out], dim_fn: Callable[[list[Tensor]], Tensor]) -> Out:
     flat = [pytree.tree_flatten(o) for o in outputs]
     spec = flat[0][1]
     columns = zip(*(f[0] for f in flat), strict=True)
-    return pytree.tree_unflatten([dim_fn(list(c)) for c in columns], spec)
+    stacked: Out = pytree.tree_unflatten([dim_fn(list(c)) for c in columns], spec)
+    return stacked
 
 
 def _unbatchable(error: RuntimeError) -> bool:
@@ -189,9 +196,9 @@ class Batching:
         size = self.chunk_size or default or 1
         return [slice(i, i + size) for i in range(0, num_tasks, size)]
 
-    def map(self, fn: Callable[[TaskOps, Params, Any], Any], model: nn.Module,
+    def map(self, fn: Callable[[TaskOps, Params, Any], Out], model: nn.Module,
             buffers: Mapping[str, Tensor], loss: TaskLoss, params: Mapping[str, Tensor],
-            data: Any, batched_params: bool = False) -> Any:
+            data: Any, batched_params: bool = False) -> Out:
         """``fn(ops, params, task_data)`` for every task of ``data`` (leading task dim), its
         outputs stacked over tasks. ``params`` are shared unless ``batched_params``."""
         params, buffers = dict(params), dict(buffers)
@@ -204,19 +211,21 @@ class Batching:
                 p = take(params, part) if batched_params else ops.shared(params)
                 outputs.append(fn(ops, p, chunk))
             return _stack(outputs, torch.cat)
-        ops = TaskOps(model, buffers, loss)
+        task_ops = TaskOps(model, buffers, loss)
 
-        def one(p: Params, d: Any) -> Any:
-            return fn(ops, p, d)
+        def one(p: Params, d: Any) -> Out:
+            return fn(task_ops, p, d)
 
         if self.kind == "vmap" and (self.fallback is None or self.fallback.problem is None):
             run = torch.func.vmap(one, in_dims=(0 if batched_params else None, 0),
                                   randomness="different", chunk_size=self.chunk_size)
             if self.fallback is None:
-                return run(params, data)
+                mapped: Out = run(params, data)
+                return mapped
             rng = _rng_states({t.device for t in leaves((params, data))})
             try:
-                return run(params, data)
+                mapped = run(params, data)
+                return mapped
             except RuntimeError as error:
                 if not _unbatchable(error):
                     raise

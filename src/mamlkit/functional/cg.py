@@ -6,7 +6,8 @@ dicts directly and, having no data-dependent Python branches, under ``vmap`` ove
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -14,8 +15,13 @@ from torch import Tensor
 Vector = dict[str, Tensor]
 
 
+def total(terms: Iterable[Tensor]) -> Tensor:
+    """``sum(terms)`` as Python adds them (from 0, which leaves the first term as it is)."""
+    return cast(Tensor, sum(terms))  # 0 + a tensor is a tensor; typeshed says int | Tensor
+
+
 def dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
-    return sum((a[n] * b[n]).sum() for n in a)
+    return total((a[n] * b[n]).sum() for n in a)
 
 
 def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Mapping[str, Tensor], steps: int,

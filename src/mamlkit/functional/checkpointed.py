@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils import _pytree as pytree
 
 from mamlkit.functional.adapt import InnerLoop, InnerLR, Params, gradient_step
-from mamlkit.functional.batching import Batching, TaskOps
+from mamlkit.functional.batching import Batching, Out, TaskOps
 from mamlkit.functional.stacked import stack_params
 from mamlkit.functional.task_batch import TaskBatch, support_at
 from mamlkit.functional.task_loss import TaskLoss, as_task_loss
@@ -66,9 +66,10 @@ class _Plan:
         leaves = list(self.lr_leaves)
         for slot, t in zip(self.lr_slots, tensors, strict=True):
             leaves[slot] = t
-        return pytree.tree_unflatten(leaves, self.lr_spec)
+        rates: InnerLR = pytree.tree_unflatten(leaves, self.lr_spec)
+        return rates
 
-    def _map(self, fn: Callable[[TaskOps, Params, Any], Any], params: Params, data: Any) -> Any:
+    def _map(self, fn: Callable[[TaskOps, Params, Any], Out], params: Params, data: Any) -> Out:
         return self.batching.map(fn, self.model, self.buffers, self.loss, params, data,
                                  batched_params=True)
 
@@ -91,7 +92,7 @@ class _CheckpointedQueryLosses(torch.autograd.Function):
     """theta, learned rates -> query losses ``[tasks]``; keeps parameters, not graphs."""
 
     @staticmethod
-    def forward(ctx, plan: _Plan, names: list[str], *inputs: Tensor) -> Tensor:
+    def forward(ctx: Any, plan: _Plan, names: list[str], *inputs: Tensor) -> Tensor:
         theta = dict(zip(names, inputs[:len(names)], strict=True))
         rate_tensors = inputs[len(names):]
         tasks = plan.tasks
@@ -111,7 +112,7 @@ class _CheckpointedQueryLosses(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_losses: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_losses: Tensor) -> tuple[Tensor | None, ...]:
         plan, names = ctx.plan, ctx.names
         rate_tensors = ctx.saved_tensors
         # tasks are independent: d(sum_t w_t L_t)/d theta_K[t] = w_t dL_t/d theta_K[t]
@@ -131,8 +132,9 @@ class _CheckpointedQueryLosses(torch.autograd.Function):
                      + (g[n] if n not in outs else 0)  # an output without graph passes as is
                      for n, d in zip(before, grads[:len(before)], strict=True)}
                 for i, d in enumerate(grads[len(before):]):
+                    before_grad = rate_grads[i]
                     if d is not None:
-                        rate_grads[i] = d if rate_grads[i] is None else rate_grads[i] + d
+                        rate_grads[i] = d if before_grad is None else before_grad + d
                 del before, after, grads
         theta_grads = [g[n].sum(0) for n in names]  # the tasks' shares of the shared theta
         ctx.states = ctx.query_grads = None
@@ -145,7 +147,7 @@ def checkpointed_task_losses(
     buffers: Mapping[str, Tensor],
     batch: TaskBatch,
     *,
-    loss: str | Callable | TaskLoss,
+    loss: str | Callable[..., Any] | TaskLoss,
     inner: InnerLoop,
     batching: Batching | str = "vmap",
 ) -> Tensor:
@@ -169,7 +171,8 @@ def checkpointed_task_losses(
         plan = _Plan(model, dict(buffers), task_loss, chunk.support, chunk.query,
                      inner.but(first_order=False), batching, spec, leaves, slots,
                      chunk.num_tasks)
-        losses.append(_CheckpointedQueryLosses.apply(
+        # autograd.Function.apply is unannotated in torch
+        losses.append(_CheckpointedQueryLosses.apply(  # type: ignore[no-untyped-call]
             plan, names, *(params[n] for n in names), *(leaves[i] for i in slots)))
     return torch.cat(losses)
 

@@ -16,6 +16,7 @@ and per-step parameters are not learned); once differentiable.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +35,7 @@ class _ChunkedMean(torch.autograd.Function):
     """theta -> the mean query loss; keeps the meta-gradient, not the graphs."""
 
     @staticmethod
-    def forward(ctx, losses_of: ChunkLosses, parts: Sequence[slice], batch: TaskBatch,
+    def forward(ctx: Any, losses_of: ChunkLosses, parts: Sequence[slice], batch: TaskBatch,
                 names: list[str], *theta: Tensor) -> Tensor:
         wanted = ctx.needs_input_grad[4:]
         grads: list[Tensor | None] = [None] * len(names)
@@ -51,8 +52,9 @@ class _ChunkedMean(torch.autograd.Function):
                 chunk = torch.autograd.grad(losses.sum(), [leaves[names[i]] for i in inputs],
                                             allow_unused=True)
                 for i, g in zip(inputs, chunk, strict=True):
+                    before = grads[i]
                     if g is not None:
-                        grads[i] = g if grads[i] is None else grads[i] + g
+                        grads[i] = g if before is None else before + g
                 del losses, chunk  # this chunk's graph goes before the next is built
         tasks = batch.num_tasks
         ctx.grads = [None if g is None else g / tasks for g in grads]
@@ -60,7 +62,7 @@ class _ChunkedMean(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_mean: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_mean: Tensor) -> tuple[Tensor | None, ...]:
         grads = [None if g is None else g * grad_mean for g in ctx.grads]
         ctx.grads = None
         return (None, None, None, None, *grads)
@@ -68,7 +70,7 @@ class _ChunkedMean(torch.autograd.Function):
 
 def chunked_meta_loss(model: nn.Module, params: Mapping[str, Tensor],
                       buffers: Mapping[str, Tensor], batch: TaskBatch, *,
-                      batching: Batching, **kwargs) -> Tensor:
+                      batching: Batching, **kwargs: Any) -> Tensor:
     """``meta_loss`` (the mean query loss after adaptation, ``kwargs`` as for it), with each
     chunk of ``batching`` back-propagated at once and its graph freed (see the module doc).
 
@@ -78,8 +80,10 @@ def chunked_meta_loss(model: nn.Module, params: Mapping[str, Tensor],
         return task_losses(model, theta, buffers, chunk, batching=batching, **kwargs)
 
     names = list(params)
-    return _ChunkedMean.apply(losses_of, batching.slices(batch.num_tasks), batch, names,
-                              *(params[n] for n in names))
+    # autograd.Function.apply is unannotated in torch
+    mean: Tensor = _ChunkedMean.apply(  # type: ignore[no-untyped-call]
+        losses_of, batching.slices(batch.num_tasks), batch, names, *(params[n] for n in names))
+    return mean
 
 
 __all__ = ["chunked_meta_loss"]

@@ -57,8 +57,8 @@ def proximal_adaptation_curve(
     buffers: Mapping[str, Tensor],
     batch: TaskBatch,
     *,
-    loss: str | Callable | TaskLoss,
-    metric: str | Callable | TaskLoss,
+    loss: str | Callable[..., Any] | TaskLoss,
+    metric: str | Callable[..., Any] | TaskLoss,
     solver: ProximalSolver,
     steps: Sequence[int],
     batching: Batching | str = "vmap",
@@ -95,7 +95,7 @@ def implicit_task_grad(loss: BoundLoss, params: Mapping[str, Tensor], support: A
     support_grad = torch.func.grad(lambda q: loss(q, support))
     # the Hessian is symmetric, so a vector-Jacobian product of the gradient is H v; the
     # linearisation at phi is built once and reused by every conjugate-gradient step
-    _, hessian_vjp = torch.func.vjp(support_grad, phi)
+    hessian_vjp = torch.func.vjp(support_grad, phi)[1]
 
     def matvec(v: Params) -> Params:
         (hv,) = hessian_vjp(v)
@@ -110,7 +110,7 @@ def implicit_meta_grad(
     buffers: Mapping[str, Tensor],
     batch: TaskBatch,
     *,
-    loss: str | Callable | TaskLoss,
+    loss: str | Callable[..., Any] | TaskLoss,
     solver: ProximalSolver,
     steps: int,
     cg_steps: int,

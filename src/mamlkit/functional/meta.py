@@ -28,7 +28,7 @@ from mamlkit.functional.task_loss import TaskLoss, as_task_loss, as_task_metric
 
 def map_adapted(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                 batch: TaskBatch, fn: Callable[[TaskOps, Params, Any], Any], *,
-                loss: str | Callable | TaskLoss, inner: InnerLoop,
+                loss: str | Callable[..., Any] | TaskLoss, inner: InnerLoop,
                 batching: Batching | str = "vmap") -> Any:
     """``fn(ops, adapted, query)`` of every task after ``inner``'s steps on its support.
 
@@ -50,13 +50,14 @@ def query_value(ops: TaskOps, params: Params, query: Any) -> Tensor:
 
 
 def task_losses(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-                batch: TaskBatch, **kwargs) -> Tensor:
+                batch: TaskBatch, **kwargs: Any) -> Tensor:
     """Query loss after adaptation of every task in ``batch``: a tensor of shape ``[tasks]``."""
-    return map_adapted(model, params, buffers, batch, query_value, **kwargs)
+    losses: Tensor = map_adapted(model, params, buffers, batch, query_value, **kwargs)
+    return losses
 
 
 def meta_loss(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-              batch: TaskBatch, **kwargs) -> Tensor:
+              batch: TaskBatch, **kwargs: Any) -> Tensor:
     """The meta-objective: mean over tasks of the query loss after adaptation.
 
     Differentiable with respect to ``params`` (second order unless ``inner.first_order``).
@@ -79,7 +80,8 @@ def values_at(iterates: Iterable[Params], wanted: Sequence[int],
 
 def adaptation_curve(model: nn.Module, params: Mapping[str, Tensor],
                      buffers: Mapping[str, Tensor], batch: TaskBatch, *,
-                     loss: str | Callable | TaskLoss, metric: str | Callable | TaskLoss,
+                     loss: str | Callable[..., Any] | TaskLoss,
+                     metric: str | Callable[..., Any] | TaskLoss,
                      inner: InnerLoop, steps: Sequence[int], step: InnerStep = gradient_step,
                      batching: Batching | str = "vmap") -> Tensor:
     """Query metric of every task after each number of inner steps in ``steps``:

@@ -30,7 +30,7 @@ def multi_step_losses(
     buffers: Mapping[str, Tensor],
     batch: TaskBatch,
     *,
-    loss: str | Callable | TaskLoss,
+    loss: str | Callable[..., Any] | TaskLoss,
     inner: InnerLoop,
     weights: Sequence[float],
     batching: Batching | str = "vmap",

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from mamlkit.functional.adapt import BoundLoss, InnerLR, Params, step_size
+from mamlkit.functional.adapt import BoundLoss, InnerLR, Params, scalar_step_size
+from mamlkit.functional.cg import total
 from mamlkit.functional.flat import flat, unflat
 
 SOLVERS = ("lbfgs", "gd")
@@ -104,7 +105,7 @@ def _gd(solver: ProximalSolver, loss: BoundLoss, theta: Params, support: Any,
     yield phi
     for step in range(steps):
         grads, _ = proximal_grad(loss, phi, theta, support, solver.lam)
-        norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))
+        norm = torch.sqrt(total((g * g).sum() for g in grads.values()))
         if solver.eager and not norm > solver.tol:  # converged: stay, without more gradients
             for _ in range(step, steps):
                 yield phi
@@ -112,7 +113,7 @@ def _gd(solver: ProximalSolver, loss: BoundLoss, theta: Params, support: Any,
         scale = (norm > solver.tol).to(norm.dtype)  # converged: stay
         if solver.max_grad_norm is not None:
             scale = scale * torch.clamp(solver.max_grad_norm / (norm + 1e-12), max=1.0)
-        lr = step_size(solver.inner_lr, step)
+        lr = _rate(solver, step)
         phi = {n: phi[n] - lr * scale * grads[n] for n in phi}
         yield phi
 
@@ -139,7 +140,7 @@ def _lbfgs(solver: ProximalSolver, loss: BoundLoss, theta: Params, support: Any,
     s_hist = torch.zeros(solver.history, x.numel(), dtype=x.dtype, device=x.device)
     y_hist, rho = torch.zeros_like(s_hist), torch.zeros(solver.history, dtype=x.dtype,
                                                           device=x.device)
-    gamma = torch.ones((), dtype=x.dtype, device=x.device) * float(step_size(solver.inner_lr, 0))
+    gamma = torch.ones((), dtype=x.dtype, device=x.device) * float(_rate(solver, 0))
     moving = torch.ones((), dtype=torch.bool, device=x.device)
     yield unflatten(x, theta)
     for k in range(steps):
@@ -147,7 +148,7 @@ def _lbfgs(solver: ProximalSolver, loss: BoundLoss, theta: Params, support: Any,
         d = -_two_loop(g, s_hist[first:], y_hist[first:], rho[first:], gamma)
         d = torch.where(torch.dot(g, d) < 0, d, -gamma * g)  # not downhill (rounding): steepest
         if solver.max_grad_norm is not None:  # at most as long as the longest clipped gd step
-            bound = float(step_size(solver.inner_lr, 0)) * solver.max_grad_norm
+            bound = float(_rate(solver, 0)) * solver.max_grad_norm
             d = d * torch.clamp(bound / (torch.linalg.vector_norm(d) + 1e-12), max=1.0)
         unconverged = torch.linalg.vector_norm(g) > solver.tol
         if solver.eager:
@@ -172,8 +173,13 @@ def _lbfgs(solver: ProximalSolver, loss: BoundLoss, theta: Params, support: Any,
         yield unflatten(x, theta)
 
 
-def _flat_grad(value, x: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.func.grad_and_value(value)(x)
+def _rate(solver: ProximalSolver, step: int) -> float | Tensor:
+    return scalar_step_size(solver.inner_lr, step, "The proximal solver")
+
+
+def _flat_grad(value: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    grad_value: tuple[Tensor, Tensor] = torch.func.grad_and_value(value)(x)
+    return grad_value
 
 
 def _two_loop(g: Tensor, s_hist: Tensor, y_hist: Tensor, rho: Tensor, gamma: Tensor) -> Tensor:
@@ -208,7 +214,8 @@ def _armijo_sequential(value: Callable[[Tensor], Tensor], x: Tensor, f: Tensor, 
     that qualifies (one evaluation when the full step is accepted, as it usually is)."""
     slope = torch.dot(g, d)
     if slope < 0:
-        for t in LINE_SEARCH.to(dtype=x.dtype, device=x.device):
+        trials: list[Tensor] = list(LINE_SEARCH.to(dtype=x.dtype, device=x.device))
+        for t in trials:
             if value(x + t * d) < f + ARMIJO * t * slope:
                 return t
     return torch.zeros_like(f)

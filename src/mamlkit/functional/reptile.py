@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from mamlkit.functional.adapt import InnerLoop, Params, adapt
 from mamlkit.functional.batching import Batching, TaskOps
+from mamlkit.functional.cg import total
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.functional.task_loss import TaskLoss, as_task_loss
 
@@ -25,7 +26,7 @@ def adapt_tasks(
     buffers: Mapping[str, Tensor],
     batch: TaskBatch,
     *,
-    loss: str | Callable | TaskLoss,
+    loss: str | Callable[..., Any] | TaskLoss,
     inner: InnerLoop,
     data: str = "all",
     batching: Batching | str = "vmap",
@@ -67,7 +68,7 @@ def surrogate(value: Tensor, params: Mapping[str, Tensor],
     Lets update rules that are not the gradient of a loss (Reptile, implicit MAML) go through
     ``loss.backward(); optimizer.step()`` like every other learner.
     """
-    linear = sum((p * direction[n].detach()).sum() for n, p in params.items())
+    linear = total((p * direction[n].detach()).sum() for n, p in params.items())
     return value.detach() + (linear - linear.detach())
 
 

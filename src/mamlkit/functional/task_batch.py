@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 
-class StepData(tuple):
+class StepData(tuple[Any, ...]):
     """Support data with one entry per inner step (RL: fresh trajectories after every step).
 
     Any other support is used at every inner step (supervised tasks adapt on one support set).

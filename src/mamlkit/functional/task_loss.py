@@ -31,7 +31,7 @@ def _accepts(model: nn.Module, *args: Any, **kwargs: Any) -> bool:
     return True
 
 
-def model_arguments(model: nn.Module, x: Any) -> tuple[tuple, dict[str, Any]]:
+def model_arguments(model: nn.Module, x: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The positional and keyword arguments that input ``x`` stands for.
 
     A tuple ``(x, aux)`` is several positional inputs and a dict ``{"x": .., "aux": ..}``
@@ -75,11 +75,13 @@ class SupervisedLoss(TaskLoss):
     def __init__(self, fn: LossFn) -> None:
         self.fn = fn
 
-    def __call__(self, model, params, buffers, data) -> Tensor:
+    def __call__(self, model: nn.Module, params: Mapping[str, Tensor],
+                 buffers: Mapping[str, Tensor], data: Any) -> Tensor:
         x, y = supervised_pair(data)
         return self.fn(forward(model, params, buffers, x), y)
 
-    def stacked(self, model, params, buffers, data,  # type: ignore[override]
+    def stacked(self, model: nn.Module, params: Mapping[str, Tensor],  # type: ignore[override]
+                buffers: Mapping[str, Tensor], data: Any,
                 stacked_forward: StackedForwardFn | None = None) -> Tensor:
         """Each task's loss ``[T]`` from one call of a task-stacking model, or of
         ``stacked_forward`` for models that do not stack tasks themselves."""

@@ -31,6 +31,10 @@ class TaskBatchNorm(nn.Module):
     ``track_running_stats`` in eval mode: the running statistics, like ``nn.BatchNorm``.
     """
 
+    running_mean: Tensor  # the buffers, with track_running_stats
+    running_var: Tensor
+    num_batches_tracked: Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True,
                  track_running_stats: bool = False, momentum: float | None = 0.1) -> None:
         super().__init__()
@@ -54,7 +58,7 @@ class TaskBatchNorm(nn.Module):
             mean = x.mean(dim=dims, keepdim=True)
             var = x.var(dim=dims, unbiased=False, keepdim=True)
         out = (x - mean) * torch.rsqrt(var + self.eps)
-        if self.weight is None:
+        if self.weight is None or self.bias is None:  # both or neither (affine)
             return out
         return out * self.weight.view(shape) + self.bias.view(shape)
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import operator
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +112,7 @@ class _Run:
 
     def load(self, node: Node) -> tuple[tuple, dict]:
         """The node's arguments with every input node replaced by its value."""
-        return (map_arg(node.args, self.env.__getitem__),  # type: ignore[return-value]
+        return (map_arg(node.args, self.env.__getitem__),
                 map_arg(node.kwargs, self.env.__getitem__))
 
     def stacked(self, value: Any) -> Stacked:
@@ -147,6 +147,12 @@ class _Run:
         key = step.names.get(name)
         return None if key is None else self.params[key]
 
+    def weight(self, step: _Step) -> Tensor:
+        """The stacked weight of a layer that always has one (convolution, linear, PReLU)."""
+        weight = self.param(step, "weight")
+        assert weight is not None
+        return weight
+
     def buffer(self, step: _Step, name: str) -> Tensor:
         key = step.names[name]
         return self.buffers[key] if key in self.buffers else getattr(step.module, name)
@@ -162,7 +168,7 @@ def _conv(run: _Run, step: _Step) -> Stacked:
     """Each task's convolution as one grouped convolution of the folded input."""
     m = step.module
     assert isinstance(m, nn.modules.conv._ConvNd)
-    x, w = run.fold(step.node.args[0]), run.param(step, "weight")
+    x, w = run.fold(step.node.args[0]), run.weight(step)
     w = w.reshape(-1, *w.shape[2:])
     padding: Any = m.padding
     if m.padding_mode != "zeros":
@@ -228,13 +234,13 @@ def _layer_norm(run: _Run, step: _Step) -> Stacked:
 
 def _linear(run: _Run, step: _Step) -> Stacked:
     """Each task's linear layer as one batched product: ``[T, N.., F]`` -> ``[T, N.., O]``."""
-    x, w = run.major(step.node.args[0]), run.param(step, "weight")
+    x, w = run.major(step.node.args[0]), run.weight(step)
     out = stacked_linear(x.reshape(run.tasks, -1, x.shape[-1]), w, run.param(step, "bias"))
     return Stacked(out.reshape(*x.shape[:-1], w.shape[1]), False)
 
 
 def _prelu(run: _Run, step: _Step) -> Stacked:
-    x, w = run.fold(step.node.args[0]), run.param(step, "weight")
+    x, w = run.fold(step.node.args[0]), run.weight(step)
     if w.shape[1] == 1:
         w = w.expand(run.tasks, x.shape[1] // run.tasks)
     return Stacked(F.prelu(x, w.reshape(-1)), True)
@@ -273,6 +279,9 @@ def _softmax_layer(run: _Run, step: _Step) -> Stacked:
     value = run.stacked(run.value(step.node.args[0]))
     x = run.major(step.node.args[0])
     fn = F.softmax if isinstance(m, nn.Softmax) else F.log_softmax
+    if m.dim is None:
+        raise RuntimeError(f"{step.node.name}: {type(m).__name__} needs an explicit dim to be "
+                           "task-stacked.")
     return Stacked(fn(x, _shift(m.dim, value.task_ndim())), False)
 
 
@@ -380,7 +389,7 @@ def _shape_query(run: _Run, step: _Step) -> Any:
         return shape.numel()
     if what == "shape":
         return shape
-    return getattr(value.data, what)  # type: ignore[arg-type]
+    return getattr(value.data, str(what))
 
 
 def _major_x(run: _Run, step: _Step) -> tuple[Tensor, int]:
@@ -419,7 +428,8 @@ def _reduce(run: _Run, step: _Step) -> Stacked:
 def _along_dim(run: _Run, step: _Step) -> Stacked:
     """softmax, log_softmax, squeeze, unsqueeze along one dim of each task's value."""
     x, nd = _major_x(run, step)
-    name = step.node.target if step.node.op == "call_method" else step.node.target.__name__
+    target = step.node.target
+    name = target if isinstance(target, str) else target.__name__
     dim = _arg(step, run, 1, "dim", None)
     if dim is None:
         raise RuntimeError(f"{step.node.name}: {name} needs an explicit dim to be task-stacked.")
@@ -440,7 +450,8 @@ def _permute(run: _Run, step: _Step) -> Stacked:
 
 def _cat(run: _Run, step: _Step) -> Stacked:
     """Concatenation; along channels of folded values it keeps every task's channels together."""
-    parts, dim = step.node.args[0], _arg(step, run, 1, "dim", 0)
+    parts = cast(Sequence[Node], step.node.args[0])  # cat's and stack's list of tensors
+    dim = _arg(step, run, 1, "dim", 0)
     values = [run.stacked(run.value(p)) for p in parts]
     nd = values[0].task_ndim()
     if step.node.target is torch.stack:
@@ -650,9 +661,9 @@ def _plan(node: Node, model: nn.Module, modules: Mapping[str, nn.Module],
         per_task.add(node)
     inplace = _is_relu(node, modules) and _may_overwrite(node, modules)
     if module is not None:
-        rule = _layer_rule(module, str(node.target))
-        return _Step(node, rule, module, _local_names(module, keys), inplace)
-    rule = _RULES.get(node.target)  # type: ignore[call-overload]
+        return _Step(node, _layer_rule(module, str(node.target)), module,
+                     _local_names(module, keys), inplace)
+    rule = _RULES.get(node.target)
     if rule is None or (node.target is getattr and query not in _SHAPE_QUERIES):
         raise Unstackable(f"operation {_op_name(node)} has no task-stacked form")
     if not _supported_call(node, rule):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mamlkit.functional.cg import total as cg_total
 from mamlkit.rl.losses import (
     RLData,
     gaussian_kl,
@@ -147,16 +148,16 @@ def outer_step(params: list[Tensor], distribution: Distribution, query: RLData,
     objective = _Objective(distribution, query, share, old_mean, old_std, old_log_probs,
                            extra_loss)
     if subsample is not None:  # trpo
-        gauss_newton = kl_part = loss = None
+        gauss_newton = kl_part = loss_at_old = None
         if settings.fisher_product == "gauss_newton":
             gauss_newton = _kl_gauss_newton(objective, subsample, outputs)
-            loss = None if outputs is None else objective.surrogate_at(*outputs)
+            loss_at_old = None if outputs is None else objective.surrogate_at(*outputs)
         else:
             kl_part = _hessian_kl(objective, params, subsample)
         stats = trpo_step(params, objective.surrogate, objective.kl, settings.max_kl,
                           settings.cg_iters, settings.cg_damping, hessian_kl_fn=kl_part,
                           reduce=total, gauss_newton=gauss_newton,
-                          loss_and_kl=objective.surrogate_and_kl, loss=loss)
+                          loss_and_kl=objective.surrogate_and_kl, loss=loss_at_old)
         return OuterStats(stats.loss_after, stats.kl, stats.accepted, stats.step_fraction)
     if optimizer is None:
         raise ValueError(f"The {settings.outer!r} outer step needs an optimizer.")
@@ -210,7 +211,7 @@ def _hessian_kl(objective: _Objective, params: list[Tensor],
 
     def kl_part() -> Tensor:
         if sub == 0:  # none of this rank's tasks: a zero share that still joins the all-reduce
-            return sum((p * p).sum() for p in params) * 0.0
+            return cg_total((p * p).sum() for p in params) * 0.0
         mean, std = objective.distribution(sub)
         return masked_mean(gaussian_kl(objective.old_mean[:sub], objective.old_std[:sub],
                                        mean, std), mask[:sub]) * subsample.share

@@ -106,7 +106,7 @@ def sampling_fn(policy: nn.Module, params: Mapping[str, Tensor] | None = None,
     return SamplingPolicy(policy, params, batched)
 
 
-def mean_std(policy: nn.Module) -> float:
+def mean_std(policy: GaussianPolicy) -> float:
     """The policy's current standard deviation averaged over action dimensions (for logs)."""
     with torch.no_grad():
         return torch.exp(torch.clamp(policy.log_std, min=policy.min_log_std)).mean().item()

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from mamlkit.functional.cg import conjugate_gradient
+from mamlkit.functional.cg import conjugate_gradient, total
 from mamlkit.functional.flat import flat, unflat
 
 
@@ -119,7 +119,7 @@ def _gauss_newton_operator(curvature: GaussNewton, params: Sequence[Tensor], dam
 
     def quadratic(v: Tensor) -> Tensor:
         jv = jacobian_product(v)
-        form = sum((m * t * t).sum() for m, t in zip(curvature.curvature, jv, strict=True))
+        form = total((m * t * t).sum() for m, t in zip(curvature.curvature, jv, strict=True))
         return reduce(form.detach()) + damping * v.dot(v)
 
     return matvec, quadratic
@@ -191,8 +191,8 @@ def _line_search(params: list[Tensor], full_step: Tensor,
         for _ in range(line_search_steps):
             for p, p_old, s in zip(params, old, unflat(full_step, params), strict=True):
                 p.copy_(p_old + fraction * s)
-            new_loss, kl = loss_and_kl()
-            new_loss, kl = reduce(new_loss).item(), reduce(kl).item()
+            new_loss_tensor, kl_tensor = loss_and_kl()
+            new_loss, kl = reduce(new_loss_tensor).item(), reduce(kl_tensor).item()
             if new_loss < loss_before and kl <= max_kl:
                 return TRPOStats(True, fraction, kl, loss_before, new_loss)
             fraction *= backtrack_ratio

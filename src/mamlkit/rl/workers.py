@@ -147,7 +147,8 @@ class SamplerPool:
         """Start the workers now rather than on the first ``sample``."""
         while len(self.processes) < self.workers:
             parent, child = self._context.Pipe()
-            process = self._context.Process(
+            # every start method's context has Process; typeshed's BaseContext does not say so
+            process = self._context.Process(  # type: ignore[attr-defined]
                 target=_worker, args=(child, self.env_name, self.env_kwargs, self.threads),
                 daemon=True, name=f"mamlkit-sampler-{len(self.processes)}")
             process.start()
@@ -186,9 +187,12 @@ class SamplerPool:
         except BaseException:
             self.close()
             raise
-        parts = [Episodes(*(torch.from_numpy(a) for a in p), tasks[int(c[0]):int(c[-1]) + 1])
-                 for p, c in zip(parts, remote, strict=True)]
-        return Episodes.cat([*parts, local])
+        episodes = []
+        for p, c in zip(parts, remote, strict=True):
+            observations, actions, rewards, mask = (torch.from_numpy(a) for a in p)
+            episodes.append(Episodes(observations, actions, rewards, mask,
+                                     tasks[int(c[0]):int(c[-1]) + 1]))
+        return Episodes.cat([*episodes, local])
 
     @staticmethod
     def _send(conn: Any, message: tuple) -> None:

@@ -3,14 +3,15 @@ with, and a learner's adapted policies for sampling RL tasks."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Sequence
 
 from mamlkit.functional.task_batch import StepData
 from mamlkit.rl.losses import RLData
 from mamlkit.rl.policy import sampling_fn
+from mamlkit.rl.sampling import PolicyFn
 from mamlkit.run.config import Config
 from mamlkit.run.learner import InnerLr, Learner
+from mamlkit.tasks.rl import PolicyFor
 
 
 def inner_lr_at_eval(config: Config, steps: int | None = None) -> float | list[float]:
@@ -24,9 +25,9 @@ def inner_lr_at_eval(config: Config, steps: int | None = None) -> float | list[f
     return lr + lr[-1:] * (steps - len(lr))
 
 
-def adapted_policy(learner: Learner, inner_lr: InnerLr = None) -> Callable[[list[RLData]], Any]:
+def adapted_policy(learner: Learner, inner_lr: InnerLr = None) -> PolicyFor:
     """``policy_for`` of ``RLTasks``: support data so far -> the policy that samples next."""
-    def policy_for(support: list[RLData]):
+    def policy_for(support: Sequence[RLData]) -> PolicyFn:
         if not support:
             return sampling_fn(learner.model)
         params, batched = learner.adapted_params(StepData(support), len(support), inner_lr)

@@ -6,12 +6,15 @@ The run's task, environment and learner are looked up by name in the registry
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
 from mamlkit.registry import EnvSpec, LearnerArgs, TaskSpec
 from mamlkit.run import components
 from mamlkit.run.config import Config, ConfigError
+from mamlkit.run.custom_task import Components
 from mamlkit.run.learner import Learner
 from mamlkit.tasks import RLTasks, TaskDistribution
 
@@ -72,11 +75,15 @@ def build_policy(config: Config, env) -> nn.Module:
                           config.policy_activation, config.init_std, config.min_std)
 
 
-def build_tasks(config: Config, split: str = "train") -> TaskDistribution | RLTasks:
+def build_tasks(config: Config, split: str = "train",
+                given: Components | None = None) -> TaskDistribution | RLTasks:
     """The task distribution of ``split`` (train, val or test) for this run: the registered
-    task's own, or the RL tasks of the registered environment."""
+    task's own, or the RL tasks of the registered environment; ``given`` holds those of a task
+    whose tasks come from Python (``run.custom``)."""
     spec = components.task(config.task)
     if isinstance(spec, TaskSpec):
+        if given is not None and spec.in_python:
+            return given.split(split)
         return spec.build(config, split)
     from mamlkit.rl.estimators import inner_loss
 
@@ -85,18 +92,23 @@ def build_tasks(config: Config, split: str = "train") -> TaskDistribution | RLTa
                    pool=build_sampler_pool(config), baseline_fit=config.baseline_fit)
 
 
-def build_network(config: Config, tasks: TaskDistribution | RLTasks) -> nn.Module:
-    """The network the learner meta-trains: the policy for RL tasks, else the task's model."""
+def build_network(config: Config, tasks: TaskDistribution | RLTasks,
+                  given: Components | None = None) -> nn.Module:
+    """The network the learner meta-trains: the policy for RL tasks, else the task's model
+    (``given``'s, for a task whose model comes from Python)."""
     if isinstance(tasks, RLTasks):
         return build_policy(config, tasks.env)
     spec = components.task(config.task)
     assert isinstance(spec, TaskSpec)
+    if given is not None and spec.in_python:
+        return given.model
     return spec.network(config, tasks)
 
 
-def build_learner(config: Config, model: nn.Module,
-                  tasks: TaskDistribution | RLTasks) -> Learner:
-    """The learner of ``config.algorithm`` (the MAML family) around ``model``.
+def build_learner(config: Config, model: nn.Module, tasks: TaskDistribution | RLTasks,
+                  given: Components | None = None) -> Learner:
+    """The learner of ``config.algorithm`` (the MAML family) around ``model`` (``given``: the
+    components from Python its train split comes from, as in ``build_tasks``).
 
     RL tasks take at least one inner step (their support trajectories are sampled per step).
     Whether the learner takes RL tasks at all is ``config.check``'s to say.
@@ -105,9 +117,10 @@ def build_learner(config: Config, model: nn.Module,
     args = LearnerArgs(model=model, inner_lr=config.inner_lr, inner_steps=steps,
                        loss_fn=tasks.loss, batching=config.batching,
                        chunk_size=config.chunk_size,
-                       train_tasks=lambda: build_tasks(config, "train"))
+                       train_tasks=lambda: build_tasks(config, "train", given))
     try:
-        return components.learner(config.algorithm).build(config, args)
+        # the registry holds modules (it sits below run/); every learner has the Learner shape
+        return cast(Learner, components.learner(config.algorithm).build(config, args))
     except ValueError as error:  # e.g. an adapt pattern that matches no parameter
         if isinstance(error, ConfigError):
             raise

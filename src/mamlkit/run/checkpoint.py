@@ -21,8 +21,9 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from safetensors import SafetensorError
@@ -33,6 +34,16 @@ from torch import nn
 from mamlkit.run import config as config_lib
 from mamlkit.run.atomic import sync, temporaries, write_atomic
 from mamlkit.run.errors import NEW_OUT, RESUME, RunDirectoryError
+
+
+class Stateful(Protocol):
+    """What a checkpoint saves and loads: a learner (``run.learner.Learner``), any module."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False) -> Any: ...
+
 
 KEEP = 2
 SUMS, CONFIG = "SHA256SUMS", "config.yaml"
@@ -107,7 +118,7 @@ def _rng_from_text(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
 
 
-def save(run_dir: Path, iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+def save(run_dir: Path, iteration: int, model: Stateful, optimizer: torch.optim.Optimizer,
          generator: torch.Generator, extra: dict[str, Any] | None = None,
          config: config_lib.Config | None = None) -> Path:
     """Write checkpoint ``iteration`` and point ``latest`` at it; keep the last KEEP of them
@@ -143,12 +154,13 @@ def save(run_dir: Path, iteration: int, model: nn.Module, optimizer: torch.optim
     return final
 
 
-def _checkpoint_files(iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+def _checkpoint_files(iteration: int, model: Stateful, optimizer: torch.optim.Optimizer,
                       generator: torch.Generator, extra: dict[str, Any] | None,
                       config: config_lib.Config | None) -> dict[str, bytes]:
     """A checkpoint's files as bytes: weights, optimizer tensors, loop state, config."""
     opt = optimizer.state_dict()
-    tensors, state_meta = {}, {}
+    tensors: dict[str, torch.Tensor] = {}
+    state_meta: dict[str, dict[str, Any]] = {}
     for index, state in opt["state"].items():
         state_meta[str(index)] = {}
         for key, value in state.items():
@@ -172,7 +184,7 @@ def _checkpoint_files(iteration: int, model: nn.Module, optimizer: torch.optim.O
     return files
 
 
-def _weights_bytes(model: nn.Module) -> bytes:
+def _weights_bytes(model: Stateful) -> bytes:
     return tensors_to_bytes({k: v.detach().cpu().contiguous()
                              for k, v in model.state_dict().items()})
 
@@ -381,7 +393,7 @@ def _reads_back(best_dir: Path) -> bool:
     return True
 
 
-def load_model(path: Path, model: nn.Module) -> None:
+def load_model(path: Path, model: Stateful) -> None:
     """Load the weights of ``path`` (a checkpoint or ``best/``) into ``model``: the learner
     (model plus learned rates and the like), checked against the folder's sums."""
     try:
@@ -391,7 +403,7 @@ def load_model(path: Path, model: nn.Module) -> None:
     _load_weights(path, weights, model)
 
 
-def _load_weights(path: Path, weights: dict[str, torch.Tensor], model: nn.Module) -> None:
+def _load_weights(path: Path, weights: dict[str, torch.Tensor], model: Stateful) -> None:
     """Checkpoints written before learners saved their own state hold the bare model's
     weights (no ``model.`` prefix); those load into ``model.model``."""
     inner = getattr(model, "model", None)
@@ -433,7 +445,7 @@ def _misfit(path: Path, error: BaseException) -> RunDirectoryError:
                              f"({detail}); restore config.yaml or train into {NEW_OUT}.")
 
 
-def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+def load(path: Path, model: Stateful, optimizer: torch.optim.Optimizer,
          generator: torch.Generator) -> dict[str, Any]:
     """Restore model, optimizer and random number generators; returns the loop state."""
     contents = read(path)
@@ -454,7 +466,7 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     return loop_state
 
 
-def save_best(run_dir: Path, learner: nn.Module, iteration: int, value: float) -> None:
+def save_best(run_dir: Path, learner: Stateful, iteration: int, value: float) -> None:
     """Write ``best/`` (weights, a JSON and their sums) under a temporary name and rename it
     into place; a failed write leaves the ``best/`` before as it was."""
     final, tmp = run_dir / "best", run_dir / ".best.tmp"

@@ -25,7 +25,7 @@ from mamlkit.run import evaluate as evaluation
 from mamlkit.run import load as loading
 from mamlkit.run import loop
 from mamlkit.run.config import Config, resolve
-from mamlkit.run.custom_task import NAME, Components, active, using
+from mamlkit.run.custom_task import NAME, Components
 
 
 def config(**overrides: Any) -> Config:
@@ -38,22 +38,21 @@ def train(config: Config | None, run_dir: str | Path, *, tasks: Any, model: nn.M
           progress: bool = True):
     """Meta-train ``model`` on ``tasks`` with the one training loop (``config=None`` with
     ``resume=True`` continues the run as it was)."""
-    with using(Components(tasks, model, val_tasks, test_tasks)):
-        return loop.train(config, run_dir, resume=resume, progress=progress)
+    return loop.train(config, run_dir, resume=resume, progress=progress,
+                      given=Components(tasks, model, val_tasks, test_tasks))
 
 
 def load(run_dir: str | Path, *, tasks: Any, model: nn.Module, which: str = "best"):
     """The trained learner of a custom run, around ``model`` (built as for training)."""
-    with using(Components(tasks, model)):
-        return loading.load(run_dir, which)
+    return loading.load(run_dir, which, given=Components(tasks, model))
 
 
 def evaluate(learner: loading.Loaded, *, tasks: Any, num_tasks: int | None = None,
              steps: list[int] | None = None):
     """The evaluation protocol of every run (same held-out seed, mean ± 95% CI) on ``tasks``:
     an ``Evaluation``, a dict that prints as the table of ``mamlkit eval``."""
-    with using(Components(tasks, learner.model, test_tasks=tasks)):
-        return evaluation.evaluate(learner, num_tasks=num_tasks, steps=steps)
+    return evaluation.evaluate(learner, num_tasks=num_tasks, steps=steps,
+                               given=Components(tasks, learner.model, test_tasks=tasks))
 
 
-__all__ = ["Components", "active", "config", "evaluate", "load", "train", "using"]
+__all__ = ["Components", "config", "evaluate", "load", "train"]

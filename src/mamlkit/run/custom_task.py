@@ -3,8 +3,6 @@ registered like every task so that the builders, loaders and evaluation take the
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +15,8 @@ NAME = "custom"  # the task's name, and that of the preset its runs start from
 
 @dataclass
 class Components:
-    """What a ``custom`` run cannot build from its config: task distributions and the model."""
+    """What a ``custom`` run cannot build from its config: task distributions and the model,
+    handed to the builders (``run.build``) by ``run.custom``."""
 
     tasks: Any
     model: nn.Module
@@ -38,9 +37,6 @@ class Components:
         return self.test_tasks or self.val_tasks or self.tasks
 
 
-_ACTIVE: list[Components] = []
-
-
 def check_tasks(tasks: Any) -> None:
     """The attributes a run reads from a task distribution, each missing one in one sentence
     (not an AttributeError from deep in the loop)."""
@@ -52,32 +48,14 @@ def check_tasks(tasks: Any) -> None:
                             "function or a mamlkit.functional.TaskLoss.")
 
 
-def active() -> Components | None:
-    """The components of the custom run being built (the builders ask)."""
-    return _ACTIVE[-1] if _ACTIVE else None
+def _from_python(*args: Any) -> Any:
+    """Without components handed in, a ``custom`` run cannot be built (the command line)."""
+    raise ConfigError("This run's tasks and model come from Python (task: custom); train, "
+                      "load and evaluate it with mamlkit.run.custom.train/load/evaluate.")
 
 
-@contextlib.contextmanager
-def using(components: Components) -> Iterator[Components]:
-    """Builders of ``task: custom`` runs take their tasks and model from ``components``."""
-    _ACTIVE.append(components)
-    try:
-        yield components
-    finally:
-        _ACTIVE.pop()
-
-
-def _given() -> Components:
-    components = active()
-    if components is None:
-        raise ConfigError("This run's tasks and model come from Python (task: custom); train, "
-                          "load and evaluate it with mamlkit.run.custom.train/load/evaluate.")
-    return components
-
-
-register(TaskSpec(name=NAME, build=lambda config, split: _given().split(split),
-                  network=lambda config, tasks: _given().model, in_python=True,
+register(TaskSpec(name=NAME, build=_from_python, network=_from_python, in_python=True,
                   doc="your own task distribution and model, from Python (mamlkit.run.custom)"))
 
 
-__all__ = ["NAME", "Components", "active", "check_tasks", "using"]
+__all__ = ["NAME", "Components", "check_tasks"]

@@ -121,19 +121,21 @@ def average_gradients(params: Iterable[Tensor], local_loss: Tensor | float, loca
     loss = float(local_loss) if local_count else 0.0
     if not current().distributed:
         return loss
+    grads: list[torch.Tensor] = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    device = params[0].grad.device if params else torch.device("cpu")
-    flat = torch.cat([*(p.grad.reshape(-1) for p in params),
-                      torch.tensor([loss], dtype=params[0].grad.dtype if params else None,
+        grads.append(p.grad)
+    device = grads[0].device if grads else torch.device("cpu")
+    flat = torch.cat([*(g.reshape(-1) for g in grads),
+                      torch.tensor([loss], dtype=grads[0].dtype if grads else None,
                                    device=device)])
     flat.mul_(weight)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-        offset += p.numel()
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
     return flat[-1].item()
 
 

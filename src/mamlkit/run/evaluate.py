@@ -23,6 +23,7 @@ from mamlkit.run.adapted import inner_lr_at_eval
 from mamlkit.run.atomic import write_atomic
 from mamlkit.run.build import EVAL_SEED, build_tasks, device_of
 from mamlkit.run.compare import baseline_rows, mean_ci_text, metric_name
+from mamlkit.run.custom_task import Components
 from mamlkit.run.held_out import HeldOut, ValuesOf, held_out_curve
 from mamlkit.run.learner import Pretrains
 from mamlkit.run.load import Loaded
@@ -63,7 +64,7 @@ class Evaluation(dict):
 
 def evaluate(learner: Loaded, num_tasks: int | None = None, steps: list[int] | None = None,
              inner_lr: float | list[float] | None = None, progress: bool = False,
-             desc: str | None = None) -> Evaluation:
+             desc: str | None = None, given: Components | None = None) -> Evaluation:
     """The task metric of ``num_tasks`` held-out tasks after each number of inner steps.
 
     Returns ``{"metric", "num_tasks", "inner_lr", "checkpoint", "iteration", "steps": {"k":
@@ -75,13 +76,14 @@ def evaluate(learner: Loaded, num_tasks: int | None = None, steps: list[int] | N
     as the table of ``mamlkit eval``. ``progress`` shows a bar of tasks on stderr. The
     pretrained baseline (``algorithm: pretrained``) reports its fine-tuning as ``"steps"`` and
     adds ``"baselines"``: the linear head and nearest mean, each an evaluation of this form.
+    ``given`` holds the tasks of a ``custom`` run (``run.custom.evaluate``).
     """
     config = learner.config
     num_tasks = num_tasks or config.eval_tasks
     steps = steps or config.eval_steps
     inner_lr = inner_lr if inner_lr is not None else inner_lr_at_eval(config, max(steps))
     learned = learner.learner.learned_rates
-    tasks = build_tasks(config, "test")
+    tasks = build_tasks(config, "test", given)
     held_out = HeldOut(EVAL_SEED, num_tasks, steps, None if learned else inner_lr)
     with tqdm(total=num_tasks, desc=desc, unit="task", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:

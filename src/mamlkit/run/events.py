@@ -53,7 +53,8 @@ class EventLog:
             log._event(Event(wall_time=time.time(), step=0,
                              session_log=SessionLog(status=SessionLog.START)))
             for record in records:
-                log.add(record, wall_times.get(record.get("iteration")))
+                iteration = record.get("iteration")
+                log.add(record, None if iteration is None else wall_times.get(iteration))
         except BaseException:  # a full disk: keep the older files, which TensorBoard shows
             if log is not None:
                 log.close()

@@ -4,7 +4,7 @@ baseline adds the ``Pretrains`` part."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -24,6 +24,11 @@ class Learner(Protocol):
     learned_rates: bool  # adapts with step sizes of its own (Meta-SGD, MAML++ with LSLR)
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False) -> Any: ...
 
     def to(self, *args: Any, **kwargs: Any) -> Any: ...
 

@@ -13,6 +13,7 @@ from torch import Tensor
 from mamlkit.run import checkpoint, rundir
 from mamlkit.run import config as config_lib
 from mamlkit.run.build import build_learner, build_network, build_tasks
+from mamlkit.run.custom_task import Components
 from mamlkit.run.errors import RunDirectoryError
 from mamlkit.run.learner import Learner
 
@@ -42,16 +43,17 @@ class Loaded:
         return getattr(self.learner, name)
 
 
-def untrained(config: config_lib.Config) -> Loaded:
-    """The run's learner at iteration 0 (same architecture and seed): the "random" baseline."""
-    tasks = build_tasks(config, "test")
+def untrained(config: config_lib.Config, given: Components | None = None) -> Loaded:
+    """The run's learner at iteration 0 (same architecture and seed): the "random" baseline
+    (``given``: the tasks and model of a ``custom`` run)."""
+    tasks = build_tasks(config, "test", given)
     torch.manual_seed(config.seed)  # as training builds it (the RL policy seeds itself too)
-    learner = build_learner(config, build_network(config, tasks), tasks)
+    learner = build_learner(config, build_network(config, tasks, given), tasks, given)
     return Loaded(learner, config, 0, "untrained initial weights")
 
 
 def load(run_dir: str | Path, which: str = "best",
-         data_root: str | Path | None = None) -> Loaded:
+         data_root: str | Path | None = None, given: Components | None = None) -> Loaded:
     """The trained learner of a run directory, as a ``Loaded``: ``.learner``, ``.config`` (the
     run's), ``.iteration`` and ``.checkpoint`` (which weights were loaded).
 
@@ -59,7 +61,7 @@ def load(run_dir: str | Path, which: str = "best",
     post-adaptation return), else the latest checkpoint; ``"latest"`` always the latest. Adapt
     with ``loaded.adapt(x, y)`` (supervised) or ``loaded.learner.adapted_params(support)``.
     ``data_root`` names the dataset's folder where it has moved since training (config.yaml is
-    not changed).
+    not changed). ``given`` holds the tasks and model of a ``custom`` run (``run.custom.load``).
 
     The run's files are checked as a resume checks them: ``config.yaml`` like user input and
     against the copy its checkpoint was trained with, each checkpoint against its sums; a
@@ -75,7 +77,7 @@ def load(run_dir: str | Path, which: str = "best",
     rundir.check_trained(config, found, config_path)
     if data_root is not None:
         config.data_root = str(data_root)
-    loaded = untrained(config)
+    loaded = untrained(config, given)
     if kept is not None:
         path, iteration = kept
         which_weights = f"best (iteration {iteration})"

@@ -23,6 +23,7 @@ from mamlkit.functional.seeding import generator_from
 from mamlkit.run import checkpoint, components, distributed, rundir
 from mamlkit.run.config import Config, applicable_keys
 from mamlkit.run.console import Console
+from mamlkit.run.custom_task import Components
 from mamlkit.run.errors import RunDirectoryError, TrainingDiverged, TrainingInterrupted
 from mamlkit.run.interrupts import Interrupts
 from mamlkit.run.learner import Learner
@@ -42,14 +43,15 @@ class TrainResult:
     seconds: float
 
 
-def make_step(config: Config, context: distributed.Context,
-              run_dir: Path) -> SupervisedStep | RLStep:
+def make_step(config: Config, context: distributed.Context, run_dir: Path,
+              given: Components | None = None) -> SupervisedStep | RLStep:
     """The per-kind step of ``config``'s task: RL, supervised, or the supervised step of a
-    learner that pretrains instead of meta-training."""
+    learner that pretrains instead of meta-training (``given``: tasks and model from Python)."""
     task, learner = components.chosen(config)
     if task.rl:
         return RLStep(config, context, run_dir)
-    return (PretrainStep if learner.pretrains else SupervisedStep)(config, context, run_dir)
+    return (PretrainStep if learner.pretrains else SupervisedStep)(config, context, run_dir,
+                                                                   given)
 
 
 def _schedule(learner: Learner, optimizer: torch.optim.Optimizer, config: Config,
@@ -155,7 +157,8 @@ def _diverged(run_dir: Path, loss: float, iteration: int, config: Config) -> Tra
 
 def train(config: Config | None, run_dir: str | Path, resume: bool = False,
           progress: bool = True, stop_after: int | None = None,
-          overrides: dict[str, Any] | None = None) -> TrainResult:
+          overrides: dict[str, Any] | None = None,
+          given: Components | None = None) -> TrainResult:
     """Meta-train as ``config`` says (any kind of task), writing everything into ``run_dir``.
 
     The model, data and environment are built before anything is written, so a failed build
@@ -166,7 +169,8 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
     and raise TrainingInterrupted; ``time_limit`` stops the same way and returns. Such a stop
     writes no record of its own (the checkpoint keeps the logging window), so a resumed run
     writes the records of an uninterrupted one. ``stop_after`` ends the loop early without a
-    final checkpoint, as a kill would (for tests).
+    final checkpoint, as a kill would (for tests). ``given`` holds the tasks and model of a
+    ``custom`` run (``run.custom.train``).
     """
     run_dir = Path(run_dir)
     context = distributed.setup()
@@ -177,7 +181,7 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
             for note in plan.notes:
                 print(f"mamlkit: warning: {note}.", file=sys.stderr)
         torch.set_num_threads(plan.config.threads)
-        step, generator, window = _on_all(context, lambda: _build(plan, context, run_dir))
+        step, generator, window = _on_all(context, lambda: _build(plan, context, run_dir, given))
         plan = _on_main(context, lambda: rundir.begin(run_dir, plan, lock, context.world_size))
         return _run(_Run(step, plan.config, run_dir, context, generator, window), plan.start,
                     progress, stop_after)
@@ -189,10 +193,11 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
         lock.release()
 
 
-def _build(plan: rundir.Plan, context: distributed.Context, run_dir: Path):
+def _build(plan: rundir.Plan, context: distributed.Context, run_dir: Path,
+           given: Components | None):
     """The step (model, data, environment, learner, optimizer), the task generator and the
     meta-losses of the logging window, from the plan's checkpoint when it resumes from one."""
-    step = make_step(plan.config, context, run_dir)
+    step = make_step(plan.config, context, run_dir, given)
     generator = generator_from(plan.config.seed + 1)
     window: list[float] = []
     if plan.checkpoint is not None:
@@ -270,6 +275,8 @@ def _run(run: _Run, start: int, progress: bool, stop_after: int | None) -> Train
 def _iterate(run: _Run, start: int, stop_after: int | None) -> int:
     """The iterations from ``start + 1``; returns the last one completed."""
     config, step = run.config, run.step
+    # opened by _run
+    assert run.interrupts is not None and run.sinks is not None and run.console is not None
     peak = PeakMemory(getattr(step, "device", torch.device("cpu")))
     window = run.window
     iteration = start
@@ -307,6 +314,7 @@ def _stop_flags(run: _Run) -> tuple[bool, bool]:
     ranks (every rank stops at the same iteration, or a collective would hang)."""
     limit = run.config.time_limit
     out_of_time = limit is not None and time.perf_counter() - run.began > 60 * limit
+    assert run.interrupts is not None  # installed by _run
     interrupted = run.interrupts.signum is not None
     if run.context.distributed:
         # one buffer for the whole run: a tensor that outlives each all-reduce leaves gloo's
@@ -321,6 +329,7 @@ def _record(run: _Run, iteration: int, window: list[float], peak: PeakMemory,
             last: bool) -> bool:
     """The metrics record of ``iteration``, if one is due; True if it took the loss window."""
     config, step = run.config, run.step
+    assert run.sinks is not None and run.console is not None  # opened by _run
     record: dict[str, float | int] = {}
     logged = iteration % config.log_every == 0 or last
     postfix: dict[str, str] = {}
@@ -351,6 +360,7 @@ def _stop_on_signal(run: _Run, iteration: int, window: list[float], saved: bool)
     """Checkpoint ``iteration`` (unless just done) and raise TrainingInterrupted."""
     if not saved:
         _save(run, iteration, window)
+    assert run.interrupts is not None  # installed by _run
     signum = run.interrupts.signum or signal.SIGTERM  # a rank whose peer got the signal
     raise TrainingInterrupted(f"interrupted at iteration {iteration}; checkpoint written; "
                               "continue with --resume", signum, iteration)

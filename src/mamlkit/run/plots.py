@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
@@ -36,7 +37,7 @@ from mamlkit.run.compare import Group, group_by_seed, mean_ci95_across, metric_n
 from mamlkit.run.config import Config, ConfigError  # noqa: E402
 from mamlkit.run.load import Loaded  # noqa: E402
 from mamlkit.run.metrics import read_metrics  # noqa: E402
-from mamlkit.tasks import Sinusoid, generator_from  # noqa: E402
+from mamlkit.tasks import RLTasks, Sinusoid, generator_from  # noqa: E402
 
 LOSS_NAMES = {"mse": "MSE", "accuracy": "cross-entropy"}
 Series = tuple[list[float], list[float], list[float] | None]  # iterations, values, CI or None
@@ -124,7 +125,8 @@ def _handles(groups: Sequence[Group], styles: Sequence[tuple],
                            for label, s, m, thin in styles]
     if banded:
         kinds.append(_band_handle())
-    runs = [Line2D([], [], color=f"C{i}", lw=4, label=g.label) for i, g in enumerate(groups)]
+    runs: list[Artist] = [Line2D([], [], color=f"C{i}", lw=4, label=g.label)
+                          for i, g in enumerate(groups)]
     alone = len(groups) == 1 and groups[0].label == groups[0].name
     return [kinds] if alone else [kinds, runs]
 
@@ -142,7 +144,8 @@ def bottom_legend(fig: Figure, rows: Sequence[Sequence], per_row: int = 5) -> No
 
 def plain_log_axis(ax: Axes) -> None:
     """A log y axis labelled 0.5, 1, 2 (not 5×10⁻¹): ticks at 1-2-5 or finer for short ranges."""
-    shown = [y for line in ax.get_lines() for y in line.get_ydata() if y > 0]
+    shown = [float(y) for line in ax.get_lines()
+             for y in np.asarray(line.get_ydata(), dtype=float) if y > 0]
     low, high = (min(shown), max(shown)) if shown else ax.get_ylim()
     decades = math.log10(high / low) if low > 0 else 3
     subs = (1.0, 2.0, 3.0, 5.0, 7.0) if decades < 1.5 else (1.0, 2.0, 5.0) if decades < 4 \
@@ -276,7 +279,9 @@ def classification_figure(learner: Loaded, name: str, queries_per_class: int = 3
     """One held-out task: support images with labels, query images with the labels predicted
     before and after adaptation (green right, red wrong)."""
     config = learner.config
-    batch = build_tasks(config, "test").sample(1, EVAL_SEED)
+    tasks = build_tasks(config, "test")
+    assert not isinstance(tasks, RLTasks)
+    batch = tasks.sample(1, generator_from(EVAL_SEED))
     (sx, sy), (qx, qy) = (t[0] for t in batch.support), (t[0] for t in batch.query)
     keep = torch.cat([torch.nonzero(qy == c).flatten()[:queries_per_class]
                       for c in range(config.ways)])
@@ -329,6 +334,7 @@ def nav2d_figure(learner: Loaded, name: str, num_tasks: int = 4, shown: int = 5)
     """Sampled trajectories of held-out goals before adaptation and after 1 and 3 steps."""
     config = learner.config
     rl_tasks = build_tasks(config, "test")
+    assert isinstance(rl_tasks, RLTasks)
     tasks = rl_tasks.sample_tasks(num_tasks, generator_from(EVAL_SEED))
     inner_lr = inner_lr_at_eval(config)
     steps = list(NAV_STYLES)

@@ -16,11 +16,14 @@ import torch
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.run.learner import Pretrains
 from mamlkit.run.steps import SupervisedStep
+from mamlkit.tasks.classification import ClassificationTasks
 from mamlkit.tasks.global_labels import sample_global
 
 
 class PretrainStep(SupervisedStep):
     """One Adam step on the global-label cross-entropy of a meta-batch's images."""
+
+    learner: Pretrains
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.learner.training_parameters())
@@ -30,6 +33,7 @@ class PretrainStep(SupervisedStep):
 
     def sample(self, generator: torch.Generator) -> TaskBatch:
         """The meta-batch MAML would draw, relabelled with global class ids."""
+        assert isinstance(self.tasks, ClassificationTasks)  # the pretrained baseline's rule
         return sample_global(self.tasks, self.config.meta_batch_size, generator)
 
     def log_record(self) -> dict[str, float]:

@@ -19,30 +19,34 @@ import torch
 from mamlkit.functional.adapt import is_zero
 from mamlkit.functional.task_batch import TaskBatch
 from mamlkit.rl.outer import OuterSettings, outer_step
-from mamlkit.rl.policy import mean_std
+from mamlkit.rl.policy import GaussianPolicy, mean_std
 from mamlkit.run import checkpoint, distributed
 from mamlkit.run.adapted import adapted_policy, inner_lr_at_eval, query_actions
 from mamlkit.run.build import VAL_SEED, build_learner, build_network, build_tasks, device_of
 from mamlkit.run.config import Config
+from mamlkit.run.custom_task import Components
 from mamlkit.run.held_out import Curve, HeldOut, ValuesOf, held_out_curve
-from mamlkit.run.learner import Learner
+from mamlkit.run.learner import InnerLr, Learner
 from mamlkit.run.metrics import read_metrics
 from mamlkit.run.scale import meta_loss_fn, meta_step_backward
 from mamlkit.run.stats import mean_ci95
-from mamlkit.tasks import ImitationTasks, RLTasks
+from mamlkit.tasks import ImitationTasks, RLTasks, TaskDistribution
 
 
 class SupervisedStep:
     """H = 1: the learner's meta-loss on a sampled meta-batch, backward, one Adam step."""
 
-    def __init__(self, config: Config, context: distributed.Context, run_dir: Path) -> None:
+    def __init__(self, config: Config, context: distributed.Context, run_dir: Path,
+                 given: Components | None = None) -> None:
         self.config, self.context = config, context
         self.device = distributed.local_device(device_of(config), context)
-        self.tasks = build_tasks(config, "train")  # draws no random numbers
-        self.val_tasks = build_tasks(config, "val")
+        tasks = build_tasks(config, "train", given)  # draws no random numbers
+        assert not isinstance(tasks, RLTasks)
+        self.tasks: TaskDistribution = tasks
+        self.val_tasks = build_tasks(config, "val", given)
         torch.manual_seed(config.seed)
-        model = build_network(config, self.tasks).to(self.device)  # sized to the images
-        self.learner: Learner = build_learner(config, model, self.tasks)
+        model = build_network(config, self.tasks, given).to(self.device)  # sized to the images
+        self.learner: Learner = build_learner(config, model, self.tasks, given)
         self.optimizer = torch.optim.Adam(self.trained_parameters(), lr=config.meta_lr)
         self.meta_loss = self.objective()
         self.batch: TaskBatch | None = None
@@ -114,8 +118,9 @@ class RLStep:
 
     def __init__(self, config: Config, context: distributed.Context, run_dir: Path) -> None:
         self.config, self.context = config, context
-        self.tasks = build_tasks(config, "train")
-        assert isinstance(self.tasks, RLTasks)
+        tasks = build_tasks(config, "train")
+        assert isinstance(tasks, RLTasks)
+        self.tasks: RLTasks = tasks
         self.learner: Learner = build_learner(config, build_network(config, self.tasks),
                                               self.tasks)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.meta_lr)
@@ -131,7 +136,7 @@ class RLStep:
         self.env_steps: int | None = None  # so far, over all ranks; read at the first record
         self.window_steps, self.window_seconds = 0, 0.0  # since the last record, this rank
 
-    def steps(self, inner_lr: float | None = None) -> int:
+    def steps(self, inner_lr: InnerLr | None = None) -> int:
         """Inner steps to sample for: none when the step size is zero (alpha = 0 runs)."""
         return 0 if is_zero(self.learner.rates(inner_lr)) else self.learner.inner_steps
 
@@ -154,7 +159,9 @@ class RLStep:
                            self.context.world_size, share, len(tasks))
         pre, post = self._mean_over_ranks(rl.pre_return, rl.post_return,
                                           rl.tasks.query.mask.shape[0], len(tasks))
-        self.last.update(pre_return=pre, post_return=post, std=mean_std(learner.model),
+        policy = learner.model
+        assert isinstance(policy, GaussianPolicy)  # RL runs meta-train build_policy's
+        self.last.update(pre_return=pre, post_return=post, std=mean_std(policy),
                          kl=stats.kl, step_fraction=stats.step_fraction)
         finite = all(torch.isfinite(p).all() for p in learner.parameters())
         self.window_seconds += time.perf_counter() - began

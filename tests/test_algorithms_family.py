@@ -473,3 +473,11 @@ def test_imaml_evaluates_with_its_proximal_inner_loop():
     (sx, sy), (qx, qy) = batch[0:1].support, batch[0:1].query
     adapted = learner.adapt(sx[0], sy[0], steps=3)
     torch.testing.assert_close(mse(learner(qx[0], adapted), qy[0]), strong[2, 0])
+
+
+def test_mamlpp_learned_rates_start_from_one_step_size_per_step():
+    """LSLR starts every parameter at the step's rate: a per-parameter one is one sentence."""
+    rates = {n: 0.1 for n, _ in tiny_mlp().named_parameters()}
+    with pytest.raises(TypeError, match=r"^MAML\+\+ with learned rates \(lslr\) takes one step "
+                                        r"size per step, not one per parameter\.$"):
+        MAMLpp(tiny_mlp(), inner_lr=rates, inner_steps=2, lslr=True)
