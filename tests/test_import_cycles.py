@@ -12,29 +12,16 @@ imports its own modules would otherwise form a cycle with each of them.
 import ast
 from pathlib import Path
 
+from package_files import lazy_exports, module_name, write_files
+
 import mamlkit
 
 PACKAGE = Path(mamlkit.__file__).parent
 
 
 def module_names(package_dir: Path) -> dict[str, Path]:
-    """``mamlkit.run.loop`` -> its file, for every module (a package by its ``__init__``)."""
-    names = {}
-    for path in sorted(package_dir.rglob("*.py")):
-        parts = path.relative_to(package_dir).with_suffix("").parts
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        names[".".join((package_dir.name, *parts))] = path
-    return names
-
-
-def _lazy_table(package_dir: Path) -> dict[str, str]:
-    tree = ast.parse((package_dir / "__init__.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_LAZY"
-                                                for t in node.targets):
-            return ast.literal_eval(node.value)
-    return {}
+    """Every module of the package by dotted name."""
+    return {module_name(path, package_dir): path for path in sorted(package_dir.rglob("*.py"))}
 
 
 def imports_of(module: str, path: Path, modules: dict[str, Path],
@@ -67,7 +54,7 @@ def imports_of(module: str, path: Path, modules: dict[str, Path],
 
 def import_graph(package_dir: Path) -> dict[str, set[str]]:
     modules = module_names(package_dir)
-    lazy = _lazy_table(package_dir)
+    lazy = lazy_exports(package_dir)
     return {name: imports_of(name, path, modules, lazy) for name, path in modules.items()}
 
 
@@ -120,15 +107,8 @@ def test_the_graph_holds_the_imports_of_the_real_package():
     assert "mamlkit.functional" in graph["mamlkit.algorithms.maml"]  # from mamlkit import ...
 
 
-def _write(folder: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(text)
-    return folder
-
-
 def test_the_check_finds_cycles_through_lazy_relative_and_root_imports(tmp_path):
-    package = _write(tmp_path / "pkg", {
+    package = write_files(tmp_path / "pkg", {
         "__init__.py": '_LAZY = {"Thing": "pkg.c"}\n',
         "a.py": "from pkg import b\n",
         "b.py": "def later():\n    from . import a\n",  # lazy and relative: still a cycle

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from package_files import lazy_exports, module_name, write_files
 
 import mamlkit
 
@@ -23,25 +24,6 @@ def _layer(module: str) -> str:
     """``mamlkit.run.loop`` -> ``run``; ``mamlkit`` -> ``__init__``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
-
-
-def _module_name(path: Path, package_dir: Path) -> str:
-    """``<package>/run/loop.py`` -> ``mamlkit.run.loop`` (``__init__`` names its package)."""
-    parts = path.relative_to(package_dir).with_suffix("").parts
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join((package_dir.name, *parts))
-
-
-def lazy_exports(package_dir: Path) -> dict[str, str]:
-    """The root's ``_LAZY`` table (name -> module it loads), read from its source: ``from mamlkit
-    import MAML`` loads ``mamlkit.algorithms`` although no import statement names it."""
-    tree = ast.parse((package_dir / "__init__.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_LAZY"
-                                                for t in node.targets):
-            return ast.literal_eval(node.value)
-    raise AssertionError(f"{package_dir / '__init__.py'} has no _LAZY table to read")
 
 
 def _root_attribute(name: str, package_dir: Path, lazy: dict[str, str]) -> list[str]:
@@ -61,7 +43,7 @@ def imported_modules(path: Path, package_dir: Path, lazy: dict[str, str]) -> lis
     """Every module of the package that ``path`` loads through an import statement, at any depth
     (function-local included); a name taken from the root counts as what it resolves to."""
     root = package_dir.name
-    module = _module_name(path, package_dir)
+    module = module_name(path, package_dir)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     tree = ast.parse(path.read_text())
     found: list[str] = []
@@ -128,17 +110,10 @@ def test_the_check_reads_every_layer_of_the_real_package():
     assert "mamlkit.functional" in maml  # from mamlkit import functional as MF
 
 
-def _write(folder: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(text)
-    return folder
-
-
 def test_the_check_catches_imports_that_break_the_rule(tmp_path):
     """A package shaped like mamlkit, whose lower layers reach up directly, relatively, through
     the lazy root (``from mamlkit import MAML``, ``mamlkit.load``) and sideways."""
-    package = _write(tmp_path / "mamlkit", {
+    package = write_files(tmp_path / "mamlkit", {
         "__init__.py": '_LAZY = {"MAML": "mamlkit.algorithms", "load": "mamlkit.run.load"}\n',
         "functional/__init__.py": "from mamlkit import __version__\n",
         "functional/lazy.py": "from mamlkit import MAML\n",
@@ -168,7 +143,7 @@ def test_the_check_catches_imports_that_break_the_rule(tmp_path):
 
 
 def test_the_check_needs_the_roots_lazy_table(tmp_path):
-    package = _write(tmp_path / "mamlkit", {"__init__.py": "NAMES = {}\n"})
+    package = write_files(tmp_path / "mamlkit", {"__init__.py": "NAMES = {}\n"})
     with pytest.raises(AssertionError, match="no _LAZY table"):
         layering_violations(package)
 

@@ -27,6 +27,18 @@ def _weights(run):
     return load_file(run / "checkpoints" / pointer / "model.safetensors")
 
 
+def _whole_and_resumed(whole, split, args, iterations):
+    """The weights of a run of ``iterations`` and of one stopped after 2, then resumed to
+    ``iterations`` (config.yaml edited, as a user extends a run)."""
+    assert main(["train", "nav2d", "--out", str(whole), "--set", f"iterations={iterations}",
+                 *args]) == 0
+    assert main(["train", "nav2d", "--out", str(split), "--set", "iterations=2", *args]) == 0
+    config = split / "config.yaml"
+    config.write_text(config.read_text().replace("iterations: 2", f"iterations: {iterations}"))
+    assert main(["train", "nav2d", "--out", str(split), "--resume", "--no-progress"]) == 0
+    return _weights(whole), _weights(split)
+
+
 @pytest.mark.parametrize("extra", [TRPO, pytest.param(["--set", "first_order=true", "--set",
                                                          "outer=adam", "--set", "inner_steps=2"],
                                                         marks=pytest.mark.slow),
@@ -35,14 +47,7 @@ def _weights(run):
                                                 marks=pytest.mark.slow)])
 def test_nav2d_train_resume_is_bit_exact_and_eval_writes_returns(tmp_path, capsys, extra):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    args = ["--no-progress", *TINY, *extra]
-    assert main(["train", "nav2d", "--out", str(whole), "--set", "iterations=4", *args]) == 0
-    assert main(["train", "nav2d", "--out", str(split), "--set", "iterations=2", *args]) == 0
-    # continue the 2-iteration run to 4 iterations: same weights as the uninterrupted run
-    config = split / "config.yaml"
-    config.write_text(config.read_text().replace("iterations: 2", "iterations: 4"))
-    assert main(["train", "nav2d", "--out", str(split), "--resume", "--no-progress"]) == 0
-    a, b = _weights(whole), _weights(split)
+    a, b = _whole_and_resumed(whole, split, ["--no-progress", *TINY, *extra], 4)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     records = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2, 3, 4]
@@ -77,12 +82,7 @@ def test_the_family_trains_on_nav2d_and_resumes_bit_exactly(tmp_path, capsys, al
     whole, split = tmp_path / "whole", tmp_path / "split"
     args = ["--no-progress", *TINY, "--set", f"algorithm={algorithm}", "--set",
             "first_order=true", "--set", "outer=adam"]
-    assert main(["train", "nav2d", "--out", str(whole), "--set", "iterations=3", *args]) == 0
-    assert main(["train", "nav2d", "--out", str(split), "--set", "iterations=2", *args]) == 0
-    config = split / "config.yaml"
-    config.write_text(config.read_text().replace("iterations: 2", "iterations: 3"))
-    assert main(["train", "nav2d", "--out", str(split), "--resume", "--no-progress"]) == 0
-    a, b = _weights(whole), _weights(split)
+    a, b = _whole_and_resumed(whole, split, args, 3)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     if algorithm in ("metasgd", "mamlpp"):  # learned rates are part of the learner's state
         assert any(k.startswith(("lrs.", "lslr_rates.")) for k in a)
