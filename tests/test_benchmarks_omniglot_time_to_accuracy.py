@@ -31,7 +31,7 @@ def test_table_and_figure_from_a_resumed_run(tmp_path, monkeypatch):
     table = time_to_accuracy.table(step_cost)
     assert "| `omniglot-5w1s` | 95% | 1,000 | 1.00 | 0.33 | 0.67 |" in table
     assert "| `omniglot-5w1s` | 97% | 1,500 | 1.50 | 0.50 | 1.00 |" in table
-    assert "| `omniglot-5w1s` | 98% | not yet (best 97.5% at 2,000) |" in table
+    assert "| `omniglot-5w1s` | 98% | not yet (best 97.50% at 2,000) |" in table
     assert "| `omniglot-5w5s` | not run |" in table
     peer = tmp_path / "learn2learn-example-5w1s"
     peer.mkdir()
