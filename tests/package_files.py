@@ -32,3 +32,11 @@ def lazy_exports(package_dir: Path) -> dict[str, str]:
                                                 for t in node.targets):
             return ast.literal_eval(node.value)
     raise AssertionError(f"{package_dir / '__init__.py'} has no _LAZY table to read")
+
+
+def imported_from(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module a ``from ... import`` names, relative ones resolved in ``package``."""
+    if not node.level:
+        return node.module or ""
+    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+    return f"{base}.{node.module}" if node.module else base

@@ -12,7 +12,7 @@ imports its own modules would otherwise form a cycle with each of them.
 import ast
 from pathlib import Path
 
-from package_files import lazy_exports, module_name, write_files
+from package_files import imported_from, lazy_exports, module_name, write_files
 
 import mamlkit
 
@@ -34,11 +34,7 @@ def imports_of(module: str, path: Path, modules: dict[str, Path],
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name in modules}
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                source = f"{base}.{node.module}" if node.module else base
-            else:
-                source = node.module or ""
+            source = imported_from(node, package)
             if source.split(".")[0] != root:
                 continue
             for alias in node.names:

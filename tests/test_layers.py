@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from package_files import lazy_exports, module_name, write_files
+from package_files import imported_from, lazy_exports, module_name, write_files
 
 import mamlkit
 
@@ -56,11 +56,7 @@ def imported_modules(path: Path, package_dir: Path, lazy: dict[str, str]) -> lis
                     if alias.asname is None or alias.name == root:
                         bound_to_root.add(alias.asname or root)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                name = f"{base}.{node.module}" if node.module else base
-            else:
-                name = node.module or ""
+            name = imported_from(node, package)
             if name == root:
                 found += [m for a in node.names for m in _root_attribute(a.name, package_dir, lazy)]
             elif name.startswith(f"{root}."):
