@@ -37,6 +37,7 @@ def registered(tmp_path, monkeypatch):
 
     def register(name: str):
         (tmp_path / f"{name}.py").write_text(examples()[f"{name}.py"])
+        components.tasks(), components.learners()  # the package's own, found before the snapshot
         before = {**registry.LEARNERS, **registry.TASKS, **registry.ENVS}
         importlib.import_module(name)
         after = {**registry.LEARNERS, **registry.TASKS, **registry.ENVS}
@@ -84,3 +85,28 @@ def test_a_key_of_another_component_is_refused_for_the_new_one(tmp_path, registe
     (tmp_path / "linear.yaml").write_text(examples()["linear.yaml"])
     with pytest.raises(Exception, match=r"'ways' \(for tasks folder and omniglot\)"):
         resolve(str(tmp_path / "linear.yaml"), {"ways": 3})
+
+
+def test_a_learner_dropped_into_the_package_trains_from_the_command_line(tmp_path):
+    """Inside the package a learner is one file (and its preset): a copy of mamlkit with the
+    guide's boil.py in algorithms/ and its preset in configs/, nothing else edited, trains
+    ``mamlkit train sinusoid-boil`` in a fresh interpreter."""
+    import shutil
+    import subprocess
+
+    import mamlkit
+
+    copy = tmp_path / "site" / "mamlkit"
+    shutil.copytree(Path(mamlkit.__file__).parent, copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "algorithms" / "boil.py").write_text(examples()["boil.py"])
+    (copy / "configs" / "sinusoid-boil.yaml").write_text(examples()["sinusoid-boil.yaml"])
+    overrides = [arg for key, value in {**FAST, "meta_batch_size": 4}.items()
+                 for arg in ("--set", f"{key}={value}")]
+    done = subprocess.run(
+        [sys.executable, "-m", "mamlkit", "train", "sinusoid-boil", "--out",
+         str(tmp_path / "run"), "--no-progress", *overrides],
+        cwd=tmp_path, env={"PYTHONPATH": str(copy.parent), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "algorithm: boil" in (tmp_path / "run" / "config.yaml").read_text()

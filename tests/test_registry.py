@@ -132,3 +132,35 @@ def test_a_registered_component_brings_its_keys_and_rules():
     finally:
         registry.unregister(spec)
     assert "maml-lite" not in components.learners()
+
+
+def test_discovery_imports_the_modules_that_register_and_no_other(tmp_path, monkeypatch):
+    """A new module dropped into a component package is found with no other file edited; a
+    module that does not register (a simulator wrapper) is not imported."""
+    package = tmp_path / "plugins_under_test"
+    package.mkdir()
+    (package / "__init__.py").write_text('"""Imports none of its modules."""\n')
+    (package / "lite.py").write_text(
+        "import dataclasses\n\nfrom mamlkit.registry import LEARNERS, register\n\n"
+        "SPEC = register(dataclasses.replace(LEARNERS['maml'], name='maml-discovered'))\n")
+    (package / "wrapper.py").write_text(
+        '"""Says register(spec) only in text; gymnasium.register(...) is no call of ours."""\n'
+        "import gymnasium\ngymnasium.register(id='x')\n"
+        "raise ImportError('a simulator that is not installed')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    components.learners()  # the package's own components first, so that maml is there
+    assert registry.registering_modules("plugins_under_test") == ["plugins_under_test.lite"]
+    registry.discover("plugins_under_test")
+    try:
+        assert components.learner("maml-discovered").name == "maml-discovered"
+        assert registry.home(components.learner("maml-discovered")) == "plugins_under_test.lite"
+    finally:
+        registry.unregister(components.learner("maml-discovered"))
+
+
+def test_the_package_finds_its_components_without_simulators():
+    """Every component package lists its registering modules, and no gymnasium wrapper."""
+    assert "mamlkit.envs.locomotion" in registry.registering_modules("mamlkit.envs")
+    assert "mamlkit.envs.half_cheetah" not in registry.registering_modules("mamlkit.envs")
+    assert "mamlkit.tasks.omniglot" in registry.registering_modules("mamlkit.tasks")
+    assert "mamlkit.algorithms.reptile" in registry.registering_modules("mamlkit.algorithms")

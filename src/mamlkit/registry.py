@@ -6,16 +6,23 @@ takes (learners) or is (tasks) a reinforcement-learning task, and a constructor 
 config. ``mamlkit.run`` looks names up here and dispatches on nothing else, so a new component is
 one new module (and a preset); see docs/extending.md.
 
-This module imports nothing of mamlkit: every layer may register here. The config a constructor
+This module imports nothing of mamlkit: every layer may register here. ``discover(package)``
+imports the modules of a package that register (found by parsing their source), so a new module in
+``algorithms/``, ``tasks/`` or ``envs/`` is found without editing any other file, and a module
+that does not register (a gymnasium or MuJoCo wrapper) is not imported. The config a constructor
 receives is ``mamlkit.run.config.Config``, which sits above every component; components read it
 by attribute only.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -181,5 +188,46 @@ def unregister(spec: Spec) -> None:
     _table(spec).pop(spec.name, None)
 
 
+_DISCOVERED: set[str] = set()
+
+
+def _registers(source: str) -> bool:
+    """The source calls ``register(...)`` or ``registry.register(...)`` (parsed, not imported;
+    a mention in text or ``self.register_buffer`` is no call)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id == "register":
+                return True
+            if (isinstance(func, ast.Attribute) and func.attr == "register"
+                    and isinstance(func.value, ast.Name) and func.value.id == "registry"):
+                return True
+    return False
+
+
+def registering_modules(package: str) -> list[str]:
+    """The modules directly inside ``package`` whose source calls ``register(``, by name, without
+    importing any of them (only the package itself is imported, to find its folder)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.submodule_search_locations is None:
+        raise ValueError(f"{package!r} is not an importable package.")
+    found = []
+    for folder in spec.submodule_search_locations:
+        for path in sorted(Path(folder).glob("*.py")):
+            if path.stem != "__init__" and _registers(path.read_text(encoding="utf-8")):
+                found.append(f"{package}.{path.stem}")
+    return found
+
+
+def discover(package: str) -> None:
+    """Import every module of ``package`` that registers a component (once per package)."""
+    if package in _DISCOVERED:
+        return
+    for module in registering_modules(package):
+        importlib.import_module(module)
+    _DISCOVERED.add(package)
+
+
 __all__ = ["ENVS", "LEARNERS", "TASKS", "ConfigError", "EnvSpec", "LearnerArgs", "LearnerSpec",
-           "Spec", "TaskSpec", "home", "register", "unregister"]
+           "Spec", "TaskSpec", "discover", "home", "register", "registering_modules",
+           "unregister"]

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mamlkit.envs import locomotion  # noqa: F401  (registers the MuJoCo tasks, loads no MuJoCo)
 from mamlkit.envs.base import BatchEnv
 from mamlkit.envs.navigation import Navigation2DBatch, expert_action
-from mamlkit.registry import ENVS
+from mamlkit.registry import ENVS, discover
 
 
 def __getattr__(name: str) -> Any:
@@ -37,6 +36,7 @@ def make_batch_env(name: str, **kwargs: Any) -> BatchEnv:
     """The batched environment registered as ``name`` (``mamlkit.registry.ENVS``); ``kwargs`` go
     to its class (``horizon``, nav2d's ``reward`` and ``done_threshold``, the MuJoCo tasks'
     ``clip_actions``)."""
+    discover(__name__)
     spec = ENVS.get(name)
     if spec is None:
         raise ValueError(f"Unknown environment {name!r}; choose one of {', '.join(ENVS)}.")

@@ -1,22 +1,33 @@
 """The learners, task distributions and environments a run's config names, looked up in
-``mamlkit.registry``. Each registers itself in its own module; importing the packages that hold
-them (each package imports its component modules) registers them all, with no simulator, plot
-or tracker loaded.
+``mamlkit.registry``. Each registers itself in its own module; ``registry.discover`` imports the
+modules of the component packages that register, with no simulator, plot or tracker loaded.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mamlkit.registry import ENVS, LEARNERS, TASKS, ConfigError, EnvSpec, LearnerSpec, TaskSpec
+from mamlkit.registry import (
+    ENVS,
+    LEARNERS,
+    TASKS,
+    ConfigError,
+    EnvSpec,
+    LearnerSpec,
+    TaskSpec,
+    discover,
+)
+
+# The packages whose modules register components; a new module in one of them is found there.
+COMPONENT_PACKAGES = ("mamlkit.algorithms", "mamlkit.tasks", "mamlkit.envs")
 
 
 def _discover() -> None:
-    """Import the packages whose modules register components (once; then a dict lookup)."""
-    import mamlkit.algorithms  # noqa: F401
-    import mamlkit.envs  # noqa: F401
-    import mamlkit.run.custom_task  # noqa: F401
-    import mamlkit.tasks  # noqa: F401
+    """Import the modules that register components (once; then a dict lookup)."""
+    import mamlkit.run.custom_task  # noqa: F401  (tasks given from Python: the run layer's own)
+
+    for package in COMPONENT_PACKAGES:
+        discover(package)
 
 
 def learners() -> dict[str, LearnerSpec]:

@@ -1,10 +1,10 @@
 """Layer 5: task distributions. H = 1: sinusoid, N-way K-shot classification, imitation; each
 returns ``TaskBatch`` stacks. H > 1: RL tasks of an environment, whose batches hold episodes.
-Each task distribution a config can name registers itself (``mamlkit.registry``)."""
+Each task distribution a config can name registers itself (``mamlkit.registry.discover``
+finds it)."""
 
 from mamlkit.functional.seeding import generator_from
 from mamlkit.functional.task_batch import StepData, TaskBatch
-from mamlkit.tasks import folder, omniglot  # noqa: F401  (they register their distributions)
 from mamlkit.tasks.base import TaskDistribution
 from mamlkit.tasks.classification import (
     ClassificationTasks,
