@@ -19,6 +19,8 @@
     python benchmarks/rl_meta_step.py --quick   # nav2d-paper (20x20xH100), cheetah-dir 10x10xH200
     python benchmarks/rl_meta_step.py            # cheetah-dir at 40x20xH200: long
     python benchmarks/rl_meta_step.py --quick --out benchmarks/results/rl/meta_step.json
+    python benchmarks/rl_meta_step.py --presets cheetah-dir --parts physics training \\
+        --out benchmarks/results/rl/meta_step_training.json   # the loop at its defaults, vs physics
 
 ``--quick`` runs the locomotion presets at 10 tasks x 10 trajectories (H = 200):
 every phase is linear in tasks x trajectories (sampling steps, rows of every matrix product), so
@@ -35,9 +37,11 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import mujoco
@@ -59,6 +63,7 @@ from mamlkit.rl.outer import OuterSettings, outer_step
 from mamlkit.run.adapted import adapted_policy, query_actions
 from mamlkit.run.build import build_learner, build_network, build_tasks
 from mamlkit.run.config import resolve
+from mamlkit.run.loop import train
 
 PAPER = {"tasks": 40, "trajectories": 20}
 QUICK = {"meta_batch_size": 10, "trajectories": 10}
@@ -294,6 +299,38 @@ def iteration(preset: str, quick: bool, repeats: int) -> dict[str, Any]:
     return result
 
 
+# ---- the training loop at the preset's defaults ------------------------------------------------
+
+def training(preset: str, iterations: int) -> dict[str, Any]:
+    """``iterations`` iterations of the preset's own training loop at its defaults (threads,
+    chunk_size): seconds of each iteration but the first (torch.func's one-time set-up) and the
+    last (which also validates), and the environment steps each one took."""
+    overrides = {"iterations": iterations, "log_every": 1, "val_every": 10**6,
+                 "checkpoint_every": 10**6, "val_tasks": 1, "loggers": ["jsonl"]}
+    config = resolve(preset, overrides)
+    before = load()
+    with tempfile.TemporaryDirectory() as out:
+        train(config, Path(out), progress=False)
+        records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
+    times = [b["seconds"] - a["seconds"] for a, b in zip(records, records[1:], strict=False)]
+    steps = [b["env_steps"] - a["env_steps"] for a, b in zip(records, records[1:], strict=False)]
+    timed = times[:-1] if len(times) > 1 else times  # the last one validates too
+    return {"preset": preset, "threads": config.threads, "chunk_size": config.chunk_size,
+            "shape": [config.meta_batch_size, config.trajectories, config.horizon],
+            "iteration_seconds": _summary(timed), "all_seconds": [round(t, 2) for t in times],
+            "env_steps_per_iteration": steps[0], "first": records[0]["seconds"],
+            "returns": [[r["pre_return"], r["post_return"]] for r in records],
+            "load_before": before, "load_after": load()}
+
+
+def against_physics(run: dict[str, Any], raw_per_core: float, cores: int = 2) -> dict[str, Any]:
+    """The iteration's seconds over the physics time of its steps on ``cores`` cores at the
+    one-core raw ``mj_step`` rate (the issue's measure of "near the machine's limit")."""
+    physics_seconds = run["env_steps_per_iteration"] / (cores * raw_per_core)
+    return {"physics_seconds": round(physics_seconds, 2),
+            "ratio": round(run["iteration_seconds"]["median"] / physics_seconds, 2)}
+
+
 def _timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
@@ -311,7 +348,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="locomotion presets at 10 tasks x 10 trajectories (1/8 of 40 x 20)")
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds per product")
-    parser.add_argument("--parts", nargs="*", default=["physics", "arithmetic", "iteration"])
+    parser.add_argument("--parts", nargs="*", default=["physics", "arithmetic", "iteration"],
+                        help="physics, arithmetic, iteration (phases), training (the loop)")
+    parser.add_argument("--training-iterations", type=int, default=4,
+                        help="training: iterations per preset (the first and last not timed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write the results as JSON")
     args = parser.parse_args()
@@ -329,6 +369,16 @@ def main() -> None:
         for preset in args.presets:
             results["iterations"].append(iteration(preset, args.quick, args.repeats))
             print(json.dumps(results["iterations"][-1]), flush=True)
+    if "training" in args.parts:
+        results["training"] = []
+        for preset in args.presets:
+            run = training(preset, args.training_iterations)
+            if "physics" in results:
+                robot = "ant" if preset.startswith("ant") else "half-cheetah"
+                raw = results["physics"][robot]["raw_mj_step_per_s"]["median"]
+                run["against_physics"] = against_physics(run, raw)
+            results["training"].append(run)
+            print(json.dumps(run), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

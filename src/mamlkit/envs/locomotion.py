@@ -26,9 +26,14 @@ def _ant(kind: str, **options: Any) -> Any:
     return AntBatch(kind, **options)
 
 
+def _options(config: Any) -> dict[str, Any]:
+    """The run's CPU threads step the simulators too (``threads``; 1 is the default)."""
+    return {} if config.threads == 1 else {"threads": config.threads}
+
+
 def _locomotion(name: str, make: Any, kind: str, doc: str) -> None:
     register(EnvSpec(name=name, make=partial(make, kind), requires=("gymnasium", "mujoco"),
-                     doc=doc))
+                     options=_options, doc=doc))
 
 
 _locomotion("cheetah-vel", _half_cheetah, "velocity", "MuJoCo half-cheetah at a goal velocity")

@@ -1,13 +1,14 @@
 """What the MuJoCo locomotion tasks (half-cheetah, ant) share: task sampling, a mixin that gives
 a gymnasium MuJoCo environment a task, and a batched environment that steps many ``MjData`` of one
-``MjModel`` in a Python loop. The robots fill in the model, the observation, the reward and the
-health check.
+``MjModel`` in a Python loop, split over threads (``mj_step`` releases the GIL). The robots fill
+in the model, the observation, the reward and the health check.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -127,6 +128,10 @@ class LocomotionBatch:
     false) are not simulated and earn 0. Subclasses set ``robot``, ``max_velocity`` and ``xml`` (the
     default model), define ``_observation_dim``, ``_read`` (observation and x position of one
     copy) and ``_reward``, and may extend ``_simulate`` and ``_healthy``.
+
+    ``threads`` > 1 steps contiguous shares of the copies in that many threads: each copy is
+    stepped and read exactly as with one thread (same results, bit for bit), while MuJoCo's
+    C code runs on several cores at once.
     """
 
     robot = "Robot"
@@ -134,9 +139,13 @@ class LocomotionBatch:
     xml = ""
 
     def __init__(self, kind: str = "velocity", horizon: int = 200, clip_actions: bool = True,
-                 xml_file: str | None = None) -> None:
+                 xml_file: str | None = None, threads: int = 1) -> None:
         if kind not in KINDS:
             raise ValueError(f"{self.robot} task kind must be one of {KINDS}, got {kind!r}.")
+        if int(threads) < 1:
+            raise ValueError(f"threads must be at least 1, got {threads!r}.")
+        self.threads = int(threads)
+        self._pool: ThreadPoolExecutor | None = None
         self.kind = kind
         self.horizon = int(horizon)
         self.clip_actions = clip_actions
@@ -210,14 +219,19 @@ class LocomotionBatch:
         gymnasium episode; returns the observations."""
         qpos = np.asarray(qpos, dtype=np.float64).reshape(len(self._datas), -1)
         qvel = np.asarray(qvel, dtype=np.float64).reshape(len(self._datas), -1)
-        for i, d in enumerate(self._datas):
+        self._each_share(self._set_copies, qpos, qvel, reset)
+        return self._observations()
+
+    def _set_copies(self, start: int, stop: int, qpos: np.ndarray, qvel: np.ndarray,
+                    reset: bool) -> None:
+        for i in range(start, stop):
+            d = self._datas[i]
             if reset:
                 mujoco.mj_resetData(self.model, d)
             d.qpos[:] = qpos[i]
             d.qvel[:] = qvel[i]
             mujoco.mj_forward(self.model, d)
             self._read(i, d)
-        return self._observations()
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One step of every copy that has not ended; ended copies earn 0 and stay done."""
@@ -225,18 +239,47 @@ class LocomotionBatch:
         if self.clip_actions:
             a = np.clip(a, self._low, self._high)
         x_before = self._x.copy()
-        ended = self._ended
-        was_ended = ended.copy()
-        for i, d in enumerate(self._datas):
-            if ended[i]:
-                continue
-            d.ctrl[:] = a[i]
-            self._simulate(d)
-            self._read(i, d)
-            ended[i] = not self._healthy(d)
+        was_ended = self._ended.copy()
+        self._each_share(self._step_copies, a)
         x_velocity = (self._x - x_before) / self.dt
         reward = self._reward(x_velocity, a, was_ended)
         reward[was_ended] = 0.0
         reward_t = torch.from_numpy(reward).float().reshape(self._shape)
         return (self._observations(), reward_t,
-                torch.from_numpy(ended.copy()).reshape(self._shape))
+                torch.from_numpy(self._ended.copy()).reshape(self._shape))
+
+    def _step_copies(self, start: int, stop: int, actions: np.ndarray) -> None:
+        """Step, read and health-check copies ``start:stop`` (one thread's share)."""
+        ended = self._ended
+        for i in range(start, stop):
+            if ended[i]:
+                continue
+            d = self._datas[i]
+            d.ctrl[:] = actions[i]
+            self._simulate(d)
+            self._read(i, d)
+            ended[i] = not self._healthy(d)
+
+    def _each_share(self, work: Any, *args: Any) -> None:
+        """``work(start, stop, *args)`` over contiguous shares of the copies, one per thread."""
+        copies = len(self._datas)
+        shares = min(self.threads, copies)
+        if shares <= 1:
+            work(0, copies, *args)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mujoco")
+        bounds = [copies * k // shares for k in range(shares + 1)]
+        futures = [self._pool.submit(work, bounds[k], bounds[k + 1], *args)
+                   for k in range(shares)]
+        for future in futures:
+            future.result()
+
+    def __getstate__(self) -> dict:
+        """Pickles without its thread pool (a copy starts its own when it steps)."""
+        return {**self.__dict__, "_pool": None}
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)

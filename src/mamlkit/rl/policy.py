@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamlkit.functional.batching import Batching
@@ -52,6 +53,47 @@ class GaussianPolicy(nn.Module):
         return mean, std.expand_as(mean)
 
 
+class PlainGaussian:
+    """``GaussianPolicy.forward`` on given tensors without ``nn.Module`` calls: the same ops in
+    the same order (the same numbers), at about half the cost of a module call, which is most of
+    the policy's time in sampling (one call per task and time step on 20 rows)."""
+
+    def __init__(self, policy: GaussianPolicy, params: Mapping[str, Tensor]) -> None:
+        self.layers: list[tuple[Tensor, Tensor] | Callable[[Tensor], Tensor]] = []
+        for index, layer in enumerate(policy.mean):
+            if isinstance(layer, nn.Linear):
+                self.layers.append((params[f"mean.{index}.weight"], params[f"mean.{index}.bias"]))
+            else:
+                self.layers.append(_PLAIN_ACTIVATIONS[type(layer)])
+        self.log_std = params["log_std"]
+        self.min_log_std = policy.min_log_std
+        # a copy of adapted parameters does not change: its std is computed once
+        self.std = None if isinstance(self.log_std, nn.Parameter) else self._std()
+
+    def _std(self) -> Tensor:
+        return torch.exp(torch.clamp(self.log_std, min=self.min_log_std))
+
+    def __call__(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        x = obs
+        for layer in self.layers:
+            x = F.linear(x, *layer) if isinstance(layer, tuple) else layer(x)
+        return x, (self._std() if self.std is None else self.std).expand_as(x)
+
+
+_PLAIN_ACTIVATIONS: dict[type[nn.Module], Callable[[Tensor], Tensor]] = {
+    nn.ReLU: torch.relu, nn.Tanh: torch.tanh}
+
+
+def _plain(policy: nn.Module, params: Mapping[str, Tensor]) -> PlainGaussian | None:
+    """``policy``'s plain forward on ``params`` where it is a ``GaussianPolicy`` of linear
+    layers and known activations (None otherwise: the module is called)."""
+    if not isinstance(policy, GaussianPolicy) or not all(
+            isinstance(layer, nn.Linear) or type(layer) in _PLAIN_ACTIVATIONS
+            for layer in policy.mean):
+        return None
+    return PlainGaussian(policy, {**dict(policy.named_parameters()), **params})
+
+
 class SamplingPolicy:
     """The ``obs [T, N, obs] -> (mean, std)`` callable that sampling needs, without gradients.
 
@@ -67,9 +109,17 @@ class SamplingPolicy:
         self.policy = policy
         self.params = None if params is None else {n: p.detach() for n, p in params.items()}
         self.batched = batched
+        self.plain = None if batched else _plain(policy, self.params or {})
 
-    @torch.no_grad()
     def __call__(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        if torch.is_grad_enabled():  # sampling runs without; entering no_grad costs per call
+            with torch.no_grad():
+                return self._outputs(obs)
+        return self._outputs(obs)
+
+    def _outputs(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        if self.plain is not None:
+            return self.plain(obs)
         if self.params is None:
             return self.policy(obs)
         if not self.batched:
@@ -83,8 +133,10 @@ class SamplingPolicy:
         if not self.batched or self.params is None:
             return self
         if stop - start == 1:
-            return SamplingPolicy(_module_with(self.policy, {n: p[start] for n, p in
-                                                             self.params.items()}))
+            one = {n: p[start] for n, p in self.params.items()}
+            if _plain(self.policy, one) is not None:
+                return SamplingPolicy(self.policy, one)
+            return SamplingPolicy(_module_with(self.policy, one))
         return SamplingPolicy(self.policy, {n: p[start:stop].clone() for n, p in
                                             self.params.items()}, True)
 

@@ -158,7 +158,8 @@ class Config:
                          "stacked", BATCHINGS)
     chunk_size: int | None = _key("scale", None, "tasks per vectorised chunk (less memory); "
                                   "null: all at once", bounds=_AT_LEAST_1)
-    threads: int = _key("run", 1, "torch CPU threads (small models slow down with more)",
+    threads: int = _key("run", 1, "CPU threads: torch's, and the MuJoCo tasks' simulator steps "
+                        "(small models slow down with more)",
                         bounds=_AT_LEAST_1)
     device: str = _key("run", "auto", "auto | cpu | cuda (supervised runs; meta-RL runs on the "
                        "CPU)", ("auto", "cpu", "cuda"))
