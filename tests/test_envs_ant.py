@@ -143,9 +143,11 @@ def test_ant_presets_load_and_one_iteration_trains(tmp_path):
     for name in ("ant-vel", "ant-dir", "ant-vel-quick", "ant-dir-quick"):
         config = load_preset(name)
         assert config.task == name.removesuffix("-quick")
-    paper = load_preset("ant-dir")
+    paper = load_preset("ant-dir")  # the paper: 40 rollouts per step for the ant forward/backward
     assert (paper.meta_batch_size, paper.trajectories, paper.horizon, paper.inner_lr,
-            paper.outer, paper.policy_hidden) == (40, 20, 200, 0.1, "trpo", [100, 100])
+            paper.outer, paper.policy_hidden) == (40, 40, 200, 0.1, "trpo", [100, 100])
+    assert load_preset("ant-vel").trajectories == 20
+    assert paper.eval_inner_lr == [0.1, 0.05]  # 0.1 for the first step, then 0.05
     out = tmp_path / "ant"
     tiny = ["--set", "iterations=1", "--set", "meta_batch_size=2", "--set", "trajectories=2",
             "--set", "horizon=10", "--set", "val_tasks=1", "--set", "policy_hidden=[8]"]
