@@ -21,6 +21,7 @@ from torch import Tensor
 
 from mamlkit.rl.episodes import Episodes
 from mamlkit.rl.returns import discounted_returns
+from mamlkit.rl.threads import one_torch_thread
 
 
 def baseline_features(observations: Tensor, mask: Tensor) -> Tensor:
@@ -51,7 +52,8 @@ def fit_linear(features: Tensor, targets: Tensor, reg: float = 1e-5,
     todo = torch.arange(x.shape[0], device=x.device)
     coeff = reg
     for _ in range(attempts):
-        solution, info = torch.linalg.solve_ex(gram[todo] + coeff * eye, rhs[todo])
+        with one_torch_thread():  # MKL's threaded batched LU fails at ~200 unknowns (rl.threads)
+            solution, info = torch.linalg.solve_ex(gram[todo] + coeff * eye, rhs[todo])
         ok = (info == 0) & torch.isfinite(solution).all(-1)
         coeffs[todo[ok]] = solution[ok]
         todo = todo[~ok]

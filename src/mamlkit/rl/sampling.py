@@ -15,14 +15,14 @@ in-process sampling. Speed and why one torch thread: docs/meta-rl.md ("Sampling 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from mamlkit.envs.base import BatchEnv
 from mamlkit.rl.episodes import Episodes
+from mamlkit.rl.threads import one_torch_thread
 
 PolicyFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 
@@ -65,22 +65,6 @@ def sample_episodes(env: BatchEnv, policy: PolicyFn, tasks: list[dict], num_traj
                    horizon)
 
 
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """The policy's ops in sampling are too small to split (20 rows per call): more torch
-    threads only add hand-offs, so sampling runs them on one, whatever the run's ``threads``
-    (which the simulators' steps still use)."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @torch.no_grad()
 def rollout(env: BatchEnv, policy: PolicyFn, tasks: list[dict], num_trajectories: int,
             generators: Sequence[torch.Generator], horizon: int | None = None) -> Episodes:
@@ -88,7 +72,7 @@ def rollout(env: BatchEnv, policy: PolicyFn, tasks: list[dict], num_trajectories
     if len(generators) != len(tasks):
         raise ValueError(f"rollout needs one generator per task: {len(tasks)} tasks, "
                          f"{len(generators)} generators.")
-    with one_torch_thread():
+    with one_torch_thread():  # the policy's 20-row calls are too small to split
         return _rollout(env, policy, tasks, num_trajectories, generators, horizon)
 
 
