@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from package_files import module_name
 
 import mamlkit
 from mamlkit import registry
@@ -38,20 +39,13 @@ def registered_homes() -> dict[str, set[str]]:
     return homes
 
 
-def _module_name(path: Path, package_dir: Path) -> str:
-    parts = path.relative_to(package_dir).with_suffix("").parts
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join((package_dir.name, *parts))
-
-
 def name_literals(package_dir: Path, names: set[str]) -> dict[str, set[str]]:
     """Module -> the registered names that appear in it as whole string literals."""
     found: dict[str, set[str]] = {}
     for path in sorted(package_dir.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and node.value in names:
-                found.setdefault(_module_name(path, package_dir), set()).add(node.value)
+                found.setdefault(module_name(path, package_dir), set()).add(node.value)
     return found
 
 
