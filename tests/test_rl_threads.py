@@ -42,3 +42,4 @@ def test_the_thread_count_comes_back_after_an_error():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
