@@ -18,12 +18,15 @@ than wall time (``seconds``, also recorded).
 
 Records go to ``results/omniglot/learn2learn-example-5w1s/metrics.jsonl`` in mamlkit's format
 (``iteration``, ``seconds``, ``val_post``, ``val_post_ci95``), which
-``omniglot_time_to_accuracy.py`` plots beside mamlkit's runs.
+``omniglot_time_to_accuracy.py`` plots beside mamlkit's runs. A budget of hours does not fit one
+sitting, so every validation also writes ``checkpoint.pt`` (weights, Adam state, the task
+generator's state, the clocks) and ``--resume`` continues from it exactly where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -36,6 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import _load_l2l_maml  # noqa: E402
 
+from mamlkit.run.atomic import write_atomic  # noqa: E402
 from mamlkit.run.evaluate import mean_ci95  # noqa: E402
 from mamlkit.tasks.classification import omniglot_tasks  # noqa: E402
 
@@ -80,6 +84,15 @@ def validate(maml, tasks, loss_fn) -> tuple[float, float]:
     return summary["mean"], summary["ci95"]
 
 
+def save_checkpoint(path, maml, optimizer, generator, seconds, cpu_seconds, iteration) -> None:
+    """Everything the loop carries from one iteration to the next, written in one step."""
+    buffer = io.BytesIO()
+    torch.save({"model": maml.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "seconds": seconds,
+                "cpu_seconds": cpu_seconds, "iteration": iteration}, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, required=True, help="budget, CPU hours of training")
@@ -88,6 +101,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--max-iterations", type=int, default=None,
+                        help="stop here even if the budget is not spent")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoint.pt (written at every validation)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -99,9 +116,19 @@ def main() -> None:
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    metrics = (args.out / "metrics.jsonl").open("w")
     training_seconds, cpu_seconds, iteration = 0.0, 0.0, 0
-    while cpu_seconds < args.hours * 3600:
+    if args.resume:
+        state = torch.load(args.out / "checkpoint.pt", weights_only=False)
+        maml.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        training_seconds, cpu_seconds, iteration = (
+            state["seconds"], state["cpu_seconds"], state["iteration"])
+        kept = [line for line in (args.out / "metrics.jsonl").read_text().splitlines()
+                if json.loads(line)["iteration"] <= iteration]  # records after the checkpoint go
+        write_atomic(args.out / "metrics.jsonl", "".join(line + "\n" for line in kept))
+    metrics = (args.out / "metrics.jsonl").open("a" if args.resume else "w")
+    while cpu_seconds < args.hours * 3600 and iteration < (args.max_iterations or sys.maxsize):
         began, cpu_began = time.perf_counter(), time.process_time()
         batch = train.sample(META_BATCH, generator)
         optimizer.zero_grad()
@@ -122,6 +149,8 @@ def main() -> None:
                       "val_post_ci95": ci95}
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
+            save_checkpoint(args.out / "checkpoint.pt", maml, optimizer, generator,
+                            training_seconds, cpu_seconds, iteration)
             print(record, flush=True)
     metrics.close()
     (args.out / "README.md").write_text(
