@@ -1,6 +1,6 @@
 """The paper's RL figures as a table: return after 0-3 policy-gradient steps for MAML, the
-pretrained policy and a random initial policy, beside the returns that Finn et al. 2017 give as
-numbers (Tables 4 and 5).
+pretrained policy and a random initial policy, beside the returns of Finn et al. 2017: Tables 4
+and 5, and the data its code plotted in Figures 4 and 5.
 
 Reads the committed runs under ``benchmarks/results/rl/``: for each environment the MAML run
 ``<preset>/`` and its pretrained baseline ``<preset>-inner_lr0/`` (``mamlkit train PRESET``,
@@ -35,17 +35,33 @@ PRESETS = {"nav2d": "2D navigation", "paper/nav2d-paper": "2D navigation, paper 
 # Finn et al. 2017 (arXiv 1703.03400v3), Appendix C.2: the only returns the paper gives as
 # numbers, MAML after 0 / 1 / 2 / 3 gradient steps. Table 4: 2D navigation (H = 100); Table 5:
 # half-cheetah forward/backward (H = 200, so the quick preset's H = 100 sees about half of it).
-# Every other curve of Figure 5 (pretrained, random, oracle) is a plot only.
 TABLE_4 = "-40.41 / -11.68 / -3.33 / -3.23 (Table 4)"
 TABLE_5 = "-50.69 / 293.19 / 313.48 / 315.65 (Table 5, H = 200)"
-# Figure 4's 2D-navigation curves as numbers: the paper's code keeps the data it plotted
-# (cbfinn/maml_rl, icml/icml_point_results_{maml,sens0,random}.pkl; sens0 is the pretrained
-# policy, renamed maml0 in the plot script): mean over the same 40 goals as Table 4.
+# Figures 4 and 5 as numbers: the paper's code keeps the data it plotted (cbfinn/maml_rl,
+# icml/icml_<env>_results_{maml,pretrain,random,oracle}.pkl, read by icml/make_<env>_plots.py;
+# the point's pretrained file is sens0): the mean over the 40 evaluation tasks of
+# ``task_avg_returns``. Its cheetahdirec MAML data are Table 5 to the last digit.
 FIGURE_4 = {"MAML": TABLE_4,
             "pretrained": "-40.81 / -19.73 / -11.72 / -8.47 (Fig. 4 data)",
             "random": "-82.66 / -57.96 / -53.84 / -46.81 (Fig. 4 data)"}
+CHEETAH_DIR = {"MAML": TABLE_5,
+               "pretrained": "-43.03 / -24.75 / -12.85 / 19.57 (Fig. 5 data, H = 200)",
+               "random": "-35.73 / 21.83 / 62.32 / 86.18 (Fig. 5 data, H = 200)"}
+CHEETAH_VEL = {"MAML": "-129.53 / -78.57 / -66.62 / -60.78 (Fig. 5 data, H = 200)",
+               "pretrained": "-158.00 / -135.39 / -128.47 / -133.61 (Fig. 5 data, H = 200)",
+               "random": "-254.83 / -254.33 / -246.79 / -230.83 (Fig. 5 data, H = 200)"}
+ANT_DIR = {"MAML": "8.66 / 499.15 / 500.68 / 499.11 (Fig. 5 data, H = 200)",
+           "pretrained": "3.16 / 1.27 / 6.51 / 6.86 (Fig. 5 data, H = 200)",
+           "random": "3.11 / 9.25 / 15.96 / 26.11 (Fig. 5 data, H = 200)"}
+ANT_VEL = {"MAML": "30.58 / 96.74 / 100.06 / 101.41 (Fig. 5 data, H = 200)",
+           "pretrained": "-1.83 / 6.11 / 8.47 / 9.47 (Fig. 5 data, H = 200)",
+           "random": "-78.64 / -62.81 / -48.55 / -35.56 (Fig. 5 data, H = 200)"}
+# The oracle (a policy trained on each evaluation task, given its parameter), same files.
+ORACLE = {"nav2d": -2.29, "cheetah-vel": -54.47, "cheetah-dir": 442.69, "ant-vel": 107.89,
+          "ant-dir": 524.80}
 PAPER = {"nav2d": FIGURE_4, "paper/nav2d-paper": FIGURE_4,
-         "cheetah-dir-quick": {"MAML": TABLE_5}, "paper/cheetah-dir": {"MAML": TABLE_5}}
+         "cheetah-vel-quick": CHEETAH_VEL, "cheetah-dir-quick": CHEETAH_DIR,
+         "paper/cheetah-dir": CHEETAH_DIR, "ant-vel-quick": ANT_VEL, "ant-dir-quick": ANT_DIR}
 ROWS = ("MAML", "pretrained", "random")
 
 
@@ -122,6 +138,9 @@ def table() -> str:
             values = [cell(steps, k) if steps else "not run" for k in range(4)]
             lines.append(f"| {title} (`{Path(preset).name}`) | {row} | " + " | ".join(values)
                          + f" | {quoted} |")
+    lines += ["", "The paper's oracle (a policy trained for each evaluation task): "
+              + ", ".join(f"{name} {value:.2f}" for name, value in ORACLE.items())
+              + " (Fig. 4/5 data)."]
     lines += ["", "MAML minus the pretrained policy after one step, task by task on the same "
               "held-out tasks and sampling noise (`mamlkit compare --paired`):", ""]
     lines += [f"- `{Path(preset).name}`: {paired_one_step(preset)}" for preset in PRESETS]

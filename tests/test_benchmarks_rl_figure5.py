@@ -40,7 +40,8 @@ def test_table_paired_lead_budget_and_missing_runs(tmp_path, monkeypatch):
     assert "(`nav2d-paper`) | pretrained | not run | not run | not run | not run | -40.81 / " \
         "-19.73 / -11.72 / -8.47 (Fig. 4 data) |" in table  # the paper's code's plotted data
     assert "(`cheetah-vel-quick`) | pretrained | not run | not run | not run | not run | " \
-        "plot only |" in table  # Figure 5's other curves
+        "-158.00 / -135.39 / -128.47 / -133.61 (Fig. 5 data, H = 200) |" in table
+    assert "ant-dir 524.80" in table  # the oracle, a line of its own
     assert "?" not in table and "≈" not in table
     assert "- `ant-dir-quick`: not run" in table
     rl_figure5.plot(tmp_path / "figure5.png")
