@@ -110,12 +110,12 @@ def test_cheetah_task_sampling():
         make_batch_env("ant-goal")
 
 
-def gymnasium_copies_of(batch, env_id: str, tasks: list) -> list:
+def gymnasium_copies_of(batch, env_id: str, tasks: list, **make_kwargs) -> list:
     """Four gymnasium envs (2 tasks x 2 trajectories) reset with seeds 0-3, and ``batch`` set
     to their start states; checks that the batch then observes what they observe."""
     singles, qpos, qvel, first = [], [], [], []
     for i in range(4):
-        env = gym.make(env_id)
+        env = gym.make(env_id, **make_kwargs)
         obs, _ = env.reset(seed=i, options={"task": tasks[i // 2]})
         singles.append(env)
         qpos.append(env.unwrapped.data.qpos.copy())
@@ -126,14 +126,18 @@ def gymnasium_copies_of(batch, env_id: str, tasks: list) -> list:
     return singles
 
 
-@pytest.mark.parametrize("name", ["cheetah-vel", "cheetah-dir"])
-def test_cheetah_batch_equals_gymnasium(name):
-    """Same start states and actions: the batch env gives gymnasium's observations and rewards."""
-    batch = make_batch_env(name, horizon=40)
+@pytest.mark.parametrize(("name", "frame_skip"),
+                         [("cheetah-vel", 5), ("cheetah-dir", 5), ("cheetah-dir", 1)])
+def test_cheetah_batch_equals_gymnasium(name, frame_skip):
+    """Same start states and actions: the batch env gives gymnasium's observations and rewards,
+    at gymnasium's 5 simulator steps per action and at the paper's code's 1."""
+    batch = make_batch_env(name, horizon=40, frame_skip=frame_skip)
+    assert batch.dt == pytest.approx(0.01 * frame_skip)
     tasks = batch.sample_tasks(2, 5)
     batch.reset(tasks, 2, torch.Generator().manual_seed(0))
     cls = HalfCheetahVel if name == "cheetah-vel" else HalfCheetahDir
-    singles = gymnasium_copies_of(batch, cls.__name__.join(["mamlkit/", "-v0"]), tasks)
+    singles = gymnasium_copies_of(batch, cls.__name__.join(["mamlkit/", "-v0"]), tasks,
+                                  frame_skip=frame_skip)
     rng = np.random.default_rng(1)
     for _ in range(40):
         actions = rng.normal(size=(2, 2, 6)) * 1.2

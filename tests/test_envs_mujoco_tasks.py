@@ -11,7 +11,7 @@ pytest.importorskip("mujoco")
 from mamlkit.envs import make_batch_env  # noqa: E402
 from mamlkit.rl import sample_episodes  # noqa: E402
 from mamlkit.run.build import env_kwargs  # noqa: E402
-from mamlkit.run.config import resolve  # noqa: E402
+from mamlkit.run.config import ConfigError, resolve  # noqa: E402
 
 
 def _jumping(obs):
@@ -54,6 +54,31 @@ def test_a_threaded_environment_pickles_and_steps_after():
     assert copy.threads == 2
     copy.reset(copy.sample_tasks(2, 0), 2, torch.Generator().manual_seed(0))
     assert copy.step(torch.zeros(2, 2, 6))[0].shape == (2, 2, 17)
+
+
+def test_frame_skip_is_the_simulator_steps_per_action():
+    """One action at frame_skip 1, five times over, lands where one action at 5 does."""
+    one = make_batch_env("cheetah-dir", horizon=5, frame_skip=1)
+    five = make_batch_env("cheetah-dir", horizon=1)
+    tasks = one.sample_tasks(2, 0)
+    for env in (one, five):
+        env.reset(tasks, 3, torch.Generator().manual_seed(0))
+    action = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(1))
+    for _ in range(5):
+        obs_one, _, _ = one.step(action)
+    obs_five, _, _ = five.step(action)
+    assert torch.equal(obs_one, obs_five)
+    assert not torch.equal(one.reset(tasks, 3, torch.Generator().manual_seed(0)), obs_one)
+    with pytest.raises(ValueError, match="frame_skip must be at least 1"):
+        make_batch_env("ant-dir", frame_skip=0)
+
+
+def test_the_config_sets_the_frame_skip_of_locomotion_tasks_only():
+    assert env_kwargs(resolve("cheetah-dir", {}))["frame_skip"] == 1  # the paper's code
+    assert "frame_skip" not in env_kwargs(resolve("cheetah-dir-quick", {}))
+    assert env_kwargs(resolve("ant-vel-quick", {"frame_skip": 2}))["frame_skip"] == 2
+    with pytest.raises(ConfigError, match="frame_skip"):
+        resolve("nav2d", {"frame_skip": 1})
 
 
 def test_the_runs_threads_step_the_simulators():

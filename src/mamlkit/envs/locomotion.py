@@ -27,13 +27,17 @@ def _ant(kind: str, **options: Any) -> Any:
 
 
 def _options(config: Any) -> dict[str, Any]:
-    """The run's CPU threads step the simulators too (``threads``; 1 is the default)."""
-    return {} if config.threads == 1 else {"threads": config.threads}
+    """The run's CPU threads step the simulators too (``threads``; 1 is the default), and
+    ``frame_skip`` where the config sets it (null: the robot's gymnasium default)."""
+    options: dict[str, Any] = {} if config.threads == 1 else {"threads": config.threads}
+    if config.frame_skip is not None:
+        options["frame_skip"] = config.frame_skip
+    return options
 
 
 def _locomotion(name: str, make: Any, kind: str, doc: str) -> None:
     register(EnvSpec(name=name, make=partial(make, kind), requires=("gymnasium", "mujoco"),
-                     options=_options, doc=doc))
+                     options=_options, keys=("frame_skip",), doc=doc))
 
 
 _locomotion("cheetah-vel", _half_cheetah, "velocity", "MuJoCo half-cheetah at a goal velocity")

@@ -131,7 +131,8 @@ class LocomotionBatch:
 
     ``threads`` > 1 steps contiguous shares of the copies in that many threads: each copy is
     stepped and read exactly as with one thread (same results, bit for bit), while MuJoCo's
-    C code runs on several cores at once.
+    C code runs on several cores at once. ``frame_skip``: simulator steps per action (5,
+    gymnasium's; the paper's code, rllab, stepped once per action).
     """
 
     robot = "Robot"
@@ -139,18 +140,22 @@ class LocomotionBatch:
     xml = ""
 
     def __init__(self, kind: str = "velocity", horizon: int = 200, clip_actions: bool = True,
-                 xml_file: str | None = None, threads: int = 1) -> None:
+                 xml_file: str | None = None, threads: int = 1,
+                 frame_skip: int = FRAME_SKIP) -> None:
         if kind not in KINDS:
             raise ValueError(f"{self.robot} task kind must be one of {KINDS}, got {kind!r}.")
         if int(threads) < 1:
             raise ValueError(f"threads must be at least 1, got {threads!r}.")
+        if int(frame_skip) < 1:
+            raise ValueError(f"frame_skip must be at least 1, got {frame_skip!r}.")
         self.threads = int(threads)
+        self.frame_skip = int(frame_skip)
         self._pool: ThreadPoolExecutor | None = None
         self.kind = kind
         self.horizon = int(horizon)
         self.clip_actions = clip_actions
         self.model = load_xml_model(xml_file or self.xml)
-        self.dt = self.model.opt.timestep * FRAME_SKIP
+        self.dt = self.model.opt.timestep * self.frame_skip
         self.action_dim = self.model.nu
         self.observation_dim = self._observation_dim()
         low, high = self.model.actuator_ctrlrange.T
@@ -177,7 +182,7 @@ class LocomotionBatch:
         raise NotImplementedError
 
     def _simulate(self, d: mujoco.MjData) -> None:
-        mujoco.mj_step(self.model, d, nstep=FRAME_SKIP)
+        mujoco.mj_step(self.model, d, nstep=self.frame_skip)
 
     def _healthy(self, d: mujoco.MjData) -> bool:
         return True

@@ -223,6 +223,9 @@ class Config:
     action_scale: float = _key("rl", 1.0, "nav2d: step = policy action x this, clipped to "
                                "+-0.1 (0.1: the paper's code)",
                                bounds=_ABOVE_0)
+    frame_skip: int | None = _key("rl", None, "MuJoCo locomotion: simulator steps per action; "
+                                  "null: 5, gymnasium's; 1: the paper's code (rllab)",
+                                  bounds=_AT_LEAST_1)
     policy_hidden: list[int] = _key("rl", [100, 100], "hidden layer widths of the Gaussian MLP "
                                     "policy", bounds=_AT_LEAST_1)
     policy_activation: str = _key("rl", "relu", "relu (paper, 100-100) | tanh (64-64 "
