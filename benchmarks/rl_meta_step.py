@@ -1,9 +1,10 @@
 """One paper-size meta-RL iteration against the machine's two limits (issue 22, part 1).
 
-- **physics**: raw ``mujoco.mj_step(model, data, nstep=5)`` steps per second on one core with
-  the environment's own ``MjModel`` (half-cheetah, ant; the ant adds ``mj_rnePostConstraint``,
-  as its environment does), and the batched environment with random actions (what the wrapper
-  adds);
+- **physics**: raw ``mujoco.mj_step(model, data, nstep=frame_skip)`` steps per second on one
+  core with the environment's own ``MjModel`` (half-cheetah, ant; the ant adds
+  ``mj_rnePostConstraint``, as its environment does), at gymnasium's 5 simulator steps per
+  action and at the paper's code's 1, and the batched environment with random actions (what
+  the wrapper adds);
 - **arithmetic**: this CPU's float32 GEMM rate on one thread (a large square product, and the
   [rows x 100] x [100 x 100] product that dominates a 100-100 policy), against the FLOPs of the
   iteration's phases (``torch.utils.flop_counter``: matrix products only);
@@ -75,9 +76,11 @@ def load() -> float:
 
 # ---- physics ---------------------------------------------------------------------------------
 
-def raw_steps_per_s(batch_class: type, ant: bool, steps: int = 2000, seed: int = 0) -> float:
-    """``mj_step(nstep=5)`` (+ ``mj_rnePostConstraint`` for the ant) of one ``MjData`` of the
-    environment's model, random actions in the control range, resets when the ant falls."""
+def raw_steps_per_s(batch_class: type, ant: bool, steps: int = 2000, seed: int = 0,
+                    frame_skip: int = FRAME_SKIP) -> float:
+    """``mj_step(nstep=frame_skip)`` (+ ``mj_rnePostConstraint`` for the ant) of one ``MjData``
+    of the environment's model, random actions in the control range, resets when the ant
+    falls."""
     env = batch_class()
     model = env.model
     data = mujoco.MjData(model)
@@ -87,7 +90,7 @@ def raw_steps_per_s(batch_class: type, ant: bool, steps: int = 2000, seed: int =
     start = time.perf_counter()
     for t in range(steps):
         data.ctrl[:] = actions[t]
-        mujoco.mj_step(model, data, nstep=FRAME_SKIP)
+        mujoco.mj_step(model, data, nstep=frame_skip)
         if ant:
             mujoco.mj_rnePostConstraint(model, data)
             if not 0.2 <= data.qpos[2] <= 1.0:
@@ -108,11 +111,14 @@ def physics(repeats: int) -> dict[str, Any]:
     out: dict[str, Any] = {"load_before": load()}
     for robot, cls, ant, env_name in (("half-cheetah", HalfCheetahBatch, False, "cheetah-dir"),
                                       ("ant", AntBatch, True, "ant-dir")):
-        raw, batched = [], []
+        raw, one_frame, batched = [], [], []
         for r in range(repeats):
             raw.append(raw_steps_per_s(cls, ant, seed=r))
+            one_frame.append(raw_steps_per_s(cls, ant, seed=r, frame_skip=1))
             batched.append(batched_steps_per_s(env_name))
-        out[robot] = {"raw_mj_step_per_s": _summary(raw), "batched_env_per_s": _summary(batched)}
+        out[robot] = {"raw_mj_step_per_s": _summary(raw),
+                      "raw_mj_step_per_s_frame_skip_1": _summary(one_frame),
+                      "batched_env_per_s": _summary(batched)}
     out["load_after"] = load()
     return out
 
@@ -316,6 +322,7 @@ def training(preset: str, iterations: int) -> dict[str, Any]:
     steps = [b["env_steps"] - a["env_steps"] for a, b in zip(records, records[1:], strict=False)]
     timed = times[:-1] if len(times) > 1 else times  # the last one validates too
     return {"preset": preset, "threads": config.threads, "chunk_size": config.chunk_size,
+            "frame_skip": config.frame_skip or FRAME_SKIP,
             "shape": [config.meta_batch_size, config.trajectories, config.horizon],
             "iteration_seconds": _summary(timed), "all_seconds": [round(t, 2) for t in times],
             "env_steps_per_iteration": steps[0], "first": records[0]["seconds"],
@@ -375,7 +382,9 @@ def main() -> None:
             run = training(preset, args.training_iterations)
             if "physics" in results:
                 robot = "ant" if preset.startswith("ant") else "half-cheetah"
-                raw = results["physics"][robot]["raw_mj_step_per_s"]["median"]
+                rates = results["physics"][robot]
+                raw = (rates["raw_mj_step_per_s_frame_skip_1"] if run["frame_skip"] == 1
+                       else rates["raw_mj_step_per_s"])["median"]
                 run["against_physics"] = against_physics(run, raw)
             results["training"].append(run)
             print(json.dumps(run), flush=True)
