@@ -12,7 +12,10 @@ gymnasium's own 0.1 is not used. Actions are clipped to the action space [-1, 1]
 simulation and the control cost, as rllab's ``normalize`` wrapper in the reference code did
 (``clip_actions=False`` charges the cost on the raw action; MuJoCo clamps the control anyway).
 Observations are gymnasium's 17 numbers (qpos without the root x, then qvel); the reference code
-appended the torso's centre of mass (20 numbers).
+appended the torso's centre of mass (20 numbers). The model is the reference code's (rllab's
+``half_cheetah.xml``, 0.01 s per simulator step, gymnasium's file is the same physics); gymnasium
+steps it 5 times per action, the reference code once: the paper presets set ``frame_skip: 1``,
+so that their H = 200 covers the paper's 2 s and not 10 s.
 
 ``HalfCheetahBatch`` steps ``tasks x trajectories`` ``MjData`` of one ``MjModel`` in a Python loop
 (``mj_step`` with ``nstep=5``), no rendering: the same physics, bit for bit, as the gymnasium
