@@ -75,7 +75,9 @@ def test_frame_skip_is_the_simulator_steps_per_action():
 
 def test_the_config_sets_the_frame_skip_of_locomotion_tasks_only():
     assert env_kwargs(resolve("cheetah-dir", {}))["frame_skip"] == 1  # the paper's code
-    assert "frame_skip" not in env_kwargs(resolve("cheetah-dir-quick", {}))
+    assert env_kwargs(resolve("ant-dir", {}))["frame_skip"] == 2  # 0.02 s, as the paper's ant
+    for quick in ("cheetah-dir-quick", "cheetah-vel-quick", "ant-dir-quick", "ant-vel-quick"):
+        assert "frame_skip" not in env_kwargs(resolve(quick, {}))  # gymnasium's 5
     assert env_kwargs(resolve("ant-vel-quick", {"frame_skip": 2}))["frame_skip"] == 2
     with pytest.raises(ConfigError, match="frame_skip"):
         resolve("nav2d", {"frame_skip": 1})

@@ -16,7 +16,11 @@ pay). gymnasium's own weights (0.5, 5e-4, healthy reward 1) are not used.
 5 frames / dt (rllab read the torso's centre-of-mass velocity instead). Observations are
 gymnasium's 105 numbers (qpos without the root x, y; qvel; the clipped ``cfrc_ext`` of the 13
 bodies), the reference code used 125 (with x, y, the torso's rotation matrix and position).
-Actions are clipped to [-1, 1]^8 before the simulation and the control cost.
+Actions are clipped to [-1, 1]^8 before the simulation and the control cost. The reference
+code's model (rllab's ``ant.xml``) steps 0.02 s once per action (RK4) where gymnasium's steps
+0.01 s five times; its torques are the same (control range 150, gear 1, against 1 and 150) and
+its contacts softer (``solimp .8 .8 .01``). The paper presets set ``frame_skip: 2``: 0.02 s per
+action, so that H = 200 covers the paper's 4 s.
 
 Termination as in Ant-v5: an episode ends once the state is not finite or the torso's height
 leaves [0.2, 1.0]. The step that ends it still earns its reward (rllab did the same); afterwards
