@@ -44,18 +44,25 @@ TABLE_5 = "-50.69 / 293.19 / 313.48 / 315.65 (Table 5, H = 200)"
 FIGURE_4 = {"MAML": TABLE_4,
             "pretrained": "-40.81 / -19.73 / -11.72 / -8.47 (Fig. 4 data)",
             "random": "-82.66 / -57.96 / -53.84 / -46.81 (Fig. 4 data)"}
+
+
+def fig5(returns: str) -> str:
+    """A curve of Figure 5 from the paper's code's data (locomotion, H = 200)."""
+    return f"{returns} (Fig. 5 data, H = 200)"
+
+
 CHEETAH_DIR = {"MAML": TABLE_5,
-               "pretrained": "-43.03 / -24.75 / -12.85 / 19.57 (Fig. 5 data, H = 200)",
-               "random": "-35.73 / 21.83 / 62.32 / 86.18 (Fig. 5 data, H = 200)"}
-CHEETAH_VEL = {"MAML": "-129.53 / -78.57 / -66.62 / -60.78 (Fig. 5 data, H = 200)",
-               "pretrained": "-158.00 / -135.39 / -128.47 / -133.61 (Fig. 5 data, H = 200)",
-               "random": "-254.83 / -254.33 / -246.79 / -230.83 (Fig. 5 data, H = 200)"}
-ANT_DIR = {"MAML": "8.66 / 499.15 / 500.68 / 499.11 (Fig. 5 data, H = 200)",
-           "pretrained": "3.16 / 1.27 / 6.51 / 6.86 (Fig. 5 data, H = 200)",
-           "random": "3.11 / 9.25 / 15.96 / 26.11 (Fig. 5 data, H = 200)"}
-ANT_VEL = {"MAML": "30.58 / 96.74 / 100.06 / 101.41 (Fig. 5 data, H = 200)",
-           "pretrained": "-1.83 / 6.11 / 8.47 / 9.47 (Fig. 5 data, H = 200)",
-           "random": "-78.64 / -62.81 / -48.55 / -35.56 (Fig. 5 data, H = 200)"}
+               "pretrained": fig5("-43.03 / -24.75 / -12.85 / 19.57"),
+               "random": fig5("-35.73 / 21.83 / 62.32 / 86.18")}
+CHEETAH_VEL = {"MAML": fig5("-129.53 / -78.57 / -66.62 / -60.78"),
+               "pretrained": fig5("-158.00 / -135.39 / -128.47 / -133.61"),
+               "random": fig5("-254.83 / -254.33 / -246.79 / -230.83")}
+ANT_DIR = {"MAML": fig5("8.66 / 499.15 / 500.68 / 499.11"),
+           "pretrained": fig5("3.16 / 1.27 / 6.51 / 6.86"),
+           "random": fig5("3.11 / 9.25 / 15.96 / 26.11")}
+ANT_VEL = {"MAML": fig5("30.58 / 96.74 / 100.06 / 101.41"),
+           "pretrained": fig5("-1.83 / 6.11 / 8.47 / 9.47"),
+           "random": fig5("-78.64 / -62.81 / -48.55 / -35.56")}
 # The oracle (a policy trained on each evaluation task, given its parameter), same files.
 ORACLE = {"nav2d": -2.29, "cheetah-vel": -54.47, "cheetah-dir": 442.69, "ant-vel": 107.89,
           "ant-dir": 524.80}
