@@ -43,9 +43,19 @@ def validation_curve(run_dir: Path) -> list[dict[str, float]]:
             if "val_post" in r]
 
 
-def accuracy_at(curve: list[dict[str, Any]], core_hours: float) -> dict[str, Any] | None:
-    """A peer's last validation within ``core_hours`` of its CPU time (None: none yet)."""
-    within = [p for p in curve if p["cpu_hours"] is not None and p["cpu_hours"] <= core_hours]
+def peer_core_hours(point: dict[str, Any], seconds_per_iteration: float | None) -> float | None:
+    """A peer's core-hours at a validation: its iterations at its quiet one-thread rate when
+    measured (``step_cost.json``, the same yardstick as mamlkit's rows), else its CPU time."""
+    if seconds_per_iteration:
+        return point["iteration"] * seconds_per_iteration / 3600
+    return point["cpu_hours"]
+
+
+def accuracy_at(curve: list[dict[str, Any]], core_hours: float,
+                seconds_per_iteration: float | None = None) -> dict[str, Any] | None:
+    """A peer's last validation within ``core_hours`` (None: none yet)."""
+    within = [p for p in curve if (hours := peer_core_hours(p, seconds_per_iteration))
+              is not None and hours <= core_hours]
     return within[-1] if within else None
 
 
@@ -136,15 +146,22 @@ def peer_lines(step_cost: dict[str, Any]) -> list[str]:
         if not curve:
             continue
         last = curve[-1]
+        rate = _cost(step_cost, folder, 1)
+        spent = peer_core_hours(last, rate)
         text = (f"- {name}: {100 * last['val_post']:.1f} ± {100 * last['val_post_ci95']:.1f}% "
-                f"after {last['iteration']:,} iterations, {last['cpu_hours']:.2f} core-hours")
-        at = accuracy_at(curve, reached) if reached else None
+                f"after {last['iteration']:,} iterations, {spent:.2f} core-hours"
+                + (f" at its quiet {rate:.3f} s/it ({last['cpu_hours']:.2f} CPU hours as it ran)"
+                   if rate else ""))
+        at = accuracy_at(curve, reached, rate) if reached else None
         if at:
             text += (f"; {100 * at['val_post']:.1f} ± {100 * at['val_post_ci95']:.1f}% at "
-                     f"{at['cpu_hours']:.2f} core-hours, where mamlkit's `omniglot-5w1s` "
-                     f"reached 97% ({reached:.2f} core-hours)")
+                     f"iteration {at['iteration']:,}, {peer_core_hours(at, rate):.2f} "
+                     f"core-hours, where mamlkit's `omniglot-5w1s` reached 97% "
+                     f"({reached:.2f} core-hours)")
+            if reached > spent:
+                text += " (the peer's run has not spent that budget yet)"
         if one and (RESULTS / RUNS["omniglot-5w1s"] / "metrics.jsonl").exists():
-            budget = int(last["cpu_hours"] * 3600 / one)
+            budget = int(spent * 3600 / one)
             ours = [q for q in validation_curve(RESULTS / RUNS["omniglot-5w1s"])
                     if q["iteration"] <= budget]
             if ours:
@@ -181,8 +198,10 @@ def plot(step_cost: dict[str, Any], path: Path) -> None:
     for name, folder in PEERS.items():
         if (RESULTS / folder / "metrics.jsonl").exists():
             curve = validation_curve(RESULTS / folder)
-            by_hour.plot([p["cpu_hours"] for p in curve], [100 * p["val_post"] for p in curve],
-                         marker="s", label=f"{name} (its CPU hours)")
+            rate = _cost(step_cost, folder, 1)
+            by_hour.plot([peer_core_hours(p, rate) for p in curve],
+                         [100 * p["val_post"] for p in curve], marker="s",
+                         label=f"{name} ({'quiet core-hours' if rate else 'its CPU hours'})")
     for axis in (by_iteration, by_hour):
         for threshold in THRESHOLDS:
             axis.axhline(100 * threshold, color="gray", linestyle="--", linewidth=0.5)
@@ -218,7 +237,7 @@ def main() -> None:
             "the paper's protocol uses for validation too, every 500 iterations) of the "
             "committed runs under `paper/`. Written by "
             "`benchmarks/omniglot_time_to_accuracy.py`.", "", table(step_cost), ""]
-    for preset, entry in step_cost.items():
+    for preset, entry in step_cost.items():  # mamlkit's presets, then peers' runs by folder
         rates = ", ".join(f"{r['threads']} thread(s) {r['seconds_per_iteration']:.2f} s/it "
                           f"(load {r['load_average_before']})" for r in entry["rates"])
         text.append(f"- `{preset}` on a quiet {entry['cpu']}: {rates}.")

@@ -39,9 +39,20 @@ def test_table_and_figure_from_a_resumed_run(tmp_path, monkeypatch):
         json.dumps({"iteration": i, "seconds": 2 * c, "cpu_seconds": c, "val_post": v,
                     "val_post_ci95": 0.02}) + "\n"
         for i, c, v in [(500, 1800.0, 0.70), (1000, 3600.0, 0.80), (1500, 5400.0, 0.85)]))
+    (line,) = time_to_accuracy.peer_lines(step_cost)  # no quiet rate: the peer's CPU time
+    assert line.startswith("- learn2learn example (5w1s): 85.0 ± 2.0% after 1,500 iterations, "
+                           "1.50 core-hours; 80.0 ± 2.0% at iteration 1,000, 1.00 core-hours, "
+                           "where mamlkit's `omniglot-5w1s` reached 97% (1.00 core-hours);")
+    # with its quiet rate measured (1.2 s/it), iterations x rate is the yardstick on both sides:
+    # 1.00 core-hours buy it 3,000 iterations, more than it ran
+    step_cost["learn2learn-example-5w1s"] = {"cpu": "test CPU", "cores": 2, "rates": [
+        {"threads": 1, "seconds_per_iteration": 1.2, "load_average_before": 0.1}]}
     (line,) = time_to_accuracy.peer_lines(step_cost)
     assert line.startswith("- learn2learn example (5w1s): 85.0 ± 2.0% after 1,500 iterations, "
-                           "1.50 core-hours; 80.0 ± 2.0% at 1.00 core-hours, where mamlkit's "
-                           "`omniglot-5w1s` reached 97% (1.00 core-hours)")
+                           "0.50 core-hours at its quiet 1.200 s/it (1.50 CPU hours as it ran); "
+                           "85.0 ± 2.0% at iteration 1,500, 0.50 core-hours, where mamlkit's "
+                           "`omniglot-5w1s` reached 97% (1.00 core-hours) (the peer's run has not "
+                           "spent that budget yet); mamlkit's `omniglot-5w1s` within the same "
+                           "core-hours (iteration 500 of the 750 they buy): 90.0 ± 1.0%")
     time_to_accuracy.plot(step_cost, tmp_path / "figure.png")
     assert (tmp_path / "figure.png").stat().st_size > 10_000
