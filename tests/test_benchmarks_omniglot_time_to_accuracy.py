@@ -56,3 +56,18 @@ def test_table_and_figure_from_a_resumed_run(tmp_path, monkeypatch):
                            "core-hours (iteration 500 of the 750 they buy): 90.0 ± 1.0%")
     time_to_accuracy.plot(step_cost, tmp_path / "figure.png")
     assert (tmp_path / "figure.png").stat().st_size > 10_000
+
+
+def test_the_step_cost_is_the_second_logging_window(monkeypatch):
+    """A metrics record costs about a meta-step (the adaptation curve on the training batch):
+    the rate comes from a window that holds one record, as the runs log, not one per step."""
+    commands = []
+    monkeypatch.setattr(time_to_accuracy.subprocess, "run",
+                        lambda command, **kwargs: commands.append(command))
+    monkeypatch.setattr(time_to_accuracy, "read_metrics", lambda out: [
+        {"iteration": 50, "seconds": 130.0}, {"iteration": 100, "seconds": 230.0}])
+    rate = time_to_accuracy.measure_step_cost("omniglot-5w5s", "DATA", 2, 50)
+    assert rate["seconds_per_iteration"] == 2.0 and rate["iterations"] == 50
+    (command,) = commands
+    for setting in ("iterations=100", "log_every=50", "threads=2"):
+        assert setting in command

@@ -39,7 +39,7 @@ from torch.utils import _pytree as pytree
 
 from mamlkit.functional.stacked import stack_params
 from mamlkit.models.batch_norm import TaskBatchNorm
-from mamlkit.models.task_conv import stacked_linear, tasks_to_channels
+from mamlkit.models.task_conv import stacked_batch_norm, stacked_linear, tasks_to_channels
 
 
 class Unstackable(ValueError):
@@ -191,7 +191,7 @@ def _batch_norm(run: _Run, step: _Step) -> Stacked:
         var = run.buffer(step, "running_var").repeat(run.tasks)
         return Stacked(F.batch_norm(x, mean, var, w, b, False, 0.0, m.eps), True)
     if not (run.observe and m.track_running_stats):
-        return Stacked(F.batch_norm(x, None, None, w, b, True, 0.0, m.eps), True)
+        return Stacked(stacked_batch_norm(x, w, b, m.eps), True)
     # the same call also writes each task's mean and unbiased variance (momentum 1)
     stats = torch.zeros(2, run.tasks, x.shape[1] // run.tasks, dtype=x.dtype, device=x.device)
     out = F.batch_norm(x, stats[0].view(-1), stats[1].view(-1), w, b, True, 1.0, m.eps)

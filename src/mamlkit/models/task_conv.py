@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mamlkit.functional.batch_norm import batch_norm
+
 # Channels-last pays off for calls with many images (75-image query sets: whole meta-steps
 # 1.15-1.25x faster than NCHW on CPU); for a handful (5-image support sets with their second-order
 # backward) oneDNN's NCHW kernels are faster (5 second-order steps: channels-last everywhere was
@@ -60,9 +62,13 @@ def stacked_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     """Per-task batch norm with batch statistics: ``x`` is ``[N, T*C, ...]``, weights ``[T, C]``.
 
     The same function as ``TaskBatchNorm`` on every task (biased variance, no running stats).
+    On CPU its second derivative is ``functional.batch_norm``'s closed form (second-order
+    meta-steps up to 1.46x faster; CUDA keeps torch's, not measured there).
     """
     flat_w = None if weight is None else weight.reshape(-1)
     flat_b = None if bias is None else bias.reshape(-1)
+    if flat_w is not None and flat_b is not None and x.device.type == "cpu":
+        return batch_norm(x, flat_w, flat_b, eps)
     return F.batch_norm(x, None, None, flat_w, flat_b, training=True, momentum=0.0, eps=eps)
 
 
