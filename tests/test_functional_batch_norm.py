@@ -84,3 +84,18 @@ def test_forward_and_first_derivative_are_torchs_bits(channels_last):
     for e, o in zip(torch.autograd.grad(expected_y, (x, w, b), g),
                     torch.autograd.grad(got_y, (x, w, b), g), strict=True):
         assert torch.equal(o, e)
+
+
+def test_torch_func_transforms_take_it():
+    """grad of grad and vmap, as mamlkit's vmap and loop batchings use them, against torch's."""
+    x, w, b = (t.detach() for t in inputs((5, 3, 4, 4)))
+
+    def second(fn):
+        def inner(w):
+            return torch.func.grad(lambda w: fn(x, w, b).sin().sum())(w).cos().sum()
+        return torch.func.grad(inner)(w)
+
+    torch.testing.assert_close(second(ours), second(torch_batch_norm), rtol=1e-9, atol=1e-10)
+    xs = torch.stack([x, x.flip(0)])
+    torch.testing.assert_close(torch.func.vmap(lambda x: ours(x, w, b))(xs),
+                               torch.func.vmap(lambda x: torch_batch_norm(x, w, b))(xs))

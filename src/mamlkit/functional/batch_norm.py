@@ -36,7 +36,7 @@ def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """Batch norm of ``x`` with its own batch statistics over every dimension but dim 1 (no
     running statistics), scaled by ``weight`` and shifted by ``bias``: ``F.batch_norm(x, None,
     None, weight, bias, True, 0.0, eps)`` with the closed-form second derivative."""
-    out: Tensor = _BatchNorm.apply(x, weight, bias, eps)  # type: ignore[no-untyped-call]
+    out: Tensor = _BatchNorm.apply(x, weight, bias, eps)[0]  # type: ignore[no-untyped-call]
     return out
 
 
@@ -83,18 +83,28 @@ def batch_norm_double_backward(
 
 
 class _BatchNorm(torch.autograd.Function):
-    """Forward: torch's fused kernel. Backward: ``_BatchNormBackward``, differentiable."""
+    """Forward: torch's fused kernel. Backward: ``_BatchNormBackward``, differentiable. Written
+    with ``setup_context`` so that ``torch.func`` transforms take it too."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    def forward(x: Tensor, weight: Tensor, bias: Tensor,
+                eps: float) -> tuple[Tensor, Tensor, Tensor]:
         out, mean, rstd = torch.ops.aten.native_batch_norm(
             x, weight, bias, None, None, True, 0.0, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.eps = eps
-        return out  # type: ignore[no-any-return]
+        return out, mean, rstd
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        x, weight, _, eps = inputs
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.eps = eps
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
         x, weight, mean, rstd = ctx.saved_tensors
         dx, dweight, dbias = _BatchNormBackward.apply(  # type: ignore[no-untyped-call]
             g, x, weight, mean, rstd, ctx.eps)
@@ -105,13 +115,19 @@ class _BatchNormBackward(torch.autograd.Function):
     """Batch norm's first derivative as a function of ``(g, x, weight)``; its own derivative is
     ``batch_norm_double_backward`` (``mean`` and ``rstd`` are functions of ``x`` there)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, g: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
-                eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(g: Tensor, x: Tensor, weight: Tensor, mean: Tensor,
+                rstd: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
         dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
             g, x, weight, None, None, mean, rstd, True, eps, [True, True, True])
-        ctx.save_for_backward(g, x, weight, mean, rstd)
         return dx, dweight, dbias
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        g, x, weight, mean, rstd, _ = inputs
+        ctx.save_for_backward(g, x, weight, mean, rstd)
 
     @staticmethod
     def backward(ctx: Any, a: Tensor | None, c_weight: Tensor | None,
