@@ -32,6 +32,10 @@ from mamlkit import MAML, TaskBatch
 from mamlkit.models import Conv4, task_conv
 from mamlkit.run.memory import PeakMemory, rss_mb
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402
+from meta_step import omniglot_shaped_batch  # noqa: E402
+
 # the paper presets' shapes: ways, shots, queries per class, tasks, inner steps, inner_lr
 WORKLOADS = {
     "5w1s": (5, 1, 15, 32, 1, 0.4),
@@ -44,13 +48,9 @@ VARIANTS = ("torch", "closed form")
 
 def omniglot_shaped(ways: int, shots: int, queries: int, tasks: int, seed: int,
                     dtype: torch.dtype = torch.float32) -> TaskBatch:
-    """Random 28x28 images with balanced labels, in the shapes of Omniglot tasks."""
-    g = torch.Generator().manual_seed(seed)
-    support_y = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).clone()
-    query_y = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).clone()
-    return TaskBatch(
-        (torch.rand(tasks, ways * shots, 1, 28, 28, generator=g, dtype=dtype), support_y),
-        (torch.rand(tasks, ways * queries, 1, 28, 28, generator=g, dtype=dtype), query_y))
+    """``meta_step.py``'s random Omniglot-shaped tasks, in ``dtype``."""
+    batch = omniglot_shaped_batch(tasks, ways, shots, queries, seed=seed)
+    return peers.double_batch(batch) if dtype == torch.float64 else batch
 
 
 def _torch_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
