@@ -65,8 +65,10 @@ def test_a_folder_of_omniglot_pngs_learns(tmp_path, monkeypatch, capsys):
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / Path(n).name).write_bytes(archive.read(n))
     run = tmp_path / "run"
-    args = ["--set", "iterations=60", "--set", "meta_batch_size=4", "--set", "log_every=20",
-            "--set", "val_every=60", "--set", "val_tasks=10", "--set", "checkpoint_every=60",
+    # 300 iterations: at 60 the one-step gain was 0.08-0.21 depending on the CPU's float order
+    # (AMD passed, Intel failed); at 300 it is 0.34-0.44 over seeds 0-3 on one machine.
+    args = ["--set", "iterations=300", "--set", "meta_batch_size=4", "--set", "log_every=100",
+            "--set", "val_every=300", "--set", "val_tasks=10", "--set", "checkpoint_every=300",
             "--set", "eval_tasks=50", "--set", "hidden=[16]", "--set", "channels=1",
             "--set", "invert=true", "--set", "class_split=[0.5, 0.25, 0.25]", "--no-progress"]
     assert main(["train", "folder-5w1s", "--data-root", str(target), "--out", str(run),
@@ -74,7 +76,7 @@ def test_a_folder_of_omniglot_pngs_learns(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["eval", str(run)]) == 0
     steps = json.loads((run / "eval.json").read_text())["steps"]
-    assert steps["1"]["mean"] > steps["0"]["mean"] + 0.15  # chance is 0.2
+    assert steps["1"]["mean"] > steps["0"]["mean"] + 0.2  # chance is 0.2
 
 
 def test_any_labelled_dataset_becomes_class_images():
